@@ -1,0 +1,134 @@
+"""Transformer building blocks shared by the MAE encoder, the MAE decoder and the detection /
+segmentation backbone. One Block class serves all three, so an MAE checkpoint's
+`blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}` load into the backbone unchanged."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, LayerScale, Mlp
+from torch import nn
+
+
+def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """(q_size, k_size, C) embeddings of the relative offsets between query and key positions.
+    A table trained for another length is linearly resampled (ViTDet / SAM convention)."""
+    max_dist = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != max_dist:
+        rel_pos = F.interpolate(rel_pos.T.unsqueeze(0), size=max_dist, mode="linear").squeeze(0).T
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    offsets = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[offsets.long()]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through `scaled_dot_product_attention`, with an optional
+    decomposed relative position bias (ViTDet) passed to it as an additive mask."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        rel_pos_size: tuple[int, int] | None = None,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = rel_pos_size is not None
+        if self.use_rel_pos:
+            # Zero at start, so a checkpoint without relative positions behaves exactly as before.
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_size[0] - 1, self.head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size[1] - 1, self.head_dim))
+
+    def rel_pos_bias(self, q: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(B, heads, N, N) additive bias from the unscaled queries, N = gh * gw."""
+        gh, gw = grid
+        b, h, n, c = q.shape
+        table_h = relative_position_table(gh, gh, self.rel_pos_h).to(q.dtype)
+        table_w = relative_position_table(gw, gw, self.rel_pos_w).to(q.dtype)
+        r_q = q.reshape(b, h, gh, gw, c)
+        bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, table_h)
+        bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, table_w)
+        return (bias_h[..., :, None] + bias_w[..., None, :]).reshape(b, h, n, n)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        b, n, dim = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = None
+        if self.use_rel_pos:
+            if grid is None:
+                raise ValueError("relative position bias needs the token grid (gh, gw)")
+            bias = self.rel_pos_bias(q, grid)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(x.transpose(1, 2).reshape(b, n, dim))
+
+
+def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(B, H, W, C) -> (B * windows, window * window, C), zero-padding H and W up to the window."""
+    b, h, w, c = x.shape
+    pad_h, pad_w = (window - h % window) % window, (window - w % window) % window
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.view(b, hp // window, window, wp // window, window, c).transpose(2, 3)
+    return x.reshape(-1, window * window, c), (hp, wp)
+
+
+def window_unpartition(
+    windows: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of `window_partition`, padding removed."""
+    hp, wp = padded
+    h, w = size
+    b = windows.shape[0] // ((hp // window) * (wp // window))
+    x = windows.view(b, hp // window, wp // window, window, window, -1).transpose(2, 3)
+    return x.reshape(b, hp, wp, -1)[:, :h, :w]
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block. Takes tokens (B, N, C), or a token map (B, H, W, C) when it
+    attends within windows or uses relative positions, which both need the 2-D layout."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        act_layer: type[nn.Module] = nn.GELU,
+        window_size: int = 0,
+        rel_pos_size: tuple[int, int] | None = None,
+        init_values: float | None = None,
+    ):
+        super().__init__()
+        self.window_size = window_size
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rel_pos_size=rel_pos_size)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+
+    def _attend_map(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        if self.window_size:
+            windows, padded = window_partition(x, self.window_size)
+            out = self.attn(windows, (self.window_size, self.window_size))
+            return window_unpartition(out, self.window_size, padded, (h, w))
+        return self.attn(x.reshape(b, h * w, c), (h, w)).view(b, h, w, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        y = self._attend_map(y) if x.ndim == 4 else self.attn(y)
+        x = x + self.drop_path(self.ls1(y))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))

@@ -1,0 +1,195 @@
+"""Masked autoencoder (He et al. 2021), read top to bottom: patchify, masking, encoder on the
+visible patches only, light decoder with a shared mask token, MSE on the masked patches."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .layers import Block
+from .masking import RandomMasking
+from .pos_embed import sincos_2d
+from .vit import VisionTransformer, get_arch, layer_norm
+
+
+def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, gh*gw, p*p*C); values inside a patch ordered (row, column, channel) as in
+    the official MAE, so its `decoder_pred` weights mean the same here."""
+    b, c, h, w = imgs.shape
+    p = patch_size
+    x = imgs.reshape(b, c, h // p, p, w // p, p)
+    return torch.einsum("bchpwq->bhwpqc", x).reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(x: torch.Tensor, patch_size: int, grid: tuple[int, int], channels: int) -> torch.Tensor:
+    """Inverse of `patchify`: (B, gh*gw, p*p*C) -> (B, C, gh*p, gw*p)."""
+    b = x.shape[0]
+    p = patch_size
+    gh, gw = grid
+    x = x.reshape(b, gh, gw, p, p, channels)
+    return torch.einsum("bhwpqc->bchpwq", x).reshape(b, channels, gh * p, gw * p)
+
+
+class MAEOutput(NamedTuple):
+    loss: torch.Tensor
+    pred: torch.Tensor  # (B, L, p*p*C), in the (normalised) target space
+    mask: torch.Tensor  # (B, L), 1 = masked (predicted), 0 = visible
+
+
+class MaskedAutoencoder(VisionTransformer):
+    """ViT encoder (inherited: official key layout at the top level) plus the MAE decoder.
+
+    `mask_tokens_in_encoder=True` is the slow baseline of the paper's speed claim: every patch is
+    encoded, masked ones replaced by a learned token, so the encoder sees all L tokens."""
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 1024,
+        depth: int = 24,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = False,
+        masking=None,
+        mask_tokens_in_encoder: bool = False,
+        drop_path_rate: float = 0.0,
+    ):
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        self.decoder_embed_dim = decoder_embed_dim
+        super().__init__(
+            img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
+            drop_path_rate=drop_path_rate,
+        )
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        self.masking = masking or RandomMasking()
+        self.mask_tokens_in_encoder = mask_tokens_in_encoder
+        if mask_tokens_in_encoder:
+            self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            nn.init.normal_(self.encoder_mask_token, std=0.02)
+
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(
+            sincos_2d(decoder_embed_dim, self.grid_size, cls_token=True).unsqueeze(0), requires_grad=False
+        )
+        self.decoder_blocks = nn.ModuleList(
+            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, norm_layer=layer_norm)
+            for _ in range(decoder_depth)
+        )
+        self.decoder_norm = layer_norm(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
+            module.apply(_reinit)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    def num_visible(self, mask_ratio: float) -> int:
+        return int(self.num_patches * (1 - mask_ratio))
+
+    def random_masking(
+        self, batch: int, mask_ratio: float, noise: torch.Tensor | None, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns ids_keep (B, len_keep), mask (B, L; 1 = masked) and ids_restore (B, L)."""
+        len_keep = self.num_visible(mask_ratio)
+        if noise is None:
+            noise = self.masking(batch, self.grid_size, self.num_patches - len_keep, device)
+        elif noise.shape != (batch, self.num_patches):
+            raise ValueError(f"noise must have shape {(batch, self.num_patches)}, got {tuple(noise.shape)}")
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        mask = (ids_restore >= len_keep).to(torch.float32)
+        return ids_shuffle[:, :len_keep], mask, ids_restore
+
+    def forward_encoder(
+        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoded tokens (B, 1 + len_keep, D) — or (B, 1 + L, D) with mask tokens in the
+        encoder — with the mask and the permutation that restores patch order."""
+        self.check_input(imgs, fixed_size=True)
+        x = self.patch_embed(imgs).flatten(1, 2) + self.pos_embed[:, 1:]
+        b, _, d = x.shape
+        ids_keep, mask, ids_restore = self.random_masking(b, mask_ratio, noise, x.device)
+        if self.mask_tokens_in_encoder:
+            masked = mask.unsqueeze(-1).to(x.dtype)
+            x = x * (1 - masked) + (self.encoder_mask_token + self.pos_embed[:, 1:]) * masked
+        else:
+            x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, d))
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x), mask, ids_restore
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """(B, L, p*p*C) predictions for every patch, in patch order."""
+        x = self.decoder_embed(latent)
+        b, n, d = x.shape
+        if not self.mask_tokens_in_encoder:
+            visible = x[:, 1:]
+            fill = self.mask_token.expand(b, ids_restore.shape[1] - visible.shape[1], -1)
+            patches = torch.cat([visible, fill.to(x.dtype)], dim=1)
+            patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
+            x = torch.cat([x[:, :1], patches], dim=1)
+        x = x + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+    def target(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Per-patch pixels, normalised per patch when `norm_pix_loss` (MAE's better target)."""
+        target = patchify(imgs, self.patch_size)
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        return target
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over the masked patches only."""
+        per_patch = ((pred.float() - self.target(imgs).float()) ** 2).mean(dim=-1)
+        return (per_patch * mask).sum() / mask.sum()
+
+    def forward(
+        self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
+    ) -> MAEOutput:
+        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        latent, mask, ids_restore = self.forward_encoder(imgs, ratio, noise)
+        pred = self.forward_decoder(latent, ids_restore)
+        return MAEOutput(self.forward_loss(imgs, pred, mask), pred, mask)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        return unpatchify(x, self.patch_size, self.grid_size, self.in_chans)
+
+
+def _reinit(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+# The paper's decoder (8 blocks, 512 wide, 16 heads) unless a toy size names a lighter one.
+PAPER_DECODER = {"decoder_embed_dim": 512, "decoder_depth": 8, "decoder_num_heads": 16}
+TOY_DECODERS = {
+    "vit_toy_patch4": {"decoder_embed_dim": 64, "decoder_depth": 2, "decoder_num_heads": 4},
+    "vit_mini_patch4": {"decoder_embed_dim": 128, "decoder_depth": 2, "decoder_num_heads": 4},
+}
+
+
+def create_mae(arch: str, **kwargs) -> MaskedAutoencoder:
+    """`create_mae("vit_base_patch16", norm_pix_loss=True)`; keyword arguments override the preset."""
+    decoder = TOY_DECODERS.get(arch, PAPER_DECODER)
+    return MaskedAutoencoder(**{**get_arch(arch).to_dict(), **decoder, **kwargs})
