@@ -1,0 +1,180 @@
+"""Pretraining configuration: dataclasses written as small Python files.
+
+A config file assigns `config = PretrainConfig(...)`; a variant loads its base with `load_config`
+and changes a few fields with `override`, the same function that applies command-line
+`key=value` pairs, so files and command lines cannot drift apart. This mirrors Detectron2's
+LazyConfig on the detection side: plain Python files, variants override fields of a base."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file or key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "vit_base_patch16"  # a name in mae_core.vit.VIT_ARCHS
+    img_size: int | tuple[int, int] = 224  # (height, width) for non-square inputs
+    in_chans: int = 3
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    masking: str = "random"  # a name in mae_core.masking.MASKING
+    # None keeps the size preset's decoder (mae_core.mae.PAPER_DECODER / TOY_DECODERS).
+    decoder_embed_dim: int | None = None
+    decoder_depth: int | None = None
+    decoder_num_heads: int | None = None
+    drop_path_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "image_folder"  # "image_folder" or "fashion_mnist"
+    root: str = ""  # image folder; for fashion_mnist, "" finds the Debian package's files
+    split: str = "train"  # fashion_mnist only: "train" or "test"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    min_scale: float = 0.2  # RandomResizedCrop area range (min_scale, 1.0)
+    hflip: bool = True
+    limit: int | None = None  # use only the first N samples (quick runs)
+    skip_bad_images: bool = False  # skip and count unreadable images instead of stopping
+    num_workers: int = 8
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    blr: float = 1.5e-4  # lr = blr * effective batch / 256
+    lr: float | None = None  # absolute lr; overrides blr when set
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_epochs: float = 40.0
+    clip_grad: float | None = None  # max gradient norm; None disables clipping
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 800
+    batch_size: int = 64  # per process
+    # Images per optimizer step over all processes; gradient accumulation makes up the
+    # difference to batch_size * world size. None: no accumulation.
+    effective_batch: int | None = 4096
+    amp: str = "bf16"  # "none", "bf16", or "fp16" (CUDA only, with a grad scaler)
+    seed: int = 0
+    output_dir: str = "output/pretrain"
+    save_every: int = 20  # epochs between numbered checkpoints; `last.pth` is written every epoch
+    log_every: int = 20  # optimizer steps between log lines
+    device: str = "auto"  # "auto" picks CUDA when visible
+    # Objects told about every finished epoch: {"target": "package.module.Factory", **kwargs}.
+    # The factory's result must have `on_epoch_end(epoch, model) -> dict | None` (see engine).
+    epoch_hooks: tuple[dict, ...] = ()
+
+
+def to_dict(config) -> dict:
+    """Plain dicts, lists, strings and numbers only, so a checkpoint holding it loads with
+    `torch.load(weights_only=True)` and it can be written as JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def from_dict(cls, values: dict):
+    """Inverse of `to_dict`, with the same key checks as `override`."""
+    return override(cls(), _flatten(values))
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key in ("model", "data", "optim"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def load_config(path: str | Path) -> PretrainConfig:
+    """Runs a config file and returns its `config` variable."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    namespace = runpy.run_path(str(path))
+    config = namespace.get("config")
+    if not isinstance(config, PretrainConfig):
+        raise ConfigError(f"{path} must assign `config = PretrainConfig(...)`, found {type(config).__name__}")
+    return config
+
+
+def override(config, changes: dict[str, Any]):
+    """A copy of `config` with dotted keys (`"optim.blr"`) replaced. Unknown keys and values of
+    the wrong kind are errors that name the key."""
+    for key, value in changes.items():
+        config = _set(config, key.split("."), value, key)
+    return config
+
+
+def _set(node, parts: list[str], value, full_key: str):
+    names = {f.name for f in dataclasses.fields(node)}
+    head = parts[0]
+    if head not in names:
+        known = ", ".join(sorted(names))
+        raise ConfigError(f"unknown config key {full_key!r}; {type(node).__name__} has: {known}")
+    current = getattr(node, head)
+    if len(parts) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"config key {full_key!r}: {head!r} is a value, not a section")
+        return dataclasses.replace(node, **{head: _set(current, parts[1:], value, full_key)})
+    if dataclasses.is_dataclass(current):
+        raise ConfigError(f"config key {full_key!r} is a section; set its fields, e.g. {full_key}.<field>")
+    return dataclasses.replace(node, **{head: _coerce(value, current, full_key)})
+
+
+def _coerce(value, current, key: str):
+    """Matches the kind of the default: ints become floats for float fields, lists become
+    tuples for tuple fields (and for `img_size=(h, w)`). `None` is accepted for every field whose
+    default is None and leaves others' checks to the code that uses them."""
+    if isinstance(value, list):
+        value = tuple(value)
+    if value is None or current is None:
+        return value
+    if isinstance(current, bool) or isinstance(value, bool):
+        if not (isinstance(current, bool) and isinstance(value, bool)):
+            raise ConfigError(f"config key {key!r} expects {type(current).__name__}, got {value!r}")
+        return value
+    if isinstance(current, float) and isinstance(value, int):
+        return float(value)
+    if isinstance(value, tuple) and isinstance(current, (tuple, int)):
+        return value
+    if not isinstance(value, type(current)):
+        raise ConfigError(f"config key {key!r} expects {type(current).__name__}, got {value!r}")
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Command-line `key=value` pairs; values are Python literals (`1e-3`, `(32, 64)`, `None`,
+    `True`), anything else is a string (`data.root=/data/imagenet/train`)."""
+    changes = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        if isinstance(value, str) and text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        changes[key.strip()] = value
+    return changes

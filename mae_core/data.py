@@ -1,0 +1,275 @@
+"""Images for pretraining: an image folder or Fashion-MNIST, MAE's augmentation, and per-sample
+seeding.
+
+Each sample's crop, flip and mask come from a generator seeded by (seed, epoch, index), so the
+same image gets the same view and the same mask whatever the number of processes, data workers
+or accumulation steps. That is what lets a two-process run match a one-process run with
+gradient accumulation, and a resumed run match an uninterrupted one."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, DistributedSampler
+from torchvision.transforms import v2
+
+from .config import DataConfig
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_INSTALL = "apt-get install -y dataset-fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+class ImageReadError(RuntimeError):
+    """An image file that cannot be decoded; the message names the file."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """Data that is not where it should be; the message says how to get it."""
+
+
+def read_image(path: str | os.PathLike, in_chans: int) -> torch.Tensor:
+    """(C, H, W) uint8 tensor. Decoding problems become an `ImageReadError` naming the file."""
+    if in_chans not in PIL_MODES:
+        raise ValueError(f"in_chans must be one of {sorted(PIL_MODES)} for image files, got {in_chans}")
+    try:
+        with Image.open(path) as img:
+            img = img.convert(PIL_MODES[in_chans])  # convert() decodes the whole file
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+    return v2.functional.pil_to_tensor(img)
+
+
+class ImageFolder(Dataset):
+    """Every image under `root`, found recursively and sorted. When all images sit in
+    sub-folders of `root`, the top-level sub-folder names are the classes (ImageNet's layout);
+    otherwise labels are -1. Labels are not used by pretraining, only by monitors."""
+
+    def __init__(self, root: str | os.PathLike, in_chans: int = 3, transform: Callable | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetNotFoundError(f"image folder {self.root} does not exist")
+        self.paths = sorted(
+            p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        )
+        if not self.paths:
+            raise DatasetNotFoundError(
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {self.root}"
+            )
+        top = [p.relative_to(self.root).parts for p in self.paths]
+        if all(len(parts) > 1 for parts in top):
+            self.classes = sorted({parts[0] for parts in top})
+            index = {name: i for i, name in enumerate(self.classes)}
+            self.labels = [index[parts[0]] for parts in top]
+        else:
+            self.classes = []
+            self.labels = [-1] * len(self.paths)
+        self.in_chans = in_chans
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = read_image(self.paths[index], self.in_chans)
+        return (self.transform(img) if self.transform else img), self.labels[index]
+
+    def describe(self, index: int) -> str:
+        return str(self.paths[index])
+
+
+def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
+    """The folder holding the Fashion-MNIST IDX files (the Debian package's by default)."""
+    folder = Path(root) if root else FASHION_MNIST_DIR
+    names = [name for pair in FASHION_MNIST_FILES.values() for name in pair]
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"Fashion-MNIST files {', '.join(missing)} not found in {folder}. Install the Debian package "
+            f"with: {FASHION_MNIST_INSTALL}  (as root; `dpkg -L dataset-fashion-mnist` lists the files)"
+        )
+    return folder
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format, gzip-compressed or not) as a uint8 array."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes (header {data[:4].hex()})")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape} ({np.prod(shape)} values), body has {body.size}")
+    return body.reshape(shape)
+
+
+class FashionMNIST(Dataset):
+    """Fashion-MNIST (28x28 grey, 10 classes) from the IDX files, as (1, 28, 28) uint8 tensors."""
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train", transform=None):
+        if split not in FASHION_MNIST_FILES:
+            raise ValueError(f"Fashion-MNIST split must be one of {list(FASHION_MNIST_FILES)}, got {split!r}")
+        folder = find_fashion_mnist(root)
+        images_file, labels_file = FASHION_MNIST_FILES[split]
+        self.images = torch.from_numpy(read_idx(folder / images_file).copy()).unsqueeze(1)
+        self.labels = torch.from_numpy(read_idx(folder / labels_file).astype(np.int64))
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{folder}: {len(self.images)} images but {len(self.labels)} labels")
+        self.classes = [str(i) for i in range(10)]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = self.images[index]
+        return (self.transform(img) if self.transform else img), int(self.labels[index])
+
+    def describe(self, index: int) -> str:
+        return f"Fashion-MNIST image {index}"
+
+
+def _normalize(cfg: DataConfig, in_chans: int) -> list:
+    if len(cfg.mean) != in_chans or len(cfg.std) != in_chans:
+        raise ValueError(
+            f"data.mean and data.std need {in_chans} values (one per channel), got {cfg.mean} and {cfg.std}"
+        )
+    if any(s <= 0 for s in cfg.std):
+        raise ValueError(f"data.std values must be positive, got {cfg.std}")
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
+
+
+def pretrain_transform(cfg: DataConfig, img_size: int | tuple[int, int], in_chans: int) -> v2.Compose:
+    """MAE's augmentation: random resized crop (area min_scale..1, bicubic), horizontal flip,
+    normalisation. Works on uint8 (C, H, W) tensors of any channel count."""
+    steps = [v2.RandomResizedCrop(img_size, scale=(cfg.min_scale, 1.0),
+                                  interpolation=v2.InterpolationMode.BICUBIC, antialias=True)]
+    if cfg.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps + _normalize(cfg, in_chans))
+
+
+def eval_transform(cfg: DataConfig, img_size: int | tuple[int, int], in_chans: int) -> v2.Compose:
+    """Deterministic view for monitors and pictures: resize the short side, centre crop."""
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    return v2.Compose([
+        v2.Resize(min(size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.CenterCrop(size),
+        *_normalize(cfg, in_chans),
+    ])
+
+
+def build_dataset(cfg: DataConfig, transform=None, in_chans: int = 3) -> Dataset:
+    """The dataset named by `cfg.dataset`, limited to its first `cfg.limit` samples if set."""
+    if cfg.dataset == "fashion_mnist":
+        if in_chans != 1:
+            raise ValueError(f"Fashion-MNIST is grayscale: set model.in_chans=1 (got {in_chans})")
+        dataset = FashionMNIST(cfg.root or None, cfg.split, transform)
+    elif cfg.dataset == "image_folder":
+        if not cfg.root:
+            raise ValueError("data.root must name the image folder for dataset 'image_folder'")
+        dataset = ImageFolder(cfg.root, in_chans, transform)
+    else:
+        raise ValueError(f"unknown data.dataset {cfg.dataset!r}; known: 'image_folder', 'fashion_mnist'")
+    if cfg.limit is not None:
+        if cfg.limit < 1:
+            raise ValueError(f"data.limit must be positive, got {cfg.limit}")
+        dataset = LimitedDataset(dataset, cfg.limit)
+    return dataset
+
+
+class LimitedDataset(Dataset):
+    """The first `limit` samples of a dataset."""
+
+    def __init__(self, dataset: Dataset, limit: int):
+        self.dataset = dataset
+        self.length = min(limit, len(dataset))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        return self.dataset[index]
+
+    def describe(self, index: int) -> str:
+        return self.dataset.describe(index)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A distinct 63-bit seed per (run seed, epoch, sample)."""
+    words = np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint32)
+    return int(words.view(np.uint64)[0] >> 1)
+
+
+class MaskedViews(Dataset):
+    """Pretraining samples: an augmented view and the masking noise of one image, both drawn
+    from that sample's own seed. Keys are (epoch, index) pairs from `EpochSampler`.
+
+    Returns (image, noise), or None for an unreadable image when `skip_bad_images` is set (the
+    collate function drops it and counts it); otherwise the `ImageReadError` propagates."""
+
+    def __init__(self, dataset: Dataset, masking, grid: tuple[int, int], num_masked: int, seed: int,
+                 skip_bad_images: bool = False):
+        self.dataset = dataset
+        self.masking = masking
+        self.grid = tuple(grid)
+        self.num_masked = num_masked
+        self.seed = seed
+        self.skip_bad_images = skip_bad_images
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            try:
+                img, _ = self.dataset[index]
+            except ImageReadError as exc:
+                if not self.skip_bad_images:
+                    raise
+                return SkippedImage(str(exc))
+            noise = self.masking(1, self.grid, self.num_masked, torch.device("cpu"))[0]
+        return img, noise
+
+
+class SkippedImage(str):
+    """The error message of an image that was skipped; collate counts these."""
+
+
+def collate_views(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stacks images and noise; returns the messages of skipped images alongside."""
+    skipped = [item for item in batch if isinstance(item, SkippedImage)]
+    kept = [item for item in batch if not isinstance(item, SkippedImage)]
+    if not kept:
+        raise ImageReadError("every image of a batch was unreadable:\n" + "\n".join(skipped))
+    imgs = torch.stack([img for img, _ in kept])
+    noise = torch.stack([n for _, n in kept])
+    return imgs, noise, [str(s) for s in skipped]
+
+
+class EpochSampler(DistributedSampler):
+    """DistributedSampler whose indices carry the epoch, so per-sample seeds stay right even
+    with persistent data workers (which never see `set_epoch` on their dataset copy)."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, index) for index in super().__iter__())
