@@ -1,0 +1,78 @@
+"""Shared base of the detection configs: Mask R-CNN with ViTDet's heads on the toolkit's ViT-B
+backbone + simple feature pyramid, COCO with large-scale jitter, AdamW with layer-wise lr decay,
+ViTDet's 100-epoch step schedule, AMP. Variants override a few fields.
+
+Initialise from an MAE checkpoint (the toolkit's or the official one) with
+`train.mae_checkpoint=PATH`; official releases pickle extra objects: add `train.allow_pickle=True`
+only for files you trust."""
+
+import torch
+from detectron2 import model_zoo
+from detectron2.config import LazyCall as L
+from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
+from detectron2.evaluation import COCOEvaluator
+from omegaconf import OmegaConf
+
+from detection.backbone import ViTDetBackbone
+from detection.data import coco_dataset, eval_augmentations, lsj_augmentations
+from detection.optim import layer_decay_params, step_lr_schedule
+from mae_core.backbone import create_backbone
+
+# Mask R-CNN with ViTDet's heads: LayerNorm in box and mask heads, 2-conv RPN, 4conv1fc box head.
+model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
+model.backbone = L(ViTDetBackbone)(
+    net=L(create_backbone)(
+        arch="vit_base_patch16",
+        vitdet_windows=True,  # 14x14 windows, global blocks 2, 5, 8, 11
+        use_rel_pos=True,
+        img_size=1024,
+        pretrain_img_size=224,
+        drop_path_rate=0.1,
+    ),
+    out_channels=256,
+    square_pad=1024,
+)
+
+dataloader = OmegaConf.create()
+dataloader.train = L(build_detection_train_loader)(
+    dataset=L(coco_dataset)(name="coco_2017_train"),
+    mapper=L(DatasetMapper)(
+        is_train=True,
+        augmentations=L(lsj_augmentations)(image_size=1024, min_scale=0.1, max_scale=2.0),
+        image_format="RGB",
+        use_instance_mask=True,
+        recompute_boxes=True,  # boxes from the cropped masks
+    ),
+    total_batch_size=64,
+    num_workers=4,
+)
+dataloader.test = L(build_detection_test_loader)(
+    dataset=L(coco_dataset)(name="coco_2017_val", filter_empty=False),
+    mapper=L(DatasetMapper)(
+        is_train=False,
+        augmentations=L(eval_augmentations)(image_size="${....train.mapper.augmentations.image_size}"),
+        image_format="RGB",
+    ),
+    num_workers=4,
+)
+dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.name}", output_dir="${train.output_dir}")
+
+optimizer = L(torch.optim.AdamW)(
+    params=L(layer_decay_params)(base_lr="${..lr}", weight_decay="${..weight_decay}", layer_decay=0.7),
+    lr=1e-4,
+    betas=(0.9, 0.999),
+    weight_decay=0.1,
+)
+
+# 100 epochs = 184,375 iterations x 64 images / 118k images.
+lr_multiplier = L(step_lr_schedule)(max_iter="${train.max_iter}", warmup_iters=250)
+
+train = model_zoo.get_config("common/train.py").train
+train.max_iter = 184375
+train.amp.enabled = True
+train.ddp.fp16_compression = True
+train.eval_period = 5000
+train.checkpointer = dict(period=5000, max_to_keep=100)
+train.output_dir = "output/mask_rcnn_vit"
+train.mae_checkpoint = ""
+train.allow_pickle = False

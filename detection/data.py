@@ -1,0 +1,138 @@
+"""COCO-format data for Detectron2: the standard layout, any json + image folder, and ViTDet's
+large-scale-jitter augmentation.
+
+The standard layout is Detectron2's own: `$DETECTRON2_DATASETS/coco/annotations/instances_{train,
+val}2017.json` with images in `coco/{train,val}2017/`, registered at import as `coco_2017_train` /
+`coco_2017_val`. Any other COCO json is registered by `coco_dataset(name, json_file, image_root)`,
+which first checks the file, so that a broken dataset fails at start naming the bad item instead
+of deep inside a data-loader worker.
+
+Handling of awkward but valid input: an image without annotations is kept; training drops it
+(Detectron2's `filter_empty`, which logs how many), evaluation keeps it (it still counts for
+false positives). Crowd annotations are kept and ignored by training as usual."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import detectron2.data.transforms as T
+from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data.datasets import load_coco_json
+
+
+class CocoDatasetError(ValueError):
+    """A COCO json that cannot be used; the message names the file and the bad item."""
+
+
+def check_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLike) -> dict:
+    """Reads and checks a COCO instances json; returns it. Raises `CocoDatasetError` naming the
+    image or annotation at fault: a missing image file, an annotation of an unknown image or
+    category, a polygon with fewer than three points, a box that is not [x, y, w, h]."""
+    json_file, image_root = Path(json_file), Path(image_root)
+    if not json_file.is_file():
+        raise CocoDatasetError(f"COCO annotation file {json_file} does not exist")
+    try:
+        coco = json.loads(json_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CocoDatasetError(f"{json_file} is not valid JSON: {exc}") from exc
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco.get(key), list):
+            raise CocoDatasetError(f"{json_file}: expected a list under {key!r} (COCO instances format)")
+    if not coco["categories"]:
+        raise CocoDatasetError(f"{json_file}: 'categories' is empty")
+
+    image_ids = set()
+    for img in coco["images"]:
+        path = image_root / img["file_name"]
+        if not path.is_file():
+            raise CocoDatasetError(
+                f"{json_file}: image id {img['id']} names {img['file_name']!r}, but {path} does not exist"
+            )
+        image_ids.add(img["id"])
+    category_ids = {c["id"] for c in coco["categories"]}
+    for ann in coco["annotations"]:
+        where = f"{json_file}: annotation id {ann.get('id')} (image id {ann.get('image_id')})"
+        if ann.get("image_id") not in image_ids:
+            raise CocoDatasetError(f"{where} refers to an image that is not listed in 'images'")
+        if ann.get("category_id") not in category_ids:
+            raise CocoDatasetError(
+                f"{where} has category_id {ann.get('category_id')}, which is not in 'categories' "
+                f"(known ids: {sorted(category_ids)})"
+            )
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and bbox[2] >= 0 and bbox[3] >= 0):
+            raise CocoDatasetError(f"{where} has bbox {bbox}; expected [x, y, width, height] with width, height >= 0")
+        segm = ann.get("segmentation")
+        if isinstance(segm, list):
+            for poly in segm:
+                if len(poly) % 2 or len(poly) < 6:
+                    raise CocoDatasetError(
+                        f"{where} has a polygon with {len(poly)} coordinates; a polygon needs an even "
+                        "number of coordinates and at least three points (6 numbers)"
+                    )
+    return coco
+
+
+def register_coco(name: str, json_file: str | os.PathLike, image_root: str | os.PathLike) -> None:
+    """Registers a COCO-format dataset under `name` (checked when first loaded). Registering the
+    same name again with the same files is a no-op; with other files it is an error."""
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    if name in DatasetCatalog.list():
+        meta = MetadataCatalog.get(name)
+        if (meta.get("json_file"), meta.get("image_root")) != (json_file, image_root):
+            raise ValueError(
+                f"dataset {name!r} is already registered with json {meta.get('json_file')} and images "
+                f"{meta.get('image_root')}; choose another name for {json_file}"
+            )
+        return
+
+    def load() -> list[dict]:
+        check_coco_json(json_file, image_root)
+        return load_coco_json(json_file, image_root, name)
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
+
+
+def coco_dataset(
+    name: str,
+    json_file: str | None = None,
+    image_root: str | None = None,
+    filter_empty: bool = True,
+) -> list[dict]:
+    """Dataset dicts for a config: registers `name` first when files are given, else `name` must
+    be registered already (e.g. Detectron2's `coco_2017_train`)."""
+    if (json_file is None) != (image_root is None):
+        raise ValueError(f"dataset {name!r}: give both json_file and image_root, or neither")
+    if json_file is not None:
+        register_coco(name, json_file, image_root)
+    elif name not in DatasetCatalog.list():
+        raise KeyError(f"dataset {name!r} is not registered; give json_file and image_root to register it")
+    return get_detection_dataset_dicts(name, filter_empty=filter_empty)
+
+
+def lsj_augmentations(image_size: int = 1024, min_scale: float = 0.1, max_scale: float = 2.0) -> list:
+    """ViTDet's large-scale jitter: flip, resize the image to a random scale of `image_size`,
+    crop (without padding: the model pads to a square) to image_size x image_size."""
+    return [
+        T.RandomFlip(horizontal=True),
+        T.ResizeScale(min_scale=min_scale, max_scale=max_scale, target_height=image_size, target_width=image_size),
+        T.FixedSizeCrop(crop_size=(image_size, image_size), pad=False),
+    ]
+
+
+def eval_augmentations(image_size: int = 1024) -> list:
+    """Evaluation: the longer side resized to `image_size` (ViTDet)."""
+    return [T.ResizeShortestEdge(short_edge_length=image_size, max_size=image_size)]
+
+
+__all__ = [
+    "CocoDatasetError",
+    "check_coco_json",
+    "coco_dataset",
+    "lsj_augmentations",
+    "register_coco",
+    "eval_augmentations",
+]
