@@ -2,16 +2,27 @@
 
 Every file the toolkit writes goes through `save_checkpoint` (temporary file in the same folder,
 fsync, rename), so a crash never leaves a truncated checkpoint under the real name. Loading uses
-`torch.load(weights_only=True)`; legacy pickles need an explicit opt-in."""
+`torch.load(weights_only=True)`; legacy pickles need an explicit opt-in.
+
+`load_pretrained` reads the toolkit's own checkpoints, official MAE, timm ViT and Hugging Face
+ViTMAE files into any toolkit ViT, adapting grid and patch size, and reports every key."""
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
+import re
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from timm.layers import resample_patch_embed
+from torch import nn
+
+from .pos_embed import resample_pos_embed
 
 
 class CheckpointError(RuntimeError):
@@ -50,3 +61,320 @@ def load_checkpoint_file(path: str | os.PathLike, allow_pickle: bool = False, ma
         ) from exc
     except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable torch checkpoint: {exc}") from exc
+
+
+# --- Reading other people's checkpoints -------------------------------------------------------------
+#
+# Everything is converted to one layout, the official MAE one (also timm's ViT layout):
+# patch_embed.proj, cls_token, pos_embed, blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2},
+# norm, decoder_embed, mask_token, decoder_pos_embed, decoder_blocks.N.*, decoder_norm, decoder_pred.
+
+STATE_DICT_WRAPPERS = ("model", "state_dict", "module")
+
+# Parts of the layout a model may lack on purpose: pretraining-only parts (cls token, final norm,
+# decoder, the encoder mask token of the slow baseline) that a dense-prediction backbone drops.
+PRETRAINING_ONLY = ("cls_token", "norm.", "mask_token", "encoder_mask_token", "decoder_")
+# A fine-tuned classifier's head (timm, official MAE fine-tuning); no toolkit model uses it.
+CLASSIFIER_KEYS = re.compile(r"^(head|fc_norm|head_drop)\.")
+# The pretrained encoder proper: what `raise_if_encoder_missing` insists on.
+ENCODER_KEYS = re.compile(
+    r"^(patch_embed\.proj\.|cls_token$|pos_embed$|norm\.|"
+    r"blocks\.\d+\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.)"
+)
+ENCODER_ONLY_DROP = re.compile(r"^(mask_token$|encoder_mask_token$|decoder_)")
+
+
+def extract_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The tensors of a raw state dict, or of one held under "model", "state_dict" or "module"
+    (official MAE, DeiT, Lightning...), with a DDP "module." prefix removed."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: expected a dict of tensors, got {type(obj).__name__}")
+    for wrapper in STATE_DICT_WRAPPERS:
+        if isinstance(obj.get(wrapper), Mapping):
+            return extract_state_dict(obj[wrapper], source)
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not obj or not_tensors:
+        raise CheckpointError(
+            f"{source}: no state dict found; expected a dict of tensors or one under "
+            f"{', '.join(repr(w) for w in STATE_DICT_WRAPPERS)}; found keys {_few(list(obj))}"
+        )
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+@dataclass
+class ConvertedCheckpoint:
+    """A state dict in the official MAE layout, the layout it came in, the classifier keys that
+    were dropped, and the toolkit's `arch` record when the file had one."""
+
+    state_dict: dict[str, torch.Tensor]
+    source_format: str
+    dropped: list[str] = field(default_factory=list)
+    arch: dict | None = None
+
+
+HF_ENCODER_PREFIX = re.compile(r"^vit\.")
+HF_LAYER = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)$")
+HF_DECODER_LAYER = re.compile(r"^decoder\.decoder_(?:layers|encoder\.layer)\.(\d+)\.(.+)$")
+# Inside one transformer layer: transformers < 5 names (as in the hub files) and transformers 5 names.
+HF_LAYER_PARTS = {
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "attention.attention.query": "q",
+    "attention.attention.key": "k",
+    "attention.attention.value": "v",
+    "attention.q_proj": "q",
+    "attention.k_proj": "k",
+    "attention.v_proj": "v",
+    "attention.output.dense": "attn.proj",
+    "attention.o_proj": "attn.proj",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+HF_TOP_LEVEL = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+    "decoder.mask_token": "mask_token",
+    "decoder.decoder_pos_embed": "decoder_pos_embed",
+}
+HF_DECODER_MODULES = re.compile(r"^decoder\.(decoder_embed|decoder_norm|decoder_pred)\.(weight|bias)$")
+
+
+def _from_hugging_face(sd: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """ViTMAEForPreTraining (`vit.` + `decoder.`) or ViTMAEModel (no prefix) -> official layout;
+    separate query/key/value projections are fused into one qkv (q, k, v stacked in that order)."""
+    out: dict[str, torch.Tensor] = {}
+    qkv_parts: dict[str, dict[str, torch.Tensor]] = {}
+    unknown = []
+    for key, value in sd.items():
+        name = HF_ENCODER_PREFIX.sub("", key)
+        if name in HF_TOP_LEVEL:
+            out[HF_TOP_LEVEL[name]] = value
+            continue
+        if m := HF_DECODER_MODULES.match(name):
+            out[f"{m[1]}.{m[2]}"] = value
+            continue
+        layer = HF_LAYER.match(name)
+        prefix = "blocks"
+        if layer is None:
+            layer = HF_DECODER_LAYER.match(name)
+            prefix = "decoder_blocks"
+        part, _, param = layer[2].rpartition(".") if layer else ("", "", "")
+        if part not in HF_LAYER_PARTS:
+            unknown.append(key)
+            continue
+        target = HF_LAYER_PARTS[part]
+        if target in ("q", "k", "v"):
+            qkv_parts.setdefault(f"{prefix}.{layer[1]}.attn.qkv.{param}", {})[target] = value
+        else:
+            out[f"{prefix}.{layer[1]}.{target}.{param}"] = value
+    if unknown:
+        raise CheckpointError(f"{source}: Hugging Face ViTMAE keys with no counterpart: {_few(unknown)}")
+    for name, parts in qkv_parts.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise CheckpointError(
+                f"{source}: {name} needs query, key and value projections, found only {sorted(parts)}"
+            )
+        out[name] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    return out
+
+
+def _is_hugging_face(keys) -> bool:
+    return any(HF_ENCODER_PREFIX.sub("", k).startswith("embeddings.patch_embeddings.") for k in keys)
+
+
+def to_official_layout(obj, source: str = "checkpoint") -> ConvertedCheckpoint:
+    """Detects the layout of a loaded checkpoint (toolkit, official MAE / timm ViT, Hugging Face
+    ViTMAE) from its keys and converts it to the official MAE layout."""
+    arch = obj.get("arch") if isinstance(obj, Mapping) and isinstance(obj.get("arch"), Mapping) else None
+    sd = extract_state_dict(obj, source)
+    if _is_hugging_face(sd):
+        return ConvertedCheckpoint(_from_hugging_face(sd, source), "Hugging Face ViTMAE", arch=arch)
+    if "patch_embed.proj.weight" in sd:
+        dropped = [k for k in sd if CLASSIFIER_KEYS.match(k)]
+        kept = {k: v for k, v in sd.items() if k not in dropped}
+        fmt = "toolkit" if arch is not None else "official MAE / timm ViT"
+        return ConvertedCheckpoint(kept, fmt, dropped, dict(arch) if arch is not None else None)
+    raise CheckpointError(
+        f"{source}: unrecognised checkpoint layout (neither official MAE / timm ViT, whose keys include "
+        f"'patch_embed.proj.weight', nor Hugging Face ViTMAE); keys include {_few(list(sd))}"
+    )
+
+
+def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False):
+    """A torch checkpoint (safe loading, see `load_checkpoint_file`) or a `.safetensors` file
+    (the Hugging Face hub format)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return load_checkpoint_file(path, allow_pickle=allow_pickle)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise CheckpointError(f"{path}: reading .safetensors files needs `pip install safetensors`") from exc
+    try:
+        return load_file(path, device="cpu")
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+
+
+# --- Shape adaptation ------------------------------------------------------------------------------
+
+
+def resize_patch_embed(weight: torch.Tensor, new_patch: int | tuple[int, int]) -> torch.Tensor:
+    """Patch-embedding kernel (D, C, p, p) resampled to another patch size with timm's
+    pseudo-inverse resize (FlexiViT), which keeps the embedding of a correspondingly resized
+    patch unchanged; the ViT-H/14 -> patch-16 route uses it."""
+    new = (new_patch, new_patch) if isinstance(new_patch, int) else tuple(new_patch)
+    if tuple(weight.shape[-2:]) == new:
+        return weight
+    return resample_patch_embed(weight.float(), list(new)).to(weight.dtype)
+
+
+def _square_grid(tokens: int) -> tuple[int, int] | None:
+    side = math.isqrt(tokens)
+    return (side, side) if side * side == tokens else None
+
+
+def _checkpoint_grid(tokens: int, arch: dict | None) -> tuple[int, int] | None:
+    """The token grid a checkpoint's position table was trained on: from the toolkit's `arch`
+    record when it names the image size, otherwise square."""
+    if arch and arch.get("img_size") and arch.get("patch_size"):
+        size = arch["img_size"]
+        h, w = (size, size) if isinstance(size, int) else size
+        grid = (h // arch["patch_size"], w // arch["patch_size"])
+        if grid[0] * grid[1] == tokens:
+            return grid
+    return _square_grid(tokens)
+
+
+def _adapt(key: str, value: torch.Tensor, target: torch.Tensor, module, arch: dict | None):
+    """`value` reshaped to `target`'s shape where the layout allows it (position table on another
+    grid, patch kernel of another size); None where it does not."""
+    if value.shape == target.shape:
+        return value
+    if key in ("pos_embed", "decoder_pos_embed") and value.ndim == 3 and value.shape[-1] == target.shape[-1]:
+        new_grid = tuple(getattr(module, "grid_size", None) or ()) or _square_grid(target.shape[1] - 1)
+        prefix = target.shape[1] - (new_grid[0] * new_grid[1] if new_grid else 0)
+        old_grid = _checkpoint_grid(value.shape[1] - prefix, arch) if prefix >= 0 else None
+        if new_grid and old_grid:
+            return resample_pos_embed(value, new_grid, old_grid, num_prefix_tokens=prefix).to(value.dtype)
+    if key == "patch_embed.proj.weight" and value.ndim == 4 and value.shape[:2] == target.shape[:2]:
+        return resize_patch_embed(value, tuple(target.shape[-2:]))
+    return None
+
+
+# --- Loading into a module -------------------------------------------------------------------------
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class LoadReport:
+    """What `load_pretrained` did with every key: loaded as is, resized, ignored on purpose, or not
+    loaded (missing from the checkpoint, unknown to the model, or of another shape)."""
+
+    source: str
+    source_format: str
+    loaded: list[str] = field(default_factory=list)
+    resized: list[tuple[str, Shape, Shape]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, Shape, Shape]] = field(default_factory=list)
+
+    @property
+    def encoder_problems(self) -> list[str]:
+        """Pretrained-encoder keys that did not load one-to-one: missing, of another shape, or
+        surplus (a deeper checkpoint). Extra parts such as relative positions are not counted."""
+        bad = self.missing + [k for k, _, _ in self.mismatched] + self.unexpected
+        return [k for k in bad if ENCODER_KEYS.match(k)]
+
+    def raise_if_encoder_missing(self) -> None:
+        """For callers that need the whole pretrained encoder, not a partly random one."""
+        if self.encoder_problems:
+            raise CheckpointError(
+                f"{self.source}: the pretrained encoder did not load completely; "
+                f"problem keys: {', '.join(self.encoder_problems)}\n{self}"
+            )
+
+    def __str__(self) -> str:
+        lines = [f"Loaded {self.source} ({self.source_format} layout): {len(self.loaded)} tensors loaded"]
+
+        def section(title: str, items: list[str]) -> None:
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
+
+        section("resized", [f"{k} {list(old)} -> {list(new)}" for k, old, new in self.resized])
+        section("ignored (not used by this model)", self.ignored)
+        section("MISSING from the checkpoint, left at initialisation", self.missing)
+        section("UNEXPECTED, unknown to this model", self.unexpected)
+        section(
+            "MISMATCHED shape, left at initialisation",
+            [f"{k} checkpoint {list(c)} vs model {list(m)}" for k, c, m in self.mismatched],
+        )
+        return "\n".join(lines)
+
+
+def load_pretrained(module: nn.Module, source, *, allow_pickle: bool = False) -> LoadReport:
+    """Loads a checkpoint (path, loaded checkpoint or state dict; any layout `to_official_layout`
+    knows) into a toolkit `VisionTransformer`, `MaskedAutoencoder` or `ViTBackbone`.
+
+    Position tables are resampled to the module's grid and the patch kernel to its patch size;
+    parts the module leaves out on purpose (cls token, final norm, decoder for a backbone) are
+    reported as ignored. Loading is non-strict, and the report names every key that was not
+    loaded, so print it (or call `raise_if_encoder_missing`)."""
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    obj = read_checkpoint(source, allow_pickle) if isinstance(source, (str, os.PathLike)) else source
+    converted = to_official_layout(obj, name)
+    report = LoadReport(name, converted.source_format, ignored=list(converted.dropped))
+    model_sd = module.state_dict()
+    to_load = {}
+    for key, value in converted.state_dict.items():
+        if key not in model_sd:
+            (report.ignored if key.startswith(PRETRAINING_ONLY) else report.unexpected).append(key)
+            continue
+        target = model_sd[key]
+        adapted = _adapt(key, value, target, module, converted.arch)
+        if adapted is None:
+            report.mismatched.append((key, tuple(value.shape), tuple(target.shape)))
+            continue
+        if adapted is not value:
+            report.resized.append((key, tuple(value.shape), tuple(adapted.shape)))
+        to_load[key] = adapted
+    result = module.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    report.missing = [k for k in result.missing_keys if k not in {m[0] for m in report.mismatched}]
+    return report
+
+
+def export_backbone(source, path: str | os.PathLike, *, allow_pickle: bool = False, arch: dict | None = None):
+    """Writes the encoder of any readable checkpoint (no decoder, no classifier) as a toolkit
+    checkpoint {"model", "arch", "source_format"}, atomically. `arch` completes or overrides
+    what can be read off the weights (the head count cannot)."""
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
+    obj = read_checkpoint(source, allow_pickle) if isinstance(source, (str, os.PathLike)) else source
+    converted = to_official_layout(obj, name)
+    encoder = {k: v for k, v in converted.state_dict.items() if not ENCODER_ONLY_DROP.match(k)}
+    record = {**_arch_from_weights(encoder), **(converted.arch or {}), **(arch or {})}
+    return save_checkpoint({"model": encoder, "arch": record, "source_format": converted.source_format}, path)
+
+
+def _arch_from_weights(sd: dict[str, torch.Tensor]) -> dict:
+    embed_dim, in_chans, patch_size, _ = sd["patch_embed.proj.weight"].shape
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    arch = {"patch_size": patch_size, "embed_dim": embed_dim, "depth": depth, "in_chans": in_chans}
+    if "blocks.0.mlp.fc1.weight" in sd:
+        arch["mlp_ratio"] = sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
+    return arch
+
+
+def _few(keys: list[str], n: int = 5) -> str:
+    shown = ", ".join(repr(k) for k in keys[:n])
+    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
