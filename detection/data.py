@@ -113,6 +113,18 @@ def coco_dataset(
     return get_detection_dataset_dicts(name, filter_empty=filter_empty)
 
 
+def class_names(name: str, json_file: str | os.PathLike | None = None) -> list[str]:
+    """Category names in Detectron2's contiguous-id order (sorted COCO ids), read from the json's
+    'categories' when one is given, else from the registered metadata (e.g. `coco_2017_val`)."""
+    if json_file is not None:
+        categories = json.loads(Path(json_file).read_text())["categories"]
+        return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+    names = MetadataCatalog.get(name).get("thing_classes")
+    if names is None:
+        raise KeyError(f"dataset {name!r} has no registered class names; give its json_file")
+    return list(names)
+
+
 def lsj_augmentations(image_size: int = 1024, min_scale: float = 0.1, max_scale: float = 2.0) -> list:
     """ViTDet's large-scale jitter: flip, resize the image to a random scale of `image_size`,
     crop (without padding: the model pads to a square) to image_size x image_size."""
@@ -131,6 +143,7 @@ def eval_augmentations(image_size: int = 1024) -> list:
 __all__ = [
     "CocoDatasetError",
     "check_coco_json",
+    "class_names",
     "coco_dataset",
     "lsj_augmentations",
     "register_coco",

@@ -1,0 +1,101 @@
+"""Run a trained detector on image files or folders and write overlay PNGs.
+
+    python tools/infer_det.py --config-file configs/detection/mask_rcnn_vit_tiny_cpu.py \
+        --weights output/mask_rcnn_vit_tiny_cpu/model_final.pth --input photo.jpg images/ \
+        --output overlays/ [--confidence 0.5] [key=value ...]
+
+Images are preprocessed as the config's test loader does; boxes, masks, class names and scores
+are drawn with Detectron2's `Visualizer`. Class names come from the config's test dataset."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import MetadataCatalog, detection_utils
+from detectron2.data import transforms as T
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.visualizer import Visualizer
+
+from detection.data import class_names
+from detection.engine import AtomicCheckpointer
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+logger = logging.getLogger("detection")
+
+
+def list_images(inputs: list[str]) -> list[Path]:
+    """Files as given, folders expanded to their images (sorted); anything else is an error."""
+    images = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"folder {item} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            images += found
+        elif item.is_file():
+            images.append(item)
+        else:
+            raise FileNotFoundError(f"input {item} is neither an image file nor a folder")
+    return images
+
+
+class Predictor:
+    """The config's model with its weights, fed as the test loader feeds it."""
+
+    def __init__(self, cfg, weights: str):
+        self.model = instantiate(cfg.model).to(cfg.train.device).eval()
+        AtomicCheckpointer(self.model).load(weights)
+        self.augment = T.AugmentationList(instantiate(cfg.dataloader.test.mapper.augmentations))
+        self.image_format = cfg.dataloader.test.mapper.image_format
+        self.device = cfg.train.device
+
+    @torch.no_grad()
+    def __call__(self, image):
+        h, w = image.shape[:2]
+        aug = T.AugInput(image)
+        self.augment(aug)
+        tensor = torch.as_tensor(aug.image.transpose(2, 0, 1).copy()).to(self.device)
+        return self.model([{"image": tensor, "height": h, "width": w}])[0]["instances"].to("cpu")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--weights", help="checkpoint to load (default: train.init_checkpoint of the config)")
+    parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
+    parser.add_argument("--output", required=True, help="folder for the overlay PNGs")
+    parser.add_argument("--confidence", type=float, default=0.5, help="minimum score drawn")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
+    args = parser.parse_args(argv)
+    setup_logger(name="detection")
+
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    weights = args.weights or cfg.train.init_checkpoint
+    if not weights:
+        parser.error("no weights: pass --weights or train.init_checkpoint=PATH")
+    images = list_images(args.input)
+    predictor = Predictor(cfg, weights)
+    dataset = cfg.dataloader.test.dataset
+    metadata = MetadataCatalog.get(f"{dataset.name}_inference").set(
+        thing_classes=class_names(dataset.name, dataset.get("json_file"))
+    )
+
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in images:
+        image = detection_utils.read_image(str(path), format=predictor.image_format)
+        instances = predictor(image)
+        instances = instances[instances.scores >= args.confidence]
+        rgb = image if predictor.image_format == "RGB" else image[:, :, ::-1]
+        overlay = Visualizer(rgb, metadata).draw_instance_predictions(instances)
+        target = out_dir / f"{path.stem}.png"
+        overlay.save(str(target))
+        logger.info(f"{path}: {len(instances)} detections >= {args.confidence} -> {target}")
+
+
+if __name__ == "__main__":
+    main()
