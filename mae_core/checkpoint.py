@@ -81,6 +81,10 @@ ENCODER_KEYS = re.compile(
     r"^(patch_embed\.proj\.|cls_token$|pos_embed$|norm\.|"
     r"blocks\.\d+\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.)"
 )
+# What an encoder-only checkpoint's "arch" keeps of a pretraining run's record (no decoder, no masking).
+ENCODER_ARCH_FIELDS = (
+    "name", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size", "in_chans",
+)
 ENCODER_ONLY_DROP = re.compile(r"^(mask_token$|encoder_mask_token$|decoder_)")
 
 
@@ -363,6 +367,7 @@ def export_backbone(source, path: str | os.PathLike, *, allow_pickle: bool = Fal
     converted = to_official_layout(obj, name)
     encoder = {k: v for k, v in converted.state_dict.items() if not ENCODER_ONLY_DROP.match(k)}
     record = {**_arch_from_weights(encoder), **(converted.arch or {}), **(arch or {})}
+    record = {k: v for k, v in record.items() if k in ENCODER_ARCH_FIELDS}
     return save_checkpoint({"model": encoder, "arch": record, "source_format": converted.source_format}, path)
 
 

@@ -349,3 +349,25 @@ def test_missing_file_is_named(tmp_path):
         load_pretrained(
             VisionTransformer(32, patch_size=8, embed_dim=16, depth=1, num_heads=2), tmp_path / "nowhere.pth"
         )
+
+
+def test_export_from_a_pretraining_checkpoint_keeps_only_the_encoder_arch(tmp_path):
+    mae = MaskedAutoencoder((32, 48), 8, 1, 32, 2, 2, decoder_embed_dim=16, decoder_depth=1)
+    arch = {
+        "name": "custom", "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 4.0,
+        "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2, "img_size": [32, 48],
+        "in_chans": 1, "mask_ratio": 0.75, "norm_pix_loss": True, "masking": "random",
+    }  # fmt: skip
+    run = save_checkpoint({"model": mae.state_dict(), "arch": arch, "epoch": 3}, tmp_path / "last.pth")
+    saved = load_checkpoint_file(export_backbone(run, tmp_path / "encoder.pth"))
+    assert saved["arch"] == {
+        "name": "custom", "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+        "mlp_ratio": 4.0, "img_size": [32, 48], "in_chans": 1,
+    }  # fmt: skip
+    assert not any(k.startswith(("decoder_", "mask_token")) for k in saved["model"])
+    # The non-square 4x6 grid recorded in "arch" lets the table be resampled to a square 6x6 one.
+    backbone = ViTBackbone(img_size=48, pretrain_img_size=48, patch_size=8, in_chans=1, embed_dim=32,
+                           depth=2, num_heads=2)  # fmt: skip
+    report = load_pretrained(backbone, tmp_path / "encoder.pth")
+    assert report.resized == [("pos_embed", (1, 25, 32), (1, 37, 32))]
+    report.raise_if_encoder_missing()
