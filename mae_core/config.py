@@ -137,7 +137,12 @@ def _set(node, parts: list[str], value, full_key: str):
             raise ConfigError(f"config key {full_key!r}: {head!r} is a value, not a section")
         return dataclasses.replace(node, **{head: _set(current, parts[1:], value, full_key)})
     if dataclasses.is_dataclass(current):
-        raise ConfigError(f"config key {full_key!r} is a section; set its fields, e.g. {full_key}.<field>")
+        if isinstance(value, type(current)):  # a whole section, e.g. {"data": DataConfig(...)}
+            return dataclasses.replace(node, **{head: value})
+        raise ConfigError(
+            f"config key {full_key!r} is a section: give a {type(current).__name__} or set its fields "
+            f"({full_key}.<field>=...)"
+        )
     return dataclasses.replace(node, **{head: _coerce(value, current, full_key)})
 
 

@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""MAE pretraining from a config file, with `key=value` overrides (dotted for sections):
+
+    python tools/pretrain.py --config configs/pretrain/fashion_mnist_toy.py epochs=2 optim.blr=1e-3
+    torchrun --nproc_per_node=8 tools/pretrain.py --config configs/pretrain/mae_vit_large.py \\
+        data.root=/data/imagenet/train
+    python tools/pretrain.py --config ... --resume          # continue from <output_dir>/last.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mae_core.checkpoint import CheckpointError  # noqa: E402
+from mae_core.config import ConfigError, load_config, override, parse_overrides  # noqa: E402
+from mae_core.data import DatasetNotFoundError, ImageReadError  # noqa: E402
+from mae_core.engine import LAST_CHECKPOINT, TrainingDiverged, pretrain  # noqa: E402
+
+# Errors whose message says everything; anything else keeps its traceback.
+USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, ImageReadError, TrainingDiverged)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="a file assigning `config = PretrainConfig(...)`")
+    parser.add_argument("--output-dir", help="where checkpoints and logs go (overrides output_dir)")
+    parser.add_argument("--resume", nargs="?", const=LAST_CHECKPOINT, metavar="CHECKPOINT",
+                        help=f"continue a run; without a path, from <output_dir>/{LAST_CHECKPOINT}")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="changes, e.g. optim.blr=1e-3")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        changes = parse_overrides(args.overrides)
+        if args.output_dir:
+            changes["output_dir"] = args.output_dir
+        config = override(load_config(args.config), changes)
+        resume = args.resume
+        if resume == LAST_CHECKPOINT:
+            resume = Path(config.output_dir) / LAST_CHECKPOINT
+        result = pretrain(config, resume=resume)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if main_process:
+        logging.getLogger("pretrain").info("finished epoch %d (%d steps); checkpoints in %s",
+                                           result.epoch, result.iteration, config.output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
