@@ -71,11 +71,13 @@ def load_checkpoint_file(path: str | os.PathLike, allow_pickle: bool = False, ma
 
 STATE_DICT_WRAPPERS = ("model", "state_dict", "module")
 
-# Parts of the layout a model may lack on purpose: pretraining-only parts (cls token, final norm,
-# decoder, the encoder mask token of the slow baseline) that a dense-prediction backbone drops.
-PRETRAINING_ONLY = ("cls_token", "norm.", "mask_token", "encoder_mask_token", "decoder_")
+# Beyond the encoder: the decoder, its mask token, and the encoder mask token of the slow baseline.
+MAE_HEAD_PARTS = ("mask_token", "encoder_mask_token", "decoder_")
+# Parts of the layout a model may lack on purpose: a dense-prediction backbone also drops the cls
+# token and the final norm of pretraining.
+PRETRAINING_ONLY = ("cls_token", "norm.", *MAE_HEAD_PARTS)
 # A fine-tuned classifier's head (timm, official MAE fine-tuning); no toolkit model uses it.
-CLASSIFIER_KEYS = re.compile(r"^(head|fc_norm|head_drop)\.")
+CLASSIFIER_KEYS = re.compile(r"^(head|fc_norm)\.")
 # The pretrained encoder proper: what `raise_if_encoder_missing` insists on.
 ENCODER_KEYS = re.compile(
     r"^(patch_embed\.proj\.|cls_token$|pos_embed$|norm\.|"
@@ -85,7 +87,6 @@ ENCODER_KEYS = re.compile(
 ENCODER_ARCH_FIELDS = (
     "name", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "img_size", "in_chans",
 )
-ENCODER_ONLY_DROP = re.compile(r"^(mask_token$|encoder_mask_token$|decoder_)")
 
 
 def extract_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -264,10 +265,10 @@ def _adapt(key: str, value: torch.Tensor, target: torch.Tensor, module, arch: di
     if value.shape == target.shape:
         return value
     if key in ("pos_embed", "decoder_pos_embed") and value.ndim == 3 and value.shape[-1] == target.shape[-1]:
-        new_grid = tuple(getattr(module, "grid_size", None) or ()) or _square_grid(target.shape[1] - 1)
-        prefix = target.shape[1] - (new_grid[0] * new_grid[1] if new_grid else 0)
+        new_grid = getattr(module, "grid_size", None) or _square_grid(target.shape[1] - 1)
+        prefix = target.shape[1] - math.prod(new_grid) if new_grid else -1
         old_grid = _checkpoint_grid(value.shape[1] - prefix, arch) if prefix >= 0 else None
-        if new_grid and old_grid:
+        if old_grid:
             return resample_pos_embed(value, new_grid, old_grid, num_prefix_tokens=prefix).to(value.dtype)
     if key == "patch_embed.proj.weight" and value.ndim == 4 and value.shape[:2] == target.shape[:2]:
         return resize_patch_embed(value, tuple(target.shape[-2:]))
@@ -326,6 +327,12 @@ class LoadReport:
         return "\n".join(lines)
 
 
+def _read_and_convert(source, allow_pickle: bool) -> tuple[str, ConvertedCheckpoint]:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source), to_official_layout(read_checkpoint(source, allow_pickle), str(source))
+    return "state dict", to_official_layout(source, "state dict")
+
+
 def load_pretrained(module: nn.Module, source, *, allow_pickle: bool = False) -> LoadReport:
     """Loads a checkpoint (path, loaded checkpoint or state dict; any layout `to_official_layout`
     knows) into a toolkit `VisionTransformer`, `MaskedAutoencoder` or `ViTBackbone`.
@@ -334,9 +341,7 @@ def load_pretrained(module: nn.Module, source, *, allow_pickle: bool = False) ->
     parts the module leaves out on purpose (cls token, final norm, decoder for a backbone) are
     reported as ignored. Loading is non-strict, and the report names every key that was not
     loaded, so print it (or call `raise_if_encoder_missing`)."""
-    name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
-    obj = read_checkpoint(source, allow_pickle) if isinstance(source, (str, os.PathLike)) else source
-    converted = to_official_layout(obj, name)
+    name, converted = _read_and_convert(source, allow_pickle)
     report = LoadReport(name, converted.source_format, ignored=list(converted.dropped))
     model_sd = module.state_dict()
     to_load = {}
@@ -362,10 +367,8 @@ def export_backbone(source, path: str | os.PathLike, *, allow_pickle: bool = Fal
     """Writes the encoder of any readable checkpoint (no decoder, no classifier) as a toolkit
     checkpoint {"model", "arch", "source_format"}, atomically. `arch` completes or overrides
     what can be read off the weights (the head count cannot)."""
-    name = str(source) if isinstance(source, (str, os.PathLike)) else "state dict"
-    obj = read_checkpoint(source, allow_pickle) if isinstance(source, (str, os.PathLike)) else source
-    converted = to_official_layout(obj, name)
-    encoder = {k: v for k, v in converted.state_dict.items() if not ENCODER_ONLY_DROP.match(k)}
+    _, converted = _read_and_convert(source, allow_pickle)
+    encoder = {k: v for k, v in converted.state_dict.items() if not k.startswith(MAE_HEAD_PARTS)}
     record = {**_arch_from_weights(encoder), **(converted.arch or {}), **(arch or {})}
     record = {k: v for k, v in record.items() if k in ENCODER_ARCH_FIELDS}
     return save_checkpoint({"model": encoder, "arch": record, "source_format": converted.source_format}, path)
@@ -377,6 +380,8 @@ def _arch_from_weights(sd: dict[str, torch.Tensor]) -> dict:
     arch = {"patch_size": patch_size, "embed_dim": embed_dim, "depth": depth, "in_chans": in_chans}
     if "blocks.0.mlp.fc1.weight" in sd:
         arch["mlp_ratio"] = sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
+    if "pos_embed" in sd and (grid := _square_grid(sd["pos_embed"].shape[1] - 1)):
+        arch["img_size"] = [grid[0] * patch_size, grid[1] * patch_size]
     return arch
 
 

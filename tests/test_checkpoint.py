@@ -305,6 +305,7 @@ def test_export_backbone_writes_the_encoder_only(tmp_path):
         "depth": 2,
         "in_chans": 3,
         "mlp_ratio": 4.0,
+        "img_size": [224, 224],
         "num_heads": 12,
     }
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
