@@ -234,6 +234,18 @@ def test_hugging_face_vitmae_for_pretraining_gives_the_same_loss(tmp_path):
     assert (report.missing, report.unexpected, report.mismatched) == ([], [], [])
     assert_same_pretraining_output(hf_model, mae, imgs)
 
+    # transformers 5 writes the decoder layers as `decoder.decoder_encoder.layer.N`; the files on
+    # the hub (facebook/vit-mae-*, written by transformers 4) say `decoder.decoder_layers.N`.
+    from safetensors.torch import load_file
+
+    hub = {k.replace("decoder_encoder.layer.", "decoder_layers."): v for k, v in
+           load_file(tmp_path / "model.safetensors").items()}  # fmt: skip
+    assert any(k.startswith("decoder.decoder_layers.1.attention.attention.query") for k in hub)
+    mae = toolkit_mae_like(config)
+    report = load_pretrained(mae, hub)
+    assert (report.missing, report.unexpected, report.mismatched) == ([], [], [])
+    assert_same_pretraining_output(hf_model, mae, imgs)
+
 
 def test_hugging_face_vitmae_model_without_prefix_loads_the_encoder():
     from transformers import ViTMAEModel
