@@ -166,6 +166,11 @@ class MaskedAutoencoder(VisionTransformer):
         self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
     ) -> MAEOutput:
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        if self.num_visible(ratio) >= self.num_patches:
+            # The loss averages over masked patches: with none it would be 0/0 = NaN.
+            raise ValueError(
+                f"mask_ratio {ratio} masks none of the {self.num_patches} patches; the loss needs one"
+            )
         latent, mask, ids_restore = self.forward_encoder(imgs, ratio, noise)
         pred = self.forward_decoder(latent, ids_restore)
         return MAEOutput(self.forward_loss(imgs, pred, mask), pred, mask)
