@@ -26,6 +26,7 @@ dataloader.train.num_workers = 0
 dataloader.test.num_workers = 0
 
 optimizer.lr = 2e-4
+lr_multiplier.warmup_iters = 10
 optimizer.params.layer_decay = 0.9
 train.device = "cpu"
 train.amp.enabled = False
