@@ -26,6 +26,7 @@ from detectron2.engine import (
     launch,
 )
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from detection.engine import AtomicCheckpointer, build_optimizer, evaluate, init_backbone_from_mae, wrap_ddp
 
@@ -69,6 +70,7 @@ def do_train(args, cfg) -> None:
 def main(args) -> None:
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
     default_setup(cfg, args)
+    setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="detection")
     if args.eval_only:
         model = wrap_ddp(cfg, build_model(cfg))
         checkpoint = AtomicCheckpointer(model, cfg.train.output_dir).resume_or_load(
