@@ -11,6 +11,8 @@ import ast
 import dataclasses
 import json
 import runpy
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,28 +145,52 @@ def _set(node, parts: list[str], value, full_key: str):
             f"config key {full_key!r} is a section: give a {type(current).__name__} or set its fields "
             f"({full_key}.<field>=...)"
         )
-    return dataclasses.replace(node, **{head: _coerce(value, current, full_key)})
+    hint = typing.get_type_hints(type(node))[head]
+    return dataclasses.replace(node, **{head: _coerce(value, hint, full_key)})
 
 
-def _coerce(value, current, key: str):
-    """Matches the kind of the default: ints become floats for float fields, lists become
-    tuples for tuple fields (and for `img_size=(h, w)`). `None` is accepted for every field whose
-    default is None and leaves others' checks to the code that uses them."""
-    if isinstance(value, list):
-        value = tuple(value)
-    if value is None or current is None:
-        return value
-    if isinstance(current, bool) or isinstance(value, bool):
-        if not (isinstance(current, bool) and isinstance(value, bool)):
-            raise ConfigError(f"config key {key!r} expects {type(current).__name__}, got {value!r}")
-        return value
-    if isinstance(current, float) and isinstance(value, int):
-        return float(value)
-    if isinstance(value, tuple) and isinstance(current, (tuple, int)):
-        return value
-    if not isinstance(value, type(current)):
-        raise ConfigError(f"config key {key!r} expects {type(current).__name__}, got {value!r}")
-    return value
+def _coerce(value, hint, key: str):
+    """`value` checked against the field's type: ints are accepted (as floats) for float fields,
+    lists become tuples; anything else of the wrong kind is an error naming the key."""
+    converted = _convert(value, hint)
+    if converted is _MISMATCH:
+        raise ConfigError(f"config key {key!r} expects {_type_name(hint)}, got {value!r}")
+    return converted
+
+
+_MISMATCH = object()
+
+
+def _convert(value, hint):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            converted = _convert(value, option)
+            if converted is not _MISMATCH:
+                return converted
+        return _MISMATCH
+    if hint is type(None):
+        return None if value is None else _MISMATCH
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return _MISMATCH
+        kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(kinds) != len(value):
+            return _MISMATCH
+        items = [_convert(v, k) for v, k in zip(value, kinds, strict=True)]
+        return _MISMATCH if any(i is _MISMATCH for i in items) else tuple(items)
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return float(value) if ok else _MISMATCH
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _MISMATCH
+    return value if isinstance(value, origin or hint) else _MISMATCH
+
+
+def _type_name(hint) -> str:
+    if typing.get_args(hint):
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
