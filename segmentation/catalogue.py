@@ -1,0 +1,47 @@
+"""Any backbone of `mae_core.catalogue` in MMSegmentation's MODELS registry, so an UperNet config
+picks its backbone by name with the head unchanged:
+
+    custom_imports = dict(imports=["segmentation", "segmentation.catalogue"])
+    model = dict(backbone=dict(type="CatalogueBackbone", name="resnet50_fpn"), neck=None,
+                 decode_head=dict(in_channels=[256] * 4, in_index=[0, 1, 2, 3], ...))
+
+Returns the pyramid levels p2-p5 (strides 4-32, `out_channels` wide) as a tuple, the four inputs
+UPerHead expects; the pyramid is part of the backbone, so the config has no neck."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from mmseg.registry import MODELS
+from torch import nn
+
+from mae_core.catalogue import build_pyramid
+
+LEVELS = ("p2", "p3", "p4", "p5")
+
+
+@MODELS.register_module()
+class CatalogueBackbone(nn.Module):
+    """`name` and keyword arguments go to `mae_core.catalogue.build_pyramid`; weights (checkpoint=)
+    load when it is built. A plain nn.Module, so the Runner's `init_weights` leaves them alone."""
+
+    def __init__(self, name: str, checkpoint: str | None = None, out_channels: int = 256, **kwargs):
+        super().__init__()
+        self.body = build_pyramid(name, checkpoint, out_channels, **kwargs)
+        self.catalogue_name = name
+        self.strides = tuple(self.body.strides[level] for level in LEVELS)
+        self.out_channels = out_channels
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Any input size: pads the bottom and right to a multiple of the coarsest stride (sliding-
+        window crops at borders need not be multiples), then crops every level back to the cells
+        that cover the input, so the head's logits stay aligned with the image."""
+        h, w = images.shape[-2:]
+        divisor = self.strides[-1]
+        images = F.pad(images, (0, (-w) % divisor, 0, (-h) % divisor))
+        levels = self.body(images)
+        cells = [(-(-h // s), -(-w // s)) for s in self.strides]
+        return tuple(levels[level][..., :ch, :cw] for level, (ch, cw) in zip(LEVELS, cells, strict=True))
+
+
+__all__ = ["CatalogueBackbone"]
