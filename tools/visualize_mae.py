@@ -21,7 +21,12 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mae_core.checkpoint import CheckpointError, load_pretrained, read_checkpoint  # noqa: E402
+from mae_core.checkpoint import (  # noqa: E402
+    CheckpointError,
+    load_pretrained,
+    read_checkpoint,
+    to_official_layout,
+)
 from mae_core.config import DataConfig, PretrainConfig, from_dict  # noqa: E402
 from mae_core.data import (  # noqa: E402
     IMAGE_EXTENSIONS,
@@ -42,6 +47,14 @@ def load_mae(path: str | Path, arch: str | None = None, allow_pickle: bool = Fal
              norm_pix_loss: bool | None = None) -> tuple[MaskedAutoencoder, dict]:
     """The masked autoencoder stored in `path` and the checkpoint itself (for its config)."""
     ckpt = read_checkpoint(path, allow_pickle)
+    weights = to_official_layout(ckpt, str(path)).state_dict
+    lacking = [k for k in DECODER_KEYS if k not in weights]
+    if lacking:
+        raise CheckpointError(
+            f"{path} has no decoder weights ({', '.join(lacking)} missing): reconstructions need a "
+            "checkpoint saved with its decoder (pretraining checkpoints, or the official *_visualize / "
+            "*_full releases), not an encoder-only export"
+        )
     record = ckpt.get("arch") if isinstance(ckpt, dict) else None
     if record is not None and {"decoder_embed_dim", "decoder_depth"} <= set(record):
         model = mae_from_arch(record)
@@ -50,13 +63,6 @@ def load_mae(path: str | Path, arch: str | None = None, allow_pickle: bool = Fal
     else:
         raise CheckpointError(f"{path} does not record its MAE architecture; name it with --arch")
     report = load_pretrained(model, ckpt)
-    lacking = [k for k in DECODER_KEYS if k in report.missing]
-    if lacking:
-        raise CheckpointError(
-            f"{path} has no decoder weights ({', '.join(lacking)} missing): reconstructions need a "
-            "checkpoint saved with its decoder (pretraining checkpoints, or the official *_visualize / "
-            "*_full releases), not an encoder-only export"
-        )
     if report.missing or report.unexpected or report.mismatched:
         raise CheckpointError(f"{path} does not fit the model:\n{report}")
     return model.eval(), ckpt
