@@ -46,27 +46,56 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_size[0] - 1, self.head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size[1] - 1, self.head_dim))
 
-    def rel_pos_bias(self, q: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """(B, heads, N, N) additive bias from the unscaled queries, N = gh * gw."""
+    def rel_pos_terms(self, q: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decomposed relative position (ViTDet) from the unscaled queries: for the query at grid
+        cell (i, j), <q, R_h[i - i']> for every key row i' (B, heads, N, gh) and <q, R_w[j - j']>
+        for every key column j' (B, heads, N, gw). The bias of key (i', j') is their sum."""
         gh, gw = grid
         b, h, n, c = q.shape
         table_h = relative_position_table(gh, gh, self.rel_pos_h).to(q.dtype)
         table_w = relative_position_table(gw, gw, self.rel_pos_w).to(q.dtype)
         r_q = q.reshape(b, h, gh, gw, c)
-        bias_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, table_h)
-        bias_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, table_w)
-        return (bias_h[..., :, None] + bias_w[..., None, :]).reshape(b, h, n, n)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, table_h).reshape(b, h, n, gh)
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, table_w).reshape(b, h, n, gw)
+        return rel_h, rel_w
+
+    def attend_with_rel_pos(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """softmax(q.k / s + bias) v without ever forming the (N x N) bias or its gradient.
+
+        The bias of key (i', j') is rel_h[i'] + rel_w[j'], a dot product with the key's one-hot
+        row and column codes, so it rides inside the fused kernel's q.k product:
+        q' = [q, s*rel_h, s*rel_w], k' = [k, onehot(row), onehot(col)], scale 1/s. At 1024 px
+        (4096 tokens) this keeps global blocks at flash-attention memory instead of several
+        0.8 GB tensors per block. v is zero-padded (fused kernels want one head size), and all
+        three to a multiple of 8 (CUDA kernels' alignment)."""
+        gh, gw = grid
+        b, h, n, c = q.shape
+        rel_h, rel_w = self.rel_pos_terms(q, grid)
+        scale = c**-0.5
+        rows = torch.arange(gh, device=q.device).repeat_interleave(gw)
+        cols = torch.arange(gw, device=q.device).repeat(gh)
+        codes = torch.cat([F.one_hot(rows, gh), F.one_hot(cols, gw)], dim=-1).to(q.dtype)
+        width = c + gh + gw
+        pad = -width % 8
+        q = torch.cat([q, torch.cat([rel_h, rel_w], dim=-1) / scale], dim=-1)
+        k = torch.cat([k, codes.expand(b, h, n, gh + gw)], dim=-1)
+        if pad:
+            q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
+        v = F.pad(v, (0, width + pad - c))
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :c]
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         b, n, dim = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        bias = None
         if self.use_rel_pos:
             if grid is None:
                 raise ValueError("relative position bias needs the token grid (gh, gw)")
-            bias = self.rel_pos_bias(q, grid)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            x = self.attend_with_rel_pos(q, k, v, grid)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(b, n, dim))
 
 

@@ -1,0 +1,168 @@
+"""Timing helpers shared by the benchmarks.
+
+Timings on a shared machine drift by ±15% over minutes, so implementations are never timed one
+after the other: each round runs every case once (in a rotating order) and the report takes the
+median over rounds. Achieved FLOP/s are set against a plain matrix product measured in the same
+run, the machine's practical limit at that moment."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def setup_threads(threads: int | None) -> int:
+    """One thread count for every implementation in the process (default: all cores)."""
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def device_from_arg(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda asked for, but torch sees no CUDA device")
+    return device
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast (weights and master copies stay fp32), or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+
+
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(
+    cases: dict[str, Callable[[], object]],
+    device: torch.device,
+    rounds: int,
+    warmup: int = 1,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, dict]:
+    """Warm every case up, then `rounds` rounds that each run every case once, the order rotated
+    per round so no case always follows the same neighbour. Returns median, min, max and all times."""
+    names = list(cases)
+    for name in names:
+        for _ in range(warmup):
+            cases[name]()
+        synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            times[name].append(time_once(cases[name], device))
+        if log:
+            log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names))
+    return {
+        name: {"median": statistics.median(t), "min": min(t), "max": max(t), "times": t}
+        for name, t in times.items()
+    }
+
+
+def matmul_flops_per_s(
+    device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5
+) -> float:
+    """Median FLOP/s (2*n^3 per product) of a plain (n x n) @ (n x n) product: the practical
+    limit the model steps are measured against."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    torch.mm(a, b, out=out)
+    times = [time_once(lambda: torch.mm(a, b, out=out), device) for _ in range(repeats)]
+    return 2 * size**3 / statistics.median(times)
+
+
+def flop_count(model: torch.nn.Module, inputs: tuple) -> tuple[float, dict]:
+    """Forward FLOPs by fvcore, as 2 x multiply-accumulates (fvcore counts one per MAC), with a
+    handler for `scaled_dot_product_attention` (fvcore has none): q@k^T plus attn@v."""
+    from fvcore.nn import FlopCountAnalysis
+
+    def sdpa_handle(node_inputs, node_outputs):
+        q, k = (i.type().sizes() for i in node_inputs[:2])
+        *batch, nq, d = q
+        nk, dv = k[-2], node_outputs[0].type().sizes()[-1]
+        batch_size = 1
+        for s in batch:
+            batch_size *= s
+        return batch_size * nq * nk * (d + dv)
+
+    analysis = FlopCountAnalysis(model, inputs)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_handle)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    macs = analysis.total()
+    return 2.0 * macs, {"by_operator": {k: 2.0 * v for k, v in analysis.by_operator().items()}}
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    flags = ""
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text()
+        found = [f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f" {f}" in text]
+        flags = " ".join(found)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{cpu} ({os.cpu_count()} cores visible; {flags}), {gpu}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, python {platform.python_version()}"
+    )
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_isolated(script: Path, args: list[str], timeout: float | None = None) -> dict:
+    """Runs `script args` in a fresh interpreter that prints one JSON line last, so each case's
+    peak memory is its own (ru_maxrss never goes down within a process)."""
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt_ratio(x: float) -> str:
+    return f"{x:.2f}x"
