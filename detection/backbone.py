@@ -39,7 +39,9 @@ class ViTDetBackbone(Backbone):
         self._out_feature_strides = dict(self.pyramid.strides)
         self._out_feature_channels = {name: out_channels for name in self._out_features}
         # The coarsest non-extra level: every image side must be a multiple of it.
-        self._size_divisibility = max(s for name, s in self.pyramid.strides.items() if name in self.pyramid.stages)
+        self._size_divisibility = max(
+            s for name, s in self.pyramid.strides.items() if name in self.pyramid.stages
+        )
         self._square_pad = square_pad
 
     @property

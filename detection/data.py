@@ -63,7 +63,9 @@ def check_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLike)
             )
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and bbox[2] >= 0 and bbox[3] >= 0):
-            raise CocoDatasetError(f"{where} has bbox {bbox}; expected [x, y, width, height] with width, height >= 0")
+            raise CocoDatasetError(
+                f"{where} has bbox {bbox}; expected [x, y, width, height] with width, height >= 0"
+            )
         segm = ann.get("segmentation")
         if isinstance(segm, list):
             for poly in segm:
@@ -130,7 +132,9 @@ def lsj_augmentations(image_size: int = 1024, min_scale: float = 0.1, max_scale:
     crop (without padding: the model pads to a square) to image_size x image_size."""
     return [
         T.RandomFlip(horizontal=True),
-        T.ResizeScale(min_scale=min_scale, max_scale=max_scale, target_height=image_size, target_width=image_size),
+        T.ResizeScale(
+            min_scale=min_scale, max_scale=max_scale, target_height=image_size, target_width=image_size
+        ),
         T.FixedSizeCrop(crop_size=(image_size, image_size), pad=False),
     ]
 

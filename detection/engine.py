@@ -76,7 +76,9 @@ def evaluate(cfg, model: nn.Module, iteration: int | None = None) -> dict:
     if comm.is_main_process() and results:
         print_csv_format(results)
         out_dir = Path(cfg.train.output_dir)
-        names = ["eval_results.json"] + ([f"eval_results_iter{iteration:07d}.json"] if iteration is not None else [])
+        names = ["eval_results.json"] + (
+            [f"eval_results_iter{iteration:07d}.json"] if iteration is not None else []
+        )
         for name in names:
             out_dir.mkdir(parents=True, exist_ok=True)
             tmp = out_dir / f".{name}.tmp"
@@ -85,4 +87,11 @@ def evaluate(cfg, model: nn.Module, iteration: int | None = None) -> dict:
     return results
 
 
-__all__ = ["AtomicCheckpointer", "build_optimizer", "evaluate", "init_backbone_from_mae", "unwrap", "wrap_ddp"]
+__all__ = [
+    "AtomicCheckpointer",
+    "build_optimizer",
+    "evaluate",
+    "init_backbone_from_mae",
+    "unwrap",
+    "wrap_ddp",
+]

@@ -15,7 +15,9 @@ from mae_core.layer_decay import param_groups
 VITDET_DECAY_FRACTIONS = (163889 / 184375, 177546 / 184375)
 
 
-def layer_decay_params(model: nn.Module, base_lr: float, weight_decay: float, layer_decay: float) -> list[dict]:
+def layer_decay_params(
+    model: nn.Module, base_lr: float, weight_decay: float, layer_decay: float
+) -> list[dict]:
     """Groups for `torch.optim.AdamW(params=...)`: lr = base_lr * layer_decay ** (depth + 1 - layer),
     no weight decay on norms, biases, position tables and tokens."""
     groups = param_groups(model, weight_decay, layer_decay)

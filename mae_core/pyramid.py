@@ -67,13 +67,14 @@ class SimpleFeaturePyramid(nn.Module):
         super().__init__()
         strides = [in_stride / s for s in scale_factors]
         if any(s != int(s) or int(s) & (int(s) - 1) for s in strides):
-            raise ValueError(f"scale factors {tuple(scale_factors)} on stride {in_stride} do not give "
-                             "power-of-two strides")
+            raise ValueError(
+                f"scale factors {tuple(scale_factors)} on stride {in_stride} do not give power-of-two strides"
+            )
         strides = [int(s) for s in strides]
-        if any(b != 2 * a for a, b in zip(strides, strides[1:])):
+        if any(b != 2 * a for a, b in zip(strides, strides[1:], strict=False)):
             raise ValueError(f"pyramid strides {strides} must grow by 2 from level to level")
         self.stages = nn.ModuleDict()
-        for scale, stride in zip(scale_factors, strides):
+        for scale, stride in zip(scale_factors, strides, strict=True):
             layers, channels = _resize_layers(in_channels, float(scale))
             layers += [ConvNorm(channels, out_channels, 1), ConvNorm(out_channels, out_channels, 3)]
             self.stages[f"p{int(math.log2(stride))}"] = nn.Sequential(*layers)

@@ -17,7 +17,10 @@ def _shape_polygon(kind: str, cx: float, cy: float, r: float) -> list[float]:
     if kind == "square":
         pts = [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
     else:
-        pts = [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 16, endpoint=False)]
+        pts = [
+            (cx + r * math.cos(a), cy + r * math.sin(a))
+            for a in np.linspace(0, 2 * math.pi, 16, endpoint=False)
+        ]
     return [round(v, 2) for p in pts for v in p]
 
 
@@ -57,19 +60,21 @@ def make_coco(
             kind = CATEGORIES[cat - 1]["name"]
             poly = _shape_polygon(kind, cx, cy, r)
             colour = (230, 40, 40) if kind == "square" else (40, 60, 230)
-            draw.polygon(list(zip(poly[0::2], poly[1::2])), fill=colour)
+            draw.polygon(list(zip(poly[0::2], poly[1::2], strict=True)), fill=colour)
             xs, ys = poly[0::2], poly[1::2]
             x0, y0 = min(xs), min(ys)
             bw, bh = max(xs) - x0, max(ys) - y0
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": i + 1,
-                "category_id": cat,
-                "segmentation": [poly],
-                "bbox": [x0, y0, bw, bh],
-                "area": bw * bh if kind == "square" else math.pi * r * r,
-                "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": cat,
+                    "segmentation": [poly],
+                    "bbox": [x0, y0, bw, bh],
+                    "area": bw * bh if kind == "square" else math.pi * r * r,
+                    "iscrowd": 0,
+                }
+            )
         file_name = f"{split}_{i:03d}.png"
         img.save(image_root / file_name)
         images.append({"id": i + 1, "file_name": file_name, "height": h, "width": w})

@@ -65,8 +65,9 @@ def test_window_covering_the_whole_grid_equals_global_attention():
 
 
 def test_zero_relative_bias_equals_no_bias():
-    with_rel = ViTBackbone(img_size=24, pretrain_img_size=16, window_size=3, global_blocks=(1,),
-                           use_rel_pos=True, **TINY)
+    with_rel = ViTBackbone(
+        img_size=24, pretrain_img_size=16, window_size=3, global_blocks=(1,), use_rel_pos=True, **TINY
+    )
     without = ViTBackbone(img_size=24, pretrain_img_size=16, window_size=3, global_blocks=(1,), **TINY)
     randomise_(without)
     missing, unexpected = with_rel.load_state_dict(without.state_dict(), strict=False)
@@ -115,8 +116,14 @@ def test_mae_checkpoint_loads_and_shared_blocks_match_the_encoder():
 
     # The ViTDet layout (windows, relative positions) loads the same encoder; only the new
     # relative-position tables are left at their zero start.
-    vitdet = create_backbone("vit_toy_patch4", img_size=32, pretrain_img_size=16, window_size=2,
-                             global_blocks=(1, 3), use_rel_pos=True)
+    vitdet = create_backbone(
+        "vit_toy_patch4",
+        img_size=32,
+        pretrain_img_size=16,
+        window_size=2,
+        global_blocks=(1, 3),
+        use_rel_pos=True,
+    )
     report = load_pretrained(vitdet, mae.state_dict())
     assert report.encoder_problems == [], str(report)
     assert report.missing and all(k.endswith(("rel_pos_h", "rel_pos_w")) for k in report.missing)
@@ -124,8 +131,17 @@ def test_mae_checkpoint_loads_and_shared_blocks_match_the_encoder():
 
 @pytest.mark.parametrize("size", [(64, 96), (80, 48)])
 def test_pyramid_shapes_and_strides_on_non_square_inputs(size):
-    net = ViTBackbone(img_size=64, pretrain_img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2,
-                      window_size=2, global_blocks=(1,), use_rel_pos=True)
+    net = ViTBackbone(
+        img_size=64,
+        pretrain_img_size=32,
+        patch_size=16,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        window_size=2,
+        global_blocks=(1,),
+        use_rel_pos=True,
+    )
     pyramid = SimpleFeaturePyramid(32, in_stride=16, out_channels=24)
     assert pyramid.strides == {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
     feats = pyramid(net(torch.randn(2, 3, *size))[-1])
@@ -135,7 +151,9 @@ def test_pyramid_shapes_and_strides_on_non_square_inputs(size):
     expected["p6"] = (math.ceil(h // 32 / 2), math.ceil(w // 32 / 2))  # stride-2 subsampling of p5
     assert {k: tuple(v.shape) for k, v in feats.items()} == {k: (2, 24, *hw) for k, hw in expected.items()}
 
-    no_top = SimpleFeaturePyramid(32, in_stride=16, out_channels=24, scale_factors=(2.0, 1.0), top_level=False)
+    no_top = SimpleFeaturePyramid(
+        32, in_stride=16, out_channels=24, scale_factors=(2.0, 1.0), top_level=False
+    )
     assert no_top.strides == {"p3": 8, "p4": 16}
     assert list(no_top(torch.randn(1, 32, 4, 6))) == ["p3", "p4"]
 

@@ -37,8 +37,16 @@ def test_model_zoo_vitdet_mask_rcnn_with_toolkit_backbone_trains_and_evaluates(t
 
     model_cfg = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
     model_cfg.backbone = L(ViTDetBackbone)(
-        net=L(ViTBackbone)(img_size=128, patch_size=16, embed_dim=64, depth=2, num_heads=2, window_size=4,
-                           global_blocks=(1,), use_rel_pos=True),
+        net=L(ViTBackbone)(
+            img_size=128,
+            patch_size=16,
+            embed_dim=64,
+            depth=2,
+            num_heads=2,
+            window_size=4,
+            global_blocks=(1,),
+            use_rel_pos=True,
+        ),
         out_channels=256,  # the model-zoo heads are built for 256 channels
         square_pad=128,
     )
@@ -51,7 +59,9 @@ def test_model_zoo_vitdet_mask_rcnn_with_toolkit_backbone_trains_and_evaluates(t
     augmentations = [T.ResizeShortestEdge(short_edge_length=96, max_size=128)]
     train_loader = build_detection_train_loader(
         dataset=get_detection_dataset_dicts(names["train"]),
-        mapper=DatasetMapper(is_train=True, augmentations=augmentations, image_format="RGB", use_instance_mask=True),
+        mapper=DatasetMapper(
+            is_train=True, augmentations=augmentations, image_format="RGB", use_instance_mask=True
+        ),
         total_batch_size=2,
         num_workers=0,
     )

@@ -34,7 +34,9 @@ def list_images(inputs: list[str]) -> list[Path]:
         if item.is_dir():
             found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise FileNotFoundError(f"folder {item} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise FileNotFoundError(
+                    f"folder {item} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
             images += found
         elif item.is_file():
             images.append(item)
@@ -63,7 +65,9 @@ class Predictor:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--weights", help="checkpoint to load (default: train.init_checkpoint of the config)")
     parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")

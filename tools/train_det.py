@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
     AMPTrainer,
@@ -47,15 +48,25 @@ def do_train(args, cfg) -> None:
     optim = build_optimizer(cfg, model)
     train_loader = instantiate(cfg.dataloader.train)
     model = wrap_ddp(cfg, model)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
+    amp = cfg.train.amp.enabled
+    if amp and torch.device(cfg.train.device).type != "cuda":
+        logger.warning(f"train.amp.enabled needs CUDA; training in float32 on {cfg.train.device}")
+        amp = False
+    trainer = (AMPTrainer if amp else SimpleTrainer)(model, train_loader, optim)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-            hooks.EvalHook(cfg.train.eval_period, lambda: evaluate(cfg, model, min(trainer.iter + 1, cfg.train.max_iter))),
-            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            if comm.is_main_process()
+            else None,
+            hooks.EvalHook(
+                cfg.train.eval_period, lambda: evaluate(cfg, model, min(trainer.iter + 1, cfg.train.max_iter))
+            ),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
+            )
             if comm.is_main_process()
             else None,
         ]

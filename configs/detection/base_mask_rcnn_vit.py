@@ -55,7 +55,9 @@ dataloader.test = L(build_detection_test_loader)(
     ),
     num_workers=4,
 )
-dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.name}", output_dir="${train.output_dir}")
+dataloader.evaluator = L(COCOEvaluator)(
+    dataset_name="${..test.dataset.name}", output_dir="${train.output_dir}"
+)
 
 optimizer = L(torch.optim.AdamW)(
     params=L(layer_decay_params)(base_lr="${..lr}", weight_decay="${..weight_decay}", layer_decay=0.7),

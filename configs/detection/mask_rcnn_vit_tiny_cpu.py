@@ -9,17 +9,26 @@ from .base_mask_rcnn_vit import dataloader, lr_multiplier, model, optimizer, tra
 
 image_size = 128
 net = model.backbone.net
-net.update(embed_dim=96, depth=4, num_heads=3, img_size=image_size, window_size=4, global_blocks=(1, 3),
-           drop_path_rate=0.0)
+net.update(
+    embed_dim=96,
+    depth=4,
+    num_heads=3,
+    img_size=image_size,
+    window_size=4,
+    global_blocks=(1, 3),
+    drop_path_rate=0.0,
+)
 model.backbone.square_pad = image_size
 model.roi_heads.num_classes = 2
 model.roi_heads.batch_size_per_image = 64
 model.proposal_generator.post_nms_topk = (200, 100)
 
-dataloader.train.dataset.update(name="tiny_coco_train", json_file="datasets/tiny_coco/train.json",
-                                image_root="datasets/tiny_coco/images")
-dataloader.test.dataset.update(name="tiny_coco_val", json_file="datasets/tiny_coco/val.json",
-                               image_root="datasets/tiny_coco/images")
+dataloader.train.dataset.update(
+    name="tiny_coco_train", json_file="datasets/tiny_coco/train.json", image_root="datasets/tiny_coco/images"
+)
+dataloader.test.dataset.update(
+    name="tiny_coco_val", json_file="datasets/tiny_coco/val.json", image_root="datasets/tiny_coco/images"
+)
 dataloader.train.mapper.augmentations.update(image_size=image_size, min_scale=0.5, max_scale=1.5)
 dataloader.train.total_batch_size = 2
 dataloader.train.num_workers = 0
