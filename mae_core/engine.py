@@ -181,7 +181,7 @@ class PretrainResult:
 
 
 class _RunLog:
-    """Progress bar, TensorBoard and JSON lines, on the main process only."""
+    """TensorBoard scalars and JSON lines (log.jsonl), written by the main process only."""
 
     def __init__(self, output_dir: Path, enabled: bool):
         self.enabled = enabled
@@ -209,11 +209,13 @@ def pretrain(
     cfg: PretrainConfig, resume: str | Path | None = None, hooks: list[EpochHook] = ()
 ) -> PretrainResult:
     """Runs (or continues, from `resume`) pretraining as configured; one call per process."""
+    joined_here = not torch.distributed.is_initialized()
     dist_info = init_distributed(cfg.device)
     try:
         return _Pretrainer(cfg, dist_info, list(hooks) + instantiate_hooks(cfg.epoch_hooks)).run(resume)
     finally:
-        close_distributed()
+        if joined_here:  # a caller's own process group stays up
+            close_distributed()
 
 
 class _Pretrainer:
@@ -281,12 +283,11 @@ class _Pretrainer:
 
     def save(self) -> None:
         state = self.checkpoint()  # every process takes part (RNG gather)
-        if not self.dist.is_main:
-            return
-        epoch_number = self.epoch + 1
-        if epoch_number % self.cfg.save_every == 0 or epoch_number == self.cfg.epochs:
-            save_checkpoint(state, self.output_dir / f"checkpoint-{epoch_number:04d}.pth")
-        save_checkpoint(state, self.output_dir / LAST_CHECKPOINT)
+        if self.dist.is_main:
+            epoch_number = self.epoch + 1
+            if epoch_number % self.cfg.save_every == 0 or epoch_number == self.cfg.epochs:
+                save_checkpoint(state, self.output_dir / f"checkpoint-{epoch_number:04d}.pth")
+            save_checkpoint(state, self.output_dir / LAST_CHECKPOINT)
         self.last_good = self.output_dir / LAST_CHECKPOINT
 
     def restore(self, path: Path) -> None:
