@@ -17,14 +17,37 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from torch import nn
 
-from mae_core.checkpoint import load_checkpoint_file, load_pretrained, save_checkpoint
+from mae_core.checkpoint import CheckpointError, load_checkpoint_file, load_pretrained, save_checkpoint
+
+from .backbone import from_detectron2_vitdet
 
 logger = logging.getLogger("detection")
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
     """Detectron2's checkpointer, writing through `mae_core.checkpoint.save_checkpoint` (a crash
-    never leaves a truncated file) and reading with `torch.load(weights_only=True)`."""
+    never leaves a truncated file) and reading with `torch.load(weights_only=True)`.
+
+    Detectron2 ViTDet checkpoints (pyramid levels named `simfp_<K>`) load too: their keys are
+    renamed to this toolkit's. Pickled files (Detectron2's `.pkl` model zoo) need `allow_pickle`."""
+
+    def __init__(
+        self, model: nn.Module, save_dir: str = "", *, allow_pickle: bool = False, **checkpointables
+    ):
+        super().__init__(model, save_dir, **checkpointables)
+        self.allow_pickle = allow_pickle
+
+    def _load_file(self, filename: str):
+        if filename.endswith(".pkl") and not self.allow_pickle:
+            raise CheckpointError(
+                f"{filename} is a pickle, which can run code when loaded; if you trust it (e.g. a "
+                "Detectron2 model-zoo file), pass train.allow_pickle=True"
+            )
+        return super()._load_file(filename)
+
+    def _load_model(self, checkpoint: dict):
+        checkpoint["model"] = from_detectron2_vitdet(checkpoint["model"])
+        return super()._load_model(checkpoint)
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
@@ -36,7 +59,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         self.tag_last_checkpoint(path.name)
 
     def _torch_load(self, f: str):
-        return load_checkpoint_file(f)
+        return load_checkpoint_file(f, allow_pickle=self.allow_pickle)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

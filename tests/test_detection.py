@@ -21,10 +21,10 @@ from torch import nn
 
 from detection.backbone import ViTDetBackbone, from_detectron2_vitdet, to_detectron2_vitdet
 from detection.data import CocoDatasetError, check_coco_json, class_names, coco_dataset
-from detection.engine import build_optimizer
+from detection.engine import AtomicCheckpointer, build_optimizer
 from detection.optim import step_lr_schedule
 from mae_core.backbone import ViTBackbone
-from mae_core.checkpoint import load_pretrained, save_checkpoint
+from mae_core.checkpoint import CheckpointError, load_pretrained, save_checkpoint
 from mae_core.mae import create_mae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -465,3 +465,21 @@ def test_detectron2_launch_with_two_gloo_processes(trained, tmp_path):
     assert "Starting training from iteration 0" in log
     assert read_ap(tmp_path / "eval_results.json")[1] == 2
     assert training_iterations(tmp_path) == [0, 1]
+
+
+def test_checkpointer_loads_detectron2_vitdet_layout_and_refuses_pickles(tmp_path):
+    cfg = tiny_config()
+    trained, fresh = instantiate(cfg.model), instantiate(cfg.model)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    d2_layout = to_detectron2_vitdet(trained.state_dict())
+    assert any(".simfp_2." in k for k in d2_layout) and not any("pyramid" in k for k in d2_layout)
+    save_checkpoint({"model": d2_layout}, tmp_path / "vitdet.pth")
+    AtomicCheckpointer(fresh).load(str(tmp_path / "vitdet.pth"))
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+    (tmp_path / "zoo.pkl").write_bytes(b"not read")
+    with pytest.raises(CheckpointError, match=r"zoo.pkl is a pickle.*train.allow_pickle=True"):
+        AtomicCheckpointer(fresh).load(str(tmp_path / "zoo.pkl"))

@@ -50,7 +50,7 @@ class Predictor:
 
     def __init__(self, cfg, weights: str):
         self.model = instantiate(cfg.model).to(cfg.train.device).eval()
-        AtomicCheckpointer(self.model).load(weights)
+        AtomicCheckpointer(self.model, allow_pickle=cfg.train.get("allow_pickle", False)).load(weights)
         self.augment = T.AugmentationList(instantiate(cfg.dataloader.test.mapper.augmentations))
         self.image_format = cfg.dataloader.test.mapper.image_format
         self.device = cfg.train.device

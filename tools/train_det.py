@@ -53,7 +53,9 @@ def do_train(args, cfg) -> None:
         logger.warning(f"train.amp.enabled needs CUDA; training in float32 on {cfg.train.device}")
         amp = False
     trainer = (AMPTrainer if amp else SimpleTrainer)(model, train_loader, optim)
-    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = AtomicCheckpointer(
+        model, cfg.train.output_dir, allow_pickle=cfg.train.get("allow_pickle", False), trainer=trainer
+    )
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -84,9 +86,10 @@ def main(args) -> None:
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="detection")
     if args.eval_only:
         model = wrap_ddp(cfg, build_model(cfg))
-        checkpoint = AtomicCheckpointer(model, cfg.train.output_dir).resume_or_load(
-            cfg.train.init_checkpoint, resume=args.resume
+        checkpointer = AtomicCheckpointer(
+            model, cfg.train.output_dir, allow_pickle=cfg.train.get("allow_pickle", False)
         )
+        checkpoint = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
         # A checkpoint stores the index of its last iteration; report completed iterations.
         iteration = checkpoint.get("iteration")
         evaluate(cfg, model, None if iteration is None else iteration + 1)
