@@ -86,9 +86,6 @@ class ImageFolder(Dataset):
         img = read_image(self.paths[index], self.in_chans)
         return (self.transform(img) if self.transform else img), self.labels[index]
 
-    def describe(self, index: int) -> str:
-        return str(self.paths[index])
-
 
 def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
     """The folder holding the Fashion-MNIST IDX files (the Debian package's by default)."""
@@ -140,9 +137,6 @@ class FashionMNIST(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         img = self.images[index]
         return (self.transform(img) if self.transform else img), int(self.labels[index])
-
-    def describe(self, index: int) -> str:
-        return f"Fashion-MNIST image {index}"
 
 
 def _normalize(cfg: DataConfig, in_chans: int) -> list:
@@ -208,9 +202,6 @@ class LimitedDataset(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(index)
         return self.dataset[index]
-
-    def describe(self, index: int) -> str:
-        return self.dataset.describe(index)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import math
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,6 +219,13 @@ def pretrain(
             close_distributed()
 
 
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h" if days else f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
 class _Pretrainer:
     def __init__(self, cfg: PretrainConfig, dist_info: DistInfo, hooks: list[EpochHook]):
         self.cfg = cfg
@@ -328,11 +336,17 @@ class _Pretrainer:
                      self.accum, self.schedule.peak, self.steps_per_epoch)
         self.run_log = _RunLog(self.output_dir, self.dist.is_main)
         losses: list[float] = []
+        first_epoch, started = self.epoch + 1, time.monotonic()
         try:
-            for epoch in range(self.epoch + 1, self.cfg.epochs):
+            for epoch in range(first_epoch, self.cfg.epochs):
                 losses += self.train_epoch(epoch)
                 self.epoch = epoch
                 self.end_epoch(epoch, losses[-self.steps_per_epoch:])
+                if self.dist.is_main:
+                    per_epoch = (time.monotonic() - started) / (epoch + 1 - first_epoch)
+                    remaining = per_epoch * (self.cfg.epochs - epoch - 1)
+                    log.info("epoch %d/%d done, %s per epoch, about %s to go", epoch + 1, self.cfg.epochs,
+                             _duration(per_epoch), _duration(remaining))
         finally:
             self.run_log.close()
         return PretrainResult(self.model, self.epoch, self.iteration, losses)

@@ -115,6 +115,7 @@ def test_pretrain_tool_writes_checkpoints_logs_and_tensorboard_and_resumes(tmp_p
 
     second = run_tool("--config", toy, "--output-dir", tmp_path, "epochs=2", *quick, "--resume")
     assert second.returncode == 0, second.stderr[-3000:]
+    assert "epoch 2/2 done" in second.stderr and "to go" in second.stderr  # run-level ETA
     assert torch.load(tmp_path / "last.pth", weights_only=True)["iteration"] == 6
     assert (tmp_path / "checkpoint-0002.pth").is_file()  # save_every=2 in the toy config
     lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
