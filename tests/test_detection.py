@@ -483,3 +483,34 @@ def test_checkpointer_loads_detectron2_vitdet_layout_and_refuses_pickles(tmp_pat
     (tmp_path / "zoo.pkl").write_bytes(b"not read")
     with pytest.raises(CheckpointError, match=r"zoo.pkl is a pickle.*train.allow_pickle=True"):
         AtomicCheckpointer(fresh).load(str(tmp_path / "zoo.pkl"))
+
+
+def test_base_config_builds_vitdet_base_backbone():
+    net = instantiate(LazyConfig.load(str(CONFIGS / "mask_rcnn_vit_base_100ep.py")).model.backbone.net)
+    assert (net.embed_dim, net.depth, net.patch_size) == (768, 12, 16)
+    assert [i for i, blk in enumerate(net.blocks) if blk.window_size == 0] == [2, 5, 8, 11]
+    assert all(blk.window_size == 14 for i, blk in enumerate(net.blocks) if i not in (2, 5, 8, 11))
+    # Relative-position tables: 2 * 64 - 1 rows for global blocks at 1024 px, 2 * 14 - 1 in windows.
+    assert net.blocks[2].attn.rel_pos_h.shape[0] == 127 and net.blocks[0].attn.rel_pos_h.shape[0] == 27
+    assert net.pos_embed.shape == (1, 1 + 14 * 14, 768)  # MAE's 224 px table, resampled per input
+    assert net.blocks[-1].drop_path.drop_prob == pytest.approx(0.1)
+
+
+def test_large_scale_jitter_mapper(tmp_path):
+    json_file, image_root = make_coco(tmp_path, "train", 2, size=(96, 160))
+    cfg = tiny_config()
+    mapper = instantiate(cfg.dataloader.train.mapper)
+    record = coco_dataset(f"lsj_{tmp_path.name}", str(json_file), str(image_root))[0]
+    sizes = set()
+    for _ in range(10):
+        out = mapper(dict(record))
+        _, h, w = out["image"].shape
+        sizes.add((h, w))
+        assert max(h, w) <= 128  # cropped to the 128 x 128 target, never padded here
+        inst = out["instances"]
+        if len(inst):
+            boxes = inst.gt_boxes.tensor
+            assert (boxes[:, 0::2] >= 0).all() and (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+            # recompute_boxes: boxes are the tight boxes of the (cropped) masks
+            torch.testing.assert_close(boxes, inst.gt_masks.get_bounding_boxes().tensor)
+    assert len(sizes) > 1  # random scales
