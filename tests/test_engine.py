@@ -228,6 +228,24 @@ def test_epoch_hooks_see_the_model_and_their_numbers_are_logged(tmp_path):
     assert {"train/loss", "train/lr", "monitor/fixed_batch_loss"} <= set(events.Tags()["scalars"])
 
 
+@pytest.mark.slow
+def test_knn_monitor_plugs_in_through_the_config(tmp_path):
+    """The online k-NN monitor of mae_core.probe, named in `epoch_hooks` like any other hook."""
+    files = [(split, label, i) for split, n in (("train", 4), ("val", 2)) for label in "ab" for i in range(n)]
+    for seed, (split, label, i) in enumerate(files):
+        write_image(tmp_path / "cls" / split / label / f"{i}.png", size=(20, 20), seed=seed)
+    monitor = {"target": "mae_core.probe.KNNMonitorHook", "train_root": str(tmp_path / "cls" / "train"),
+               "val_root": str(tmp_path / "cls" / "val"), "img_size": 16, "k": 3, "every": 2,
+               "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    changes = {"model.img_size": 16, "model.in_chans": 3, "data.dataset": "image_folder",
+               "data.root": str(tmp_path / "cls" / "train"), "data.mean": (0.5,) * 3, "data.std": (0.25,) * 3,
+               "epoch_hooks": [monitor]}
+    pretrain(toy_config(tmp_path / "run", changes))
+    epoch_lines = [r for r in read_log(tmp_path / "run") if "train_loss" in r]
+    assert "knn_acc" not in epoch_lines[0]  # every=2: after the second epoch only
+    assert 0.0 <= epoch_lines[1]["knn_acc"] <= 1.0
+
+
 def test_hook_targets_in_the_config_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="no on_epoch_end"):
         pretrain(toy_config(tmp_path, {"epoch_hooks": [{"target": "collections.OrderedDict"}]}))
