@@ -514,3 +514,35 @@ def test_large_scale_jitter_mapper(tmp_path):
             # recompute_boxes: boxes are the tight boxes of the (cropped) masks
             torch.testing.assert_close(boxes, inst.gt_masks.get_bounding_boxes().tensor)
     assert len(sizes) > 1  # random scales
+
+
+@pytest.mark.slow
+def test_standard_coco_layout_under_detectron2_datasets(tmp_path):
+    """`$DETECTRON2_DATASETS/coco/annotations/instances_val2017.json` + `coco/val2017/` is what the
+    paper configs read as `coco_2017_val` (Detectron2 registers it at import)."""
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+    coco_root = tmp_path / "coco"
+    json_file, _ = make_coco(coco_root, "val", 2, image_dir="val2017")
+    data = json.loads(json_file.read_text())
+    data["categories"] = [{"id": c["id"], "name": c["name"]} for c in COCO_CATEGORIES if c["isthing"]]
+    (coco_root / "annotations").mkdir()
+    (coco_root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    script = (
+        "from detection.data import coco_dataset; "
+        "d = coco_dataset('coco_2017_val', filter_empty=False); "
+        "print(len(d), sorted({a['category_id'] for r in d for a in r['annotations']}))"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "DETECTRON2_DATASETS": str(tmp_path),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # COCO ids 1 (person) and 2 (bicycle) are contiguous ids 0 and 1.
+    contiguous = sorted({a["category_id"] - 1 for a in data["annotations"]})
+    assert proc.stdout.strip().splitlines()[-1] == f"2 {contiguous}"
