@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -88,8 +90,9 @@ class ImageFolder(Dataset):
 
 
 def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
-    """The folder holding the Fashion-MNIST IDX files (the Debian package's by default)."""
-    folder = Path(root) if root else FASHION_MNIST_DIR
+    """The folder holding the Fashion-MNIST IDX files: `root` if given, else where the Debian
+    package put them (its usual folder, or wherever `dpkg -L` says)."""
+    folder = Path(root) if root else _debian_fashion_mnist_dir()
     names = [name for pair in FASHION_MNIST_FILES.values() for name in pair]
     missing = [name for name in names if not (folder / name).is_file()]
     if missing:
@@ -98,6 +101,16 @@ def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
             f"with: {FASHION_MNIST_INSTALL}  (as root; `dpkg -L dataset-fashion-mnist` lists the files)"
         )
     return folder
+
+
+def _debian_fashion_mnist_dir() -> Path:
+    if (FASHION_MNIST_DIR / FASHION_MNIST_FILES["train"][0]).is_file() or not shutil.which("dpkg"):
+        return FASHION_MNIST_DIR
+    listing = subprocess.run(["dpkg", "-L", "dataset-fashion-mnist"], capture_output=True, text=True)
+    for line in listing.stdout.splitlines():
+        if line.endswith("/" + FASHION_MNIST_FILES["train"][0]):
+            return Path(line).parent
+    return FASHION_MNIST_DIR
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
