@@ -94,14 +94,17 @@ def to_dict(config) -> dict:
 
 def from_dict(cls, values: dict):
     """Inverse of `to_dict`, with the same key checks as `override`."""
-    return override(cls(), _flatten(values))
+    default = cls()
+    return override(default, _flatten(default, values))
 
 
-def _flatten(values: dict, prefix: str = "") -> dict:
+def _flatten(node, values: dict, prefix: str = "") -> dict:
+    """{"optim": {"blr": 1e-3}} -> {"optim.blr": 1e-3}, descending into sections only."""
     flat = {}
     for key, value in values.items():
-        if isinstance(value, dict) and key in ("model", "data", "optim"):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+        section = getattr(node, key, None)
+        if isinstance(value, dict) and dataclasses.is_dataclass(section):
+            flat.update(_flatten(section, value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
     return flat
