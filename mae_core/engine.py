@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -357,8 +358,9 @@ class _Pretrainer:
         self.skipped = 0
         batches = iter(self.loader)
         losses = []
+        # Redirected to a log file (a cluster job), the bar updates every 30 s, not 10 times a second.
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}", disable=not self.dist.is_main,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
         for step in bar:
             lr = self.schedule(self.iteration)
             for group in self.optimizer.param_groups:
