@@ -321,8 +321,29 @@ class KNNMonitor:
         return {"knn_acc": knn_accuracy(*train, *val, self.num_classes, self.k, self.temperature)}
 
 
+class KNNMonitorHook:
+    """The k-NN monitor as a pretraining epoch hook (`PretrainConfig.epoch_hooks`):
+
+        epoch_hooks=({"target": "mae_core.probe.KNNMonitorHook", "train_root": "data/demo/cls/train",
+                      "val_root": "data/demo/cls/val", "img_size": 64, "every": 2},)
+
+    Images are normalised with the pretraining's mean and std; the result is logged as `knn_acc`."""
+
+    def __init__(self, train_root: str, val_root: str, img_size: int, every: int = 1, k: int = 20,
+                 temperature: float = 0.07, batch_size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        common = dict(img_size=img_size, batch_size=batch_size, mean=tuple(mean), std=tuple(std))
+        train = labelled_loader(train_root, **common)
+        val = labelled_loader(val_root, **common)
+        self.monitor = KNNMonitor(train, val, len(train.dataset.classes), every, k, temperature)
+
+    def on_epoch_end(self, epoch: int, model: nn.Module) -> dict | None:
+        device = next(unwrap(model).parameters()).device
+        return self.monitor(model, epoch, device)
+
+
 __all__ = [
-    "Classifier", "GlobalPool", "KNNMonitor", "LinearProbe", "ProbeResult", "evaluate_classifier",
+    "Classifier", "GlobalPool", "KNNMonitor", "KNNMonitorHook", "LinearProbe", "ProbeResult",
+    "evaluate_classifier",
     "extract_features", "labelled_loader", "fine_tune", "freeze_all_but_last_blocks", "knn_accuracy",
     "knn_predict",
     "train_linear_probe", "unwrap", "vit_token_features",

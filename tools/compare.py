@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -66,16 +67,25 @@ def json_lines(path: Path) -> list[dict]:
     return rows
 
 
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not math.isnan(value)
+
+
 def detectron2_metrics(folder: Path) -> dict:
-    """Box / mask AP from eval_results.json; seconds per iteration (median) from metrics.json."""
+    """Box / mask AP from eval_results.json; seconds per iteration (median) from metrics.json.
+    A model that predicted nothing gets AP 0 (Detectron2 writes NaN and no mask entry then)."""
     out = {}
     results = folder / "eval_results.json"
     if results.is_file():
         data = read_json(results)
-        if "bbox" in data:
-            out["box_AP"] = data["bbox"]["AP"]
-        if "segm" in data:
-            out["mask_AP"] = data["segm"]["AP"]
+        box = data.get("bbox", {}).get("AP")
+        if box is not None or "bbox" in data:
+            if is_number(box):
+                out["box_AP"] = box
+                if is_number(data.get("segm", {}).get("AP")):
+                    out["mask_AP"] = data["segm"]["AP"]
+            else:
+                out.update(box_AP=0.0, mask_AP=0.0, notes="no predictions: AP counted as 0")
     log = folder / "metrics.json"
     if log.is_file():
         times = [row["time"] for row in json_lines(log) if "time" in row]
@@ -101,9 +111,10 @@ def mmseg_metrics(folder: Path) -> dict:
     return out
 
 
-def measure_backbone(backbone: str, img_size: int, repeats: int = 5, **kwargs) -> dict:
+def measure_backbone(backbone: str, input_size: int, repeats: int = 5, **kwargs) -> dict:
     """Parameters (millions), GFLOPs (fvcore, one image) and median latency (ms, one image, one
-    thread as configured) of the catalogue backbone + pyramid at `img_size`."""
+    thread as configured) of the catalogue backbone + pyramid on `input_size` square images;
+    `kwargs` go to `build_pyramid` (a ViT's `img_size` defaults to `input_size`)."""
     import torch
     from fvcore.nn import FlopCountAnalysis
 
@@ -112,9 +123,9 @@ def measure_backbone(backbone: str, img_size: int, repeats: int = 5, **kwargs) -
     if get_entry(backbone).kind == "vit":
         if get_entry(backbone).needs_checkpoint:
             raise RunError(f"measure {backbone} as vit_random: the counts do not depend on the weights")
-        kwargs.setdefault("img_size", img_size)
+        kwargs.setdefault("img_size", input_size)
     model = build_pyramid(backbone, **kwargs).eval()
-    image = torch.randn(1, 3, img_size, img_size)
+    image = torch.randn(1, 3, input_size, input_size)
     with torch.no_grad():
         flops = FlopCountAnalysis(model, image)
         flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
@@ -217,6 +228,8 @@ def verdict(table: dict, better: str, worse: str, metric: str) -> str | None:
     diff = ma - mb
     if len(a) < 2 or len(b) < 2:
         judgement = "single seed: no spread to judge by"
+    elif abs(diff) < 1e-9:
+        judgement = "no difference"
     elif diff > sa + sb:
         judgement = "yes, beyond the seeds' spread"
     elif diff > 0:
@@ -326,6 +339,8 @@ def write_report(runs: list[dict], out: Path, title: str = "Backbone comparison"
                 text = verdict(table, "vit_mae", "vit_random", metric)
                 if text:
                     lines.append(f"- **{title_}**: {text}")
+            if lines[-1] == "":
+                lines.append("Not enough results to compare (both need box AP, mask AP or mIoU).")
             lines.append("")
     if cls:
         labelled = [{**r, "probe_row": probe_row_name(r)} for r in cls]
@@ -333,10 +348,18 @@ def write_report(runs: list[dict], out: Path, title: str = "Backbone comparison"
         lines += ["## Classification probes", "",
                   "Accuracy in % on the val split, mean ± std over seeds.", ""]
         lines += render_table(table, CLS_METRICS, first="encoder") + [""]
+        if "vit_random" in table:
+            for row in (name for name in table if name.startswith("vit_mae")):
+                for metric, title_, _ in CLS_METRICS:
+                    text = verdict(table, row, "vit_random", metric)
+                    if text:
+                        lines.append(f"- **{title_}**: {text}")
+            lines.append("")
         if plot_sweep(cls, out / "mask_ratio_sweep.png"):
             lines += ["![mask ratio sweep](mask_ratio_sweep.png)", ""]
-    lines += ["## Runs", "", "| task | backbone | seed | source |", "|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['backbone']} | {r.get('seed', 0)} | {r['source']} |" for r in runs]
+    lines += ["## Runs", "", "| task | backbone | seed | source | notes |", "|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['backbone']} | {r.get('seed', 0)} | {r['source']} | {r.get('notes', '')} |"
+              for r in runs]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     (out / "runs.json").write_text(json.dumps(runs, indent=2, sort_keys=True, default=str) + "\n")
@@ -351,10 +374,13 @@ def execute_plan(plan_file: Path, rerun: bool = False) -> list[Path]:
     if not isinstance(plan, list):
         raise RunError(f"{plan_file}: expected a JSON list of {{run, output_dir, command}}")
     folders = []
-    for i, entry in enumerate(tqdm(plan, desc="runs", unit="run")):
+    bar = tqdm(plan, desc="runs", unit="run")
+    for i, entry in enumerate(bar):
         missing = {"run", "output_dir", "command"} - set(entry)
         if missing:
             raise RunError(f"{plan_file}: entry {i} lacks {sorted(missing)}")
+        run = entry["run"]
+        bar.set_description(f"{run.get('task')} {run.get('backbone')} seed {run.get('seed', 0)}")
         folder = Path(entry["output_dir"])
         done = folder / ".done"
         if rerun or not done.is_file():
