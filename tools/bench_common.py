@@ -142,13 +142,18 @@ def machine_description() -> str:
 
 
 def peak_rss_gib() -> float:
-    """Peak resident memory of this process so far (Linux reports ru_maxrss in KiB)."""
+    """Peak resident memory of this process so far. Linux's VmHWM starts afresh at exec, unlike
+    ru_maxrss, which a child inherits from the (possibly large) parent that forked it."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def run_isolated(script: Path, args: list[str], timeout: float | None = None) -> dict:
     """Runs `script args` in a fresh interpreter that prints one JSON line last, so each case's
-    peak memory is its own (ru_maxrss never goes down within a process)."""
+    peak memory is its own (a process's peak never goes down)."""
     proc = subprocess.run(
         [sys.executable, str(script), *args],
         capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
