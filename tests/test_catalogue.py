@@ -191,3 +191,16 @@ def test_upernet_computes_losses_with_a_catalogue_backbone():
                                     "data_samples": [sample, sample]}, training=True)
     losses = model(**data, mode="loss")
     assert torch.isfinite(losses["decode.loss_ce"])
+
+
+def test_timm_entry_loads_a_local_checkpoint(tmp_path):
+    import timm
+
+    torch.manual_seed(3)
+    reference = timm.create_model("convnext_atto")
+    path = tmp_path / "convnext_atto.pth"
+    torch.save(reference.state_dict(), path)
+    expected = reference.stages[2].blocks[0].conv_dw.weight
+    loaded = build_trunk("convnext_atto", str(path)).net.stages_2.blocks[0].conv_dw.weight
+    torch.testing.assert_close(loaded, expected)
+    assert not torch.equal(build_trunk("convnext_atto").net.stages_2.blocks[0].conv_dw.weight, expected)
