@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -105,9 +106,16 @@ def evaluate(cfg, model: nn.Module, iteration: int | None = None) -> dict:
         for name in names:
             out_dir.mkdir(parents=True, exist_ok=True)
             tmp = out_dir / f".{name}.tmp"
-            tmp.write_text(json.dumps({"iteration": iteration, **results}, indent=2))
+            tmp.write_text(json.dumps(_nan_to_none({"iteration": iteration, **results}), indent=2))
             os.replace(tmp, out_dir / name)
     return results
+
+
+def _nan_to_none(obj):
+    """Strict JSON: metrics COCO cannot compute (e.g. APl without large objects) become null."""
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    return None if isinstance(obj, float) and math.isnan(obj) else obj
 
 
 __all__ = [

@@ -8,8 +8,7 @@ and the same for dataloader.test.dataset; `model.roi_heads.num_classes` must mat
 from .base_mask_rcnn_vit import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
 image_size = 128
-net = model.backbone.net
-net.update(
+model.backbone.net.update(
     embed_dim=96,
     depth=4,
     num_heads=3,
