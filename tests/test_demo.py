@@ -28,6 +28,17 @@ def test_plan_has_every_cell_for_every_seed(tmp_path):
     assert mae_det["run"]["checkpoint"].endswith("pretrain/mask75/last.pth")
 
 
+def test_more_backbones_join_detection_and_segmentation(tmp_path):
+    plan = plan_of(tmp_path, "--seeds", "0", "--also", "vit_supervised", "resnet50_fpn", "timm:convnext_atto")
+    dense = {(e["run"]["task"], e["run"]["backbone"]): e for e in plan if e["run"]["task"] != "cls"}
+    assert set(dense) == {(t, b) for t in ("det", "seg") for b in
+                          ("vit_mae", "vit_random", "vit_supervised", "resnet50_fpn", "timm:convnext_atto")}
+    assert dense["det", "vit_supervised"]["run"]["checkpoint"].endswith("supervised/backbone.pth")
+    assert "arch" not in dense["seg", "resnet50_fpn"]["run"]["backbone_kwargs"]
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--also", "no_such_backbone"])
+
+
 def test_mask_ratio_sweep_probes_each_pretraining(tmp_path):
     plan = plan_of(tmp_path, "--mask-ratio-sweep", "--skip", "det", "seg")
     ratios = sorted({e["run"].get("mask_ratio") for e in plan if e["run"]["backbone"] == "vit_mae"})

@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import compare  # noqa: E402  (tools/compare.py, next to this file)
 
+from mae_core.catalogue import CatalogueError, get_entry  # noqa: E402
 from mae_core.data import FASHION_MNIST_INSTALL, DatasetNotFoundError, find_fashion_mnist  # noqa: E402
 from mae_core.demo_data import FASHION_CLASSES  # noqa: E402
 
@@ -66,12 +67,13 @@ class Recipe:
     seg_lr: float = 1e-3
     window_size: int = 8          # ViTDet-style windows at 128 px (32x32 tokens), two global blocks
     global_blocks: tuple[int, ...] = (1, 3)
+    supervised_epochs: int = 10
     pyramid_channels: int = 256   # the width the Mask R-CNN heads of the model zoo expect
 
     @classmethod
     def quick(cls) -> Recipe:
         return cls(train_scenes=8, val_scenes=4, pretrain_images=128, cls_per_class=(6, 3), pretrain_epochs=1,
-                   pretrain_batch=32, knn_every=1, det_iters=4, seg_iters=4)
+                   pretrain_batch=32, knn_every=1, det_iters=4, seg_iters=4, supervised_epochs=1)
 
     def vit_kwargs(self) -> dict:
         return {"arch": self.arch, "img_size": self.scene_size, "pretrain_img_size": self.image_size,
@@ -182,7 +184,7 @@ class Demo:
             if task in self.args.skip:
                 continue
             for seed in self.args.seeds:
-                for backbone in ("vit_mae", "vit_random"):
+                for backbone in ("vit_mae", "vit_random", *self.args.also):
                     entries.append(self.dense_entry(task, backbone, seed))
         return entries
 
@@ -201,12 +203,15 @@ class Demo:
 
     def dense_entry(self, task: str, backbone: str, seed: int) -> dict:
         r = self.recipe
-        folder = self.out / "runs" / task / f"{backbone}_s{seed}"
-        checkpoint = str(self.checkpoint(self.args.mask_ratio)) if backbone == "vit_mae" else None
-        config = self.out / "configs" / f"{task}_{backbone}_s{seed}.py"
+        folder = self.out / "runs" / task / f"{backbone.replace(':', '_')}_s{seed}"
+        checkpoint = {"vit_mae": self.checkpoint(self.args.mask_ratio),
+                      "vit_supervised": self.supervised_checkpoint}.get(backbone)
+        checkpoint = str(checkpoint) if checkpoint else None
+        config = self.out / "configs" / f"{task}_{backbone.replace(':', '_')}_s{seed}.py"
         config.parent.mkdir(parents=True, exist_ok=True)
-        kwargs = {"name": backbone, "checkpoint": checkpoint, "out_channels": r.pyramid_channels,
-                  **r.vit_kwargs()}
+        vit = r.vit_kwargs() if backbone.startswith("vit_") else {}
+        options = {"out_channels": r.pyramid_channels, **vit}
+        kwargs = {"name": backbone, "checkpoint": checkpoint, **options}
         if task == "det":
             config.write_text(detection_config(kwargs, self.data, folder, seed, r))
             command = [PYTHON, tool("train_det"), "--config-file", str(config)]
@@ -217,9 +222,26 @@ class Demo:
             batch = 2
         run = {"task": task, "backbone": backbone, "seed": seed, "img_size": r.scene_size,
                "batch_size": batch,
-               "checkpoint": checkpoint, "backbone_kwargs": {"out_channels": r.pyramid_channels,
-                                                            **r.vit_kwargs()}}
+               "checkpoint": checkpoint, "backbone_kwargs": options}
         return {"run": run, "output_dir": str(folder), "command": command}
+
+    @property
+    def supervised_checkpoint(self) -> Path:
+        return self.out / "supervised" / "backbone.pth"
+
+    def supervised(self) -> None:
+        """The catalogue's "ViT pretrained with labels": the same ViT trained from scratch on the
+        demo's classification images, its backbone saved for detection and segmentation."""
+        if "vit_supervised" not in self.args.also:
+            return
+        r = self.recipe
+        self.step(f"2b/7 supervised ViT pretraining on the classification images "
+                  f"({r.supervised_epochs} epochs)")
+        folder = self.supervised_checkpoint.parent
+        self.run([PYTHON, tool("eval_cls"), "--data", str(self.data / "cls"), "--backbone", "vit_random",
+                  "--arch", r.arch, "--img-size", str(r.image_size), "--mode", "finetune",
+                  "--epochs", str(r.supervised_epochs), "--save-backbone", str(self.supervised_checkpoint),
+                  "--output", str(folder / "eval_cls.json")], folder / ".done")
 
     def main(self) -> int:
         if self.args.fresh and self.out.exists():
@@ -227,6 +249,7 @@ class Demo:
         self.out.mkdir(parents=True, exist_ok=True)
         self.build_data()
         self.pretrain()
+        self.supervised()
         self.pictures()
         plan = self.plan()
         plan_file = self.out / "plan.json"
@@ -343,10 +366,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--det-iters", type=int)
     p.add_argument("--seg-iters", type=int)
     p.add_argument("--skip", nargs="*", choices=["det", "seg"], default=[], help="leave out a task")
+    p.add_argument("--also", nargs="*", default=[], metavar="BACKBONE",
+                   help="more catalogue backbones for detection and segmentation: vit_supervised (trained "
+                        "here with labels), resnet50_fpn, convnext_atto, timm:<name>")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run of every step (minutes, meaningless numbers)")
     p.add_argument("--fresh", action="store_true", help="delete --out first")
     args = p.parse_args(argv)
+    for name in args.also:
+        try:
+            get_entry(name)
+        except CatalogueError as exc:
+            p.error(f"--also: {exc}")
+        if name in ("vit_mae", "vit_random"):
+            p.error(f"--also: {name} is always compared")
     if args.mask_ratio_sweep and args.mask_ratio not in SWEEP:
         p.error(f"--mask-ratio must be one of the sweep's ratios {SWEEP} with --mask-ratio-sweep")
     return args
