@@ -204,16 +204,14 @@ class DemoDataBuilder:
         size = spec.image_size
         per_class = spec.cls_train_per_class if split == "train" else spec.cls_val_per_class
         images, labels = self.items[split]
-        total = per_class * len(FASHION_CLASSES)
-        bar = iter(self.progress(f"classification {split}", range(total), total))
-        for label in range(len(FASHION_CLASSES)):
-            pool = np.flatnonzero(labels == label)
-            for j, index in enumerate(rng.choice(pool, size=per_class, replace=False)):
-                side = int(rng.integers(size * 11 // 20, size * 9 // 10 + 1))
-                background = self.backgrounds.crop(rng, size)
-                scene = compose(background, [(images[index], label)], [side], rng, 1.0)
-                write_png(out / class_folder(label) / f"{j:05d}.png", scene.image)
-                next(bar, None)
+        # Balanced classes, distinct items within a class.
+        chosen = [rng.choice(np.flatnonzero(labels == label), per_class, replace=False)
+                  for label in range(len(FASHION_CLASSES))]
+        picks = [(label, j, index) for label, indices in enumerate(chosen) for j, index in enumerate(indices)]
+        for label, j, index in self.progress(f"classification {split}", picks, len(picks)):
+            side = int(rng.integers(size * 11 // 20, size * 9 // 10 + 1))
+            scene = compose(self.backgrounds.crop(rng, size), [(images[index], label)], [side], rng, 1.0)
+            write_png(out / class_folder(label) / f"{j:05d}.png", scene.image)
 
     def build_scenes(self, root: Path, split: str, rng: np.random.Generator) -> None:
         from pycocotools import mask as mask_utils
