@@ -187,3 +187,14 @@ def test_eval_cls_refuses_save_backbone_without_fine_tuning(tiny_cls, tmp_path):
                           "--save-backbone", str(tmp_path / "x.pth")],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "--save-backbone needs --mode finetune" in run.stderr
+
+
+def test_knn_monitor_hook_reads_class_folders_for_the_pretraining_engine(tiny_cls):
+    from mae_core.probe import KNNMonitorHook
+
+    hook = KNNMonitorHook(str(tiny_cls / "train"), str(tiny_cls / "val"), img_size=32, every=2, k=5)
+    mae = create_mae("vit_toy_patch4", img_size=32).eval()
+    assert hook.on_epoch_end(0, mae) is None
+    assert 0.0 <= hook.on_epoch_end(1, mae)["knn_acc"] <= 1.0
+    with pytest.raises(ValueError, match="one sub-folder per class"):
+        KNNMonitorHook(str(tiny_cls / "train" / "00_t-shirt_top"), str(tiny_cls / "val"), img_size=32)
