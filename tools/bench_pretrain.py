@@ -206,13 +206,9 @@ def bench_config(name: str, cfg: BenchConfig, args, device) -> dict:
         if bad:
             raise SystemExit(f"error: toolkit and HF disagree for {name}: {bad}")
 
-    if device.type == "cpu" or not args.skip_flops:
-        flops_imgs, flops_noise = imgs.cpu()[:1], noise.cpu()[:1]
+    if not args.skip_flops:
         for key in ("toolkit", "toolkit_mask_tokens") + (("hf",) if with_hf else ()):
-            model_cpu = models[key] if device.type == "cpu" else None
-            if model_cpu is None:
-                continue
-            per_sample = forward_flops(model_cpu, flops_imgs, flops_noise)
+            per_sample = forward_flops(models[key], imgs[:1], noise[:1])
             result["flops"][key] = per_sample * cfg.batch if per_sample else None
         print("  forward GFLOP per batch: " + ", ".join(
             f"{k} {v / 1e9:.1f}" for k, v in result["flops"].items() if v))
