@@ -35,6 +35,7 @@ from bench_common import (  # noqa: E402
     interleaved_medians,
     machine_description,
     markdown_table,
+    paired_ratio,
     peak_rss_gib,
     run_isolated,
     setup_threads,
@@ -69,21 +70,46 @@ def detectron2_vitdet(size: int) -> nn.Module:
 
     globals_ = VITDET_GLOBAL_BLOCKS[ARCH]
     vit = ViT(
-        img_size=size, patch_size=16, embed_dim=768, depth=12, num_heads=12, drop_path_rate=0.0,
-        window_size=14, mlp_ratio=4, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        window_block_indexes=[i for i in range(12) if i not in globals_], residual_block_indexes=[],
-        use_rel_pos=True, out_feature="last_feat", pretrain_img_size=224,
+        img_size=size,
+        patch_size=16,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        drop_path_rate=0.0,
+        window_size=14,
+        mlp_ratio=4,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        window_block_indexes=[i for i in range(12) if i not in globals_],
+        residual_block_indexes=[],
+        use_rel_pos=True,
+        out_feature="last_feat",
+        pretrain_img_size=224,
     )
-    return D2Pyramid(vit, in_feature="last_feat", out_channels=256, scale_factors=(4.0, 2.0, 1.0, 0.5),
-                     top_block=LastLevelMaxPool(), norm="LN", square_pad=size)
+    return D2Pyramid(
+        vit,
+        in_feature="last_feat",
+        out_channels=256,
+        scale_factors=(4.0, 2.0, 1.0, 0.5),
+        top_block=LastLevelMaxPool(),
+        norm="LN",
+        square_pad=size,
+    )
 
 
 def toolkit_seg(size: int, use_rel_pos: bool = True) -> ViTBackbone:
     """The segmentation recipe's backbone (segmentation.MAEViT is this class registered in mmseg),
     with layer scale as MMSegmentation's MAE has it and no qkv bias (its MAE has none), so the
     two compute the same layers."""
-    return create_backbone(ARCH, img_size=size, pretrain_img_size=size, out_indices=SEG_OUT_INDICES,
-                           use_rel_pos=use_rel_pos, init_values=0.1, qkv_bias=False)
+    return create_backbone(
+        ARCH,
+        img_size=size,
+        pretrain_img_size=size,
+        out_indices=SEG_OUT_INDICES,
+        use_rel_pos=use_rel_pos,
+        init_values=0.1,
+        qkv_bias=False,
+    )
 
 
 def mmseg_mae(size: int) -> nn.Module:
@@ -92,13 +118,29 @@ def mmseg_mae(size: int) -> nn.Module:
     except ImportError as exc:
         raise SystemExit(
             f"error: MMSegmentation is not importable ({exc}); install it with `make setup` "
-            "or run with --suites det") from exc
-    return MAE(img_size=size, patch_size=16, embed_dims=768, num_layers=12, num_heads=12, mlp_ratio=4,
-               out_indices=list(SEG_OUT_INDICES), norm_cfg=dict(type="LN", eps=1e-6), init_values=0.1)
+            "or run with --suites det"
+        ) from exc
+    return MAE(
+        img_size=size,
+        patch_size=16,
+        embed_dims=768,
+        num_layers=12,
+        num_heads=12,
+        mlp_ratio=4,
+        out_indices=list(SEG_OUT_INDICES),
+        norm_cfg=dict(type="LN", eps=1e-6),
+        init_values=0.1,
+    )
 
 
-MMSEG_LAYER_PARTS = {"ln1": "norm1", "attn.qkv": "attn.qkv", "attn.proj": "attn.proj", "ln2": "norm2",
-                     "ffn.layers.0.0": "mlp.fc1", "ffn.layers.1": "mlp.fc2"}
+MMSEG_LAYER_PARTS = {
+    "ln1": "norm1",
+    "attn.qkv": "attn.qkv",
+    "attn.proj": "attn.proj",
+    "ln2": "norm2",
+    "ffn.layers.0.0": "mlp.fc1",
+    "ffn.layers.1": "mlp.fc2",
+}
 
 
 def mmseg_to_toolkit(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -197,8 +239,12 @@ def worker(args) -> int:
     setup_threads(args.threads)
     # Weights do not change memory use: build only the one model, so the build's own peak
     # (two models, converted copies) stays below the step's.
-    builders = {("det", "toolkit"): ToolkitDet, ("det", "detectron2"): detectron2_vitdet,
-                ("seg", "toolkit"): toolkit_seg, ("seg", "mmseg"): mmseg_mae}
+    builders = {
+        ("det", "toolkit"): ToolkitDet,
+        ("det", "detectron2"): detectron2_vitdet,
+        ("seg", "toolkit"): toolkit_seg,
+        ("seg", "mmseg"): mmseg_mae,
+    }
     model = builders[args.suite, args.impl](args.size).to(device).train()
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     step = make_case(model, x, args.mode, device, args.precision)
@@ -212,12 +258,18 @@ def worker(args) -> int:
     synchronize(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else peak_rss_gib()
-    print(json.dumps({"peak_gib": peak, "before_gib": before, "step_peak_gib": peak - before, "seconds": seconds}))
+    print(
+        json.dumps(
+            {"peak_gib": peak, "before_gib": before, "step_peak_gib": peak - before, "seconds": seconds}
+        )
+    )
     return 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--suites", default="det,seg", help="det (vs Detectron2), seg (vs MMSegmentation)")
     parser.add_argument("--sizes", default="512,1024", help="det sizes; seg always runs at 512")
     parser.add_argument("--modes", default="fwd,fwdbwd")
@@ -229,7 +281,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory processes")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--worker", nargs=4, metavar=("SUITE", "IMPL", "SIZE", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", nargs=4, metavar=("SUITE", "IMPL", "SIZE", "MODE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.worker:
         args.suite, args.impl, size, args.mode = args.worker
@@ -270,16 +324,35 @@ def main(argv=None) -> int:
         if not args.no_memory:
             for mode in modes:
                 for impl in ("toolkit", peer_name):
-                    extra = ["--device", args.device, "--precision", args.precision, "--batch", str(args.batch)]
+                    extra = [
+                        "--device",
+                        args.device,
+                        "--precision",
+                        args.precision,
+                        "--batch",
+                        str(args.batch),
+                    ]
                     if args.threads:
                         extra += ["--threads", str(args.threads)]
                     memory[f"{impl}/{mode}"] = run_isolated(
-                        Path(__file__), ["--worker", suite, impl, str(size), mode, *extra])
-                    print(f"  peak memory {impl}/{mode}: {memory[f'{impl}/{mode}']['step_peak_gib']:.2f} GiB "
-                          f"above the model ({memory[f'{impl}/{mode}']['peak_gib']:.2f} GiB process peak)")
-        results.append({"suite": suite, "size": size, "peer": peer_name, "max_output_diff": diff,
-                        "forward_flops": fwd_flops, "timings": timings,
-                        "matmul_flops_per_s": matmul_flops_per_s, "memory": memory})
+                        Path(__file__), ["--worker", suite, impl, str(size), mode, *extra]
+                    )
+                    print(
+                        f"  peak memory {impl}/{mode}: {memory[f'{impl}/{mode}']['step_peak_gib']:.2f} GiB "
+                        f"above the model ({memory[f'{impl}/{mode}']['peak_gib']:.2f} GiB process peak)"
+                    )
+        results.append(
+            {
+                "suite": suite,
+                "size": size,
+                "peer": peer_name,
+                "max_output_diff": diff,
+                "forward_flops": fwd_flops,
+                "timings": timings,
+                "matmul_flops_per_s": matmul_flops_per_s,
+                "memory": memory,
+            }
+        )
         del ours, peer, cases
 
     text = report(results, args)
@@ -295,33 +368,68 @@ def report(results: list[dict], args) -> str:
         t, mm = r["timings"], r["matmul_flops_per_s"]
         for mode in args.modes.split(","):
             flops = r["forward_flops"] * (1 if mode == "fwd" else 3)
-            peer_t = t[f"{r['peer']}/{mode}"]["median"]
             for impl in ("toolkit", r["peer"]):
                 med = t[f"{impl}/{mode}"]["median"]
                 mem = r["memory"].get(f"{impl}/{mode}")
-                rows.append([r["suite"], r["size"], mode, impl, f"{med:.3f}",
-                             f"{t[f'{impl}/{mode}']['min']:.3f}-{t[f'{impl}/{mode}']['max']:.3f}",
-                             f"{peer_t / med:.2f}x", f"{100 * flops / med / mm:.0f}%",
-                             f"{mem['step_peak_gib']:.2f}" if mem else "-", f"{mem['peak_gib']:.2f}" if mem else "-"])
-            speedup = peer_t / t[f"toolkit/{mode}"]["median"]
-            goals.append(f"- {r['suite']} {r['size']} {mode}: toolkit {speedup:.2f}x {r['peer']} (goal >= 1.30x: "
-                         f"{'reached' if speedup >= 1.3 else 'NOT reached'}); max |output diff| "
-                         f"{r['max_output_diff']:.1e} ({'equal' if r['max_output_diff'] <= OUTPUT_TOLERANCE else 'NOT equal'}"
-                         f" within {OUTPUT_TOLERANCE:.0e})")
+                ratio = paired_ratio(t[f"{r['peer']}/{mode}"], t[f"{impl}/{mode}"])
+                rows.append(
+                    [
+                        r["suite"],
+                        r["size"],
+                        mode,
+                        impl,
+                        f"{med:.3f}",
+                        f"{t[f'{impl}/{mode}']['min']:.3f}-{t[f'{impl}/{mode}']['max']:.3f}",
+                        f"{ratio:.2f}x",
+                        f"{100 * flops / med / mm:.0f}%",
+                        f"{mem['step_peak_gib']:.2f}" if mem else "-",
+                        f"{mem['peak_gib']:.2f}" if mem else "-",
+                    ]
+                )
+            speedup = paired_ratio(t[f"{r['peer']}/{mode}"], t[f"toolkit/{mode}"])
+            equal = "equal" if r["max_output_diff"] <= OUTPUT_TOLERANCE else "NOT equal"
+            goals.append(
+                f"- {r['suite']} {r['size']} {mode}: toolkit {speedup:.2f}x {r['peer']} (goal >= 1.30x: "
+                f"{'reached' if speedup >= 1.3 else 'NOT reached'}); max |output diff| "
+                f"{r['max_output_diff']:.1e} ({equal} within {OUTPUT_TOLERANCE:.0e})"
+            )
             ours_mem, peer_mem = r["memory"].get(f"toolkit/{mode}"), r["memory"].get(f"{r['peer']}/{mode}")
             if ours_mem and peer_mem and mode == "fwdbwd" and peer_mem["step_peak_gib"] > 0:
                 ratio = ours_mem["step_peak_gib"] / peer_mem["step_peak_gib"]
-                goals.append(f"- {r['suite']} {r['size']} fwdbwd peak memory above the model: {ratio:.2f}x "
-                             f"{r['peer']}'s (goal at 1024 <= 0.70x: {'reached' if ratio <= 0.7 else 'NOT reached'})")
-    lines = [f"Machine: {machine_description()}",
-             f"Command: python tools/bench_backbone.py {' '.join(sys.argv[1:])}",
-             f"{args.precision}, batch {args.batch}, {args.rounds} rounds after {args.warmup} warm-up, medians; "
-             "FLOPs = plain ViT-B + pyramid (fvcore, 2 per MAC), fwd+bwd = 3x fwd.", "",
-             markdown_table(["suite", "size", "mode", "implementation", "s (median)", "min-max", "peer time / this",
-                             "% of matmul FLOP/s", "step peak GiB (above model)", "process peak GiB"], rows), "",
-             "Matmul reference (2048^3, same rounds): " + ", ".join(
-                 f"{r['suite']} {r['size']}: {r['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s" for r in results),
-             "", "Goals:", *goals]
+                goals.append(
+                    f"- {r['suite']} {r['size']} fwdbwd peak memory above the model: {ratio:.2f}x "
+                    f"{r['peer']}'s (goal at 1024 <= 0.70x: {'reached' if ratio <= 0.7 else 'NOT reached'})"
+                )
+    lines = [
+        f"Machine: {machine_description()}",
+        f"Command: python tools/bench_backbone.py {' '.join(sys.argv[1:])}",
+        f"{args.precision}, batch {args.batch}, {args.rounds} rounds after {args.warmup} warm-up, medians; "
+        "FLOPs = plain ViT-B + pyramid (fvcore, 2 per MAC), fwd+bwd = 3x fwd.",
+        "",
+        markdown_table(
+            [
+                "suite",
+                "size",
+                "mode",
+                "implementation",
+                "s (median)",
+                "min-max",
+                "peer time / this (median of per-round ratios)",
+                "% of matmul FLOP/s",
+                "step peak GiB (above model)",
+                "process peak GiB",
+            ],
+            rows,
+        ),
+        "",
+        "Matmul reference (2048^3, same rounds): "
+        + ", ".join(
+            f"{r['suite']} {r['size']}: {r['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s" for r in results
+        ),
+        "",
+        "Goals:",
+        *goals,
+    ]
     return "\n".join(lines)
 
 

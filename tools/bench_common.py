@@ -76,7 +76,7 @@ def interleaved_medians(
         synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             times[name].append(time_once(cases[name], device))
         if log:
@@ -87,9 +87,13 @@ def interleaved_medians(
     }
 
 
-def matmul_flops_per_s(
-    device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5
-) -> float:
+def paired_ratio(numerator: dict, denominator: dict) -> float:
+    """Median over rounds of time(numerator) / time(denominator) within the same round: the two
+    ran back to back, so slow drift of the machine cancels out of each ratio."""
+    return statistics.median(a / b for a, b in zip(numerator["times"], denominator["times"], strict=True))
+
+
+def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
     """Median FLOP/s (2*n^3 per product) of a plain (n x n) @ (n x n) product: the practical
     limit the model steps are measured against."""
     a = torch.randn(size, size, device=device).to(dtype)
@@ -156,7 +160,10 @@ def run_isolated(script: Path, args: list[str], timeout: float | None = None) ->
     peak memory is its own (a process's peak never goes down)."""
     proc = subprocess.run(
         [sys.executable, str(script), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
