@@ -4,6 +4,7 @@ the command that installs it."""
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import sys
 
 SETUP = "make setup (or: bash scripts/setup_env.sh)"
@@ -11,7 +12,10 @@ SETUP = "make setup (or: bash scripts/setup_env.sh)"
 
 def _version(module: str) -> str:
     mod = importlib.import_module(module)
-    return getattr(mod, "__version__", "unknown")
+    try:
+        return mod.__version__
+    except AttributeError:  # pycocotools has no __version__
+        return importlib.metadata.version(module)
 
 
 def _detectron2_c() -> str:

@@ -36,11 +36,20 @@ build_mmcv_wheel() {
     sed -i 's/-std=c++17/-std=c++20/g' "$src/setup.py"
     (cd "$src" && MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=${MAX_JOBS:-2} \
         "$OLDPWD/$PY" -m pip wheel --no-build-isolation --no-deps -w "$work/dist" .)
-    # Strip debug info: 32 MB -> under 2 MB.
-    "$PY" -m wheel unpack -d "$work/unpacked" "$work"/dist/mmcv-*.whl
-    find "$work/unpacked" -name '_ext*.so' -exec strip --strip-debug {} +
-    mkdir -p "$WHEEL_CACHE"
-    "$PY" -m wheel pack -d "$work/packed" "$work"/unpacked/mmcv-*
+    repack_mmcv_wheel "$work"/dist/mmcv-*.whl
+    rm -rf "$work"
+}
+
+repack_mmcv_wheel() {
+    # Strip debug info (32 MB -> 2 MB), and ask for headless OpenCV like the toolkit does: mmcv's
+    # setup.py picks opencv-python or -headless by what the build env happens to hold.
+    local work
+    work=$(mktemp -d)
+    "$PY" -m wheel unpack -d "$work" "$1"
+    find "$work" -name '_ext*.so' -exec strip --strip-debug {} +
+    sed -i 's/^Requires-Dist: opencv-python>=3$/Requires-Dist: opencv-python-headless>=3/' "$work"/mmcv-*/mmcv-*.dist-info/METADATA
+    mkdir -p "$WHEEL_CACHE" "$work/packed"
+    "$PY" -m wheel pack -d "$work/packed" "$work"/mmcv-*/
     mv "$work"/packed/mmcv-*.whl "$WHEEL_CACHE/"
     rm -rf "$work"
 }
@@ -63,6 +72,17 @@ if ! "$PY" -c 'import detectron2' 2>/dev/null; then
     rm -rf "$tmp/tools" "$tmp/bin"
     cp -r "$tmp"/* "$site/"
     rm -rf "$tmp"
+fi
+
+# Real images for the demo and the tests (Fashion-MNIST, MIT licence), from Debian's packages.
+if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing Debian package dataset-fashion-mnist"
+        apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }
+    else
+        log "Fashion-MNIST missing: run 'sudo apt-get install -y dataset-fashion-mnist' for the demo and tests"
+    fi
 fi
 
 log "installing the toolkit with extras det, seg, dev"
