@@ -170,3 +170,28 @@ def test_bad_run_records_name_the_file_and_key(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"backbone": "vit_nope", "task": "seg"}))
     with pytest.raises(compare.RunError, match="run.json: unknown backbone 'vit_nope'"):
         compare.load_run(tmp_path)
+
+
+def test_plan_runs_unfinished_entries_in_parallel_and_stops_on_a_failure(tmp_path):
+    def entry(name, code):
+        folder = tmp_path / name
+        script = (f"import json, pathlib; pathlib.Path({str(folder)!r}, 'eval_cls.json').write_text("
+                  f"json.dumps({{'knn_acc': 0.5}})); print('ran {name}'); raise SystemExit({code})")
+        return {"run": {"task": "cls", "backbone": "vit_random", "seed": 0}, "output_dir": str(folder),
+                "command": [sys.executable, "-c", script]}
+
+    plan = [entry("a", 0), entry("b", 0), entry("c", 0)]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / ".done").touch()  # finished before: not run again
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    folders = compare.execute_plan(plan_file, jobs=2)
+    assert folders == [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    assert (tmp_path / "a" / "stdout.txt").read_text() == "ran a\n"
+    assert not (tmp_path / "c" / "stdout.txt").exists()
+    assert compare.load_run(tmp_path / "a")["knn_acc"] == 50.0
+
+    plan_file.write_text(json.dumps([entry("d", 3)]))
+    with pytest.raises(compare.RunError, match="exit code 3.*d/stdout.txt"):
+        compare.execute_plan(plan_file)
+    assert not (tmp_path / "d" / ".done").exists()

@@ -366,34 +366,46 @@ def write_report(runs: list[dict], out: Path, title: str = "Backbone comparison"
     return report
 
 
-def execute_plan(plan_file: Path, rerun: bool = False) -> list[Path]:
-    """Runs every plan entry whose output folder has no results yet; returns the run folders."""
+def run_entry(entry: dict) -> int:
+    """Writes the run record, runs the command with its output in `stdout.txt`, marks success."""
+    folder = Path(entry["output_dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RUN_FILE).write_text(json.dumps({**entry["run"], "output_dir": str(folder)}, indent=2))
+    with open(folder / "stdout.txt", "w") as log:
+        code = subprocess.call(entry["command"], stdout=log, stderr=subprocess.STDOUT)
+    if code == 0:
+        (folder / ".done").touch()
+    return code
+
+
+def execute_plan(plan_file: Path, rerun: bool = False, jobs: int = 1) -> list[Path]:
+    """Runs every plan entry whose output folder has no finished run yet, `jobs` at a time (each
+    tool uses one thread, so two jobs fill two cores); returns the run folders in plan order."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     from tqdm import tqdm
 
     plan = read_json(plan_file)
     if not isinstance(plan, list):
         raise RunError(f"{plan_file}: expected a JSON list of {{run, output_dir, command}}")
-    folders = []
-    bar = tqdm(plan, desc="runs", unit="run")
-    for i, entry in enumerate(bar):
+    for i, entry in enumerate(plan):
         missing = {"run", "output_dir", "command"} - set(entry)
         if missing:
             raise RunError(f"{plan_file}: entry {i} lacks {sorted(missing)}")
-        run = entry["run"]
-        bar.set_description(f"{run.get('task')} {run.get('backbone')} seed {run.get('seed', 0)}")
-        folder = Path(entry["output_dir"])
-        done = folder / ".done"
-        if rerun or not done.is_file():
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / RUN_FILE).write_text(json.dumps({**entry["run"], "output_dir": str(folder)}, indent=2))
-            with open(folder / "log.txt", "w") as log:
-                code = subprocess.call(entry["command"], stdout=log, stderr=subprocess.STDOUT)
+    todo = [e for e in plan if rerun or not (Path(e["output_dir"]) / ".done").is_file()]
+    with tqdm(total=len(plan), initial=len(plan) - len(todo), desc="runs", unit="run") as bar, \
+            ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = {pool.submit(run_entry, entry): entry for entry in todo}
+        for future in as_completed(futures):
+            entry, code = futures[future], future.result()
+            run = entry["run"]
             if code != 0:
-                raise RunError(f"run {i} ({' '.join(entry['command'])}) failed with exit code {code}; "
-                               f"see {folder / 'log.txt'}")
-            done.touch()
-        folders.append(folder)
-    return folders
+                pool.shutdown(cancel_futures=True)
+                raise RunError(f"run {' '.join(entry['command'])} failed with exit code {code}; "
+                               f"see {Path(entry['output_dir']) / 'stdout.txt'}")
+            bar.set_postfix_str(f"finished {run.get('task')} {run.get('backbone')} seed {run.get('seed', 0)}")
+            bar.update(1)
+    return [Path(e["output_dir"]) for e in plan]
 
 
 def main(argv=None) -> int:
@@ -401,11 +413,12 @@ def main(argv=None) -> int:
     p.add_argument("--runs", nargs="*", type=Path, default=[], help="run folders or run JSON files")
     p.add_argument("--plan", type=Path, help="run the commands of this plan first (see above)")
     p.add_argument("--rerun", action="store_true", help="with --plan: rerun finished runs too")
+    p.add_argument("--jobs", type=int, default=1, help="with --plan: runs at a time (one core each)")
     p.add_argument("--out", type=Path, required=True, help="folder for report.md and the plots")
     p.add_argument("--title", default="Backbone comparison")
     args = p.parse_args(argv)
     try:
-        folders = list(args.runs) + (execute_plan(args.plan, args.rerun) if args.plan else [])
+        folders = list(args.runs) + (execute_plan(args.plan, args.rerun, args.jobs) if args.plan else [])
         if not folders:
             p.error("give --runs and/or --plan")
         cache: dict = {}
