@@ -84,6 +84,8 @@ def test_generated_segmentation_config_builds_upernet(tmp_path):
     cfg = Config.fromfile(entry["command"][2])
     assert cfg.model.neck is None and cfg.randomness.seed == 0
     assert cfg.train_dataloader.dataset.img_suffix == ".png"
+    crop = cfg.train_dataloader.dataset.pipeline[2].crop_size
+    assert tuple(crop) == tuple(cfg.model.data_preprocessor.size) == (128, 128)
     model = MODELS.build(cfg.model)
     assert model.backbone.strides == (4, 8, 16, 32)
     assert model.decode_head.num_classes == 11

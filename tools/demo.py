@@ -344,8 +344,17 @@ demo_dataset = dict(
     img_suffix=".png",
     reduce_zero_label=False,
 )
-train_dataloader = dict(dataset=dict(demo_dataset, data_prefix=dict(img_path="images/training",
-                                                                      seg_map_path="annotations/training")))
+# The base pipeline was written for its own crop size; the scenes are crop-sized already.
+train_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="LoadCheckedAnnotations"),
+    dict(type="RandomCrop", crop_size=crop_size),
+    dict(type="RandomFlip", prob=0.5),
+    dict(type="PackSegInputs"),
+]
+train_dataloader = dict(dataset=dict(demo_dataset, pipeline=train_pipeline,
+                                     data_prefix=dict(img_path="images/training",
+                                                      seg_map_path="annotations/training")))
 val_dataloader = dict(dataset=dict(demo_dataset, data_prefix=dict(img_path="images/validation",
                                                                     seg_map_path="annotations/validation")))
 test_dataloader = val_dataloader
