@@ -99,8 +99,7 @@ def detectron2_vitdet(size: int) -> nn.Module:
 
 def toolkit_seg(size: int, use_rel_pos: bool = True) -> ViTBackbone:
     """The segmentation recipe's backbone (segmentation.MAEViT is this class registered in mmseg),
-    with layer scale as MMSegmentation's MAE has it and no qkv bias (its MAE has none), so the
-    two compute the same layers."""
+    with layer scale as MMSegmentation's MAE has it, so the two compute the same layers."""
     return create_backbone(
         ARCH,
         img_size=size,
@@ -108,7 +107,6 @@ def toolkit_seg(size: int, use_rel_pos: bool = True) -> ViTBackbone:
         out_indices=SEG_OUT_INDICES,
         use_rel_pos=use_rel_pos,
         init_values=0.1,
-        qkv_bias=False,
     )
 
 
@@ -245,7 +243,8 @@ def worker(args) -> int:
         ("seg", "toolkit"): toolkit_seg,
         ("seg", "mmseg"): mmseg_mae,
     }
-    model = builders[args.suite, args.impl](args.size).to(device).train()
+    model = builders[args.suite, args.impl](args.size).to(device)
+    model.train()  # not chained: MMSegmentation's BEiT.train() returns None
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     step = make_case(model, x, args.mode, device, args.precision)
     if device.type == "cuda":
