@@ -209,7 +209,9 @@ def bench_config(name: str, cfg: BenchConfig, args, device) -> dict:
 
     result = {"config": name, **cfg.__dict__, "numerics": [], "flops": {}}
     if with_hf:
-        result["numerics"] = check_numerics(models, imgs, noise, device, args.precisions)
+        result["numerics"] = check_numerics(
+            models, imgs, noise, device, ["fp32"] + [p for p in args.precisions if p != "fp32"]
+        )
         for row in result["numerics"]:
             print(
                 f"  numerics {row['precision']}: loss toolkit {row['loss_toolkit']:.7f} "

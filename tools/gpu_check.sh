@@ -20,14 +20,14 @@ have() { "$PY" -c "import $1" >/dev/null 2>&1; }
 pretrain_args=(--device cuda --precisions bf16 --configs base,large --batch 64 --rounds 5 --warmup 3
                --json "$OUT/pretrain.json")
 have transformers || pretrain_args+=(--no-hf)
-timeout 150 "$PY" tools/bench_pretrain.py "${pretrain_args[@]}" > "$OUT/pretrain.log" 2>&1 \
+timeout 120 "$PY" tools/bench_pretrain.py "${pretrain_args[@]}" > "$OUT/pretrain.log" 2>&1 \
     || echo "bench_pretrain failed or timed out; see $OUT/pretrain.log"
 
 # 2. Backbone + pyramid vs Detectron2 (512, 1024) and vs MMSegmentation's MAE (512).
 suites=det
 have mmseg && suites=det,seg || echo "mmseg not importable: segmentation comparison skipped"
-timeout 150 "$PY" tools/bench_backbone.py --device cuda --precision bf16 --suites "$suites" --sizes 512,1024 \
-    --batch 2 --rounds 5 --warmup 2 --json "$OUT/backbone.json" > "$OUT/backbone.log" 2>&1 \
+timeout 170 "$PY" tools/bench_backbone.py --device cuda --precision bf16 --suites "$suites" --sizes 512,1024 \
+    --batch 2 --rounds 3 --warmup 2 --json "$OUT/backbone.json" > "$OUT/backbone.log" 2>&1 \
     || echo "bench_backbone failed or timed out; see $OUT/backbone.log"
 
 # The short table.
