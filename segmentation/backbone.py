@@ -1,0 +1,63 @@
+"""The toolkit's ViT backbone in MMSegmentation's MODELS registry.
+
+It is `mae_core.backbone.ViTBackbone` itself (same parameter names as the MAE encoder), so an MAE
+checkpoint loads through `mae_core`'s converter and every key is accounted for in a printed report,
+unlike MMSegmentation's `MAE` backbone, which loads with strict=False and says nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from mmengine.logging import print_log
+from mmseg.registry import MODELS
+
+from mae_core.backbone import ViTBackbone
+from mae_core.checkpoint import load_pretrained
+from mae_core.vit import get_arch
+
+
+@MODELS.register_module()
+class MAEViT(ViTBackbone):
+    """`arch` names a size (`vit_base_patch16`, `vit_large_patch16`, ...); keyword arguments
+    override it. Global attention in every block unless `window_size` is set, as in the MAE
+    segmentation recipe. `use_rel_pos` adds relative position biases (zero-initialised) and
+    `init_values` layer scale. `pretrained` is an MAE checkpoint (the toolkit's, official, timm or
+    HF layout) loaded in `init_weights`, which the Runner calls before training; mmseg's
+    `model.pretrained=...` is forwarded here by `EncoderDecoder`."""
+
+    def __init__(
+        self,
+        arch: str = "vit_base_patch16",
+        img_size: int | Sequence[int] = 512,
+        out_indices: Sequence[int] = (3, 5, 7, 11),
+        pretrained: str | None = None,
+        allow_pickle: bool = False,
+        **kwargs,
+    ):
+        spec = get_arch(arch).to_dict()
+        super().__init__(
+            **{
+                **spec,
+                "img_size": tuple(img_size) if not isinstance(img_size, int) else img_size,
+                "out_indices": out_indices,
+                **kwargs,
+            }
+        )
+        self.pretrained = pretrained
+        self.allow_pickle = allow_pickle
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        if getattr(self, "pretrained", None):
+            report = load_pretrained(self, self.pretrained, allow_pickle=self.allow_pickle)
+            print_log(f"MAEViT initialised from {self.pretrained}:\n{report}", logger="current")
+
+    def forward(self, imgs: torch.Tensor) -> list[torch.Tensor]:
+        """Pads the bottom and right to a multiple of the patch size first: sliding-window crops
+        at image borders and resized images need not be multiples (mmseg's backbones pad too)."""
+        pad_h, pad_w = (-imgs.shape[-2]) % self.patch_size, (-imgs.shape[-1]) % self.patch_size
+        if pad_h or pad_w:
+            imgs = F.pad(imgs, (0, pad_w, 0, pad_h))
+        return super().forward(imgs)

@@ -1,0 +1,140 @@
+"""What mmengine's Runner needs to run the toolkit's configs on any machine, safely.
+
+- Checkpoints: mmengine pickles its message hub (HistoryBuffer, numpy scalars) into every
+  checkpoint; `torch.load(weights_only=True)` refuses those until they are registered as safe
+  globals. And mmengine writes checkpoints in place; `AtomicLocalBackend` writes them through a
+  temporary file and a rename, so a crash never leaves a truncated `iter_N.pth` that `--resume` picks.
+- CPU: mmengine's `init_dist('pytorch')` calls `torch.cuda.set_device`, the Runner gives DDP
+  `device_ids` (which DDP rejects for CPU modules), SyncBN has no CPU kernel and AmpOptimWrapper
+  asserts a GPU. `adapt_config_to_device` and `init_cpu_distributed` handle those, so
+  `torchrun --nproc-per-node 2 tools/train_seg.py CFG --launcher pytorch` runs on CPU with gloo."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from mmengine.fileio import LocalBackend, register_backend
+from mmengine.logging import HistoryBuffer, print_log
+from mmengine.model import MMDistributedDataParallel
+from mmengine.registry import MODEL_WRAPPERS
+
+ATOMIC_BACKEND = "atomic_local"
+
+
+def register_safe_globals() -> None:
+    """The non-tensor types inside an mmengine checkpoint, allowed for weights_only loading."""
+    numpy_core = np._core if hasattr(np, "_core") else np.core  # numpy 2 moved (and pickles) it
+    torch.serialization.add_safe_globals(
+        [
+            HistoryBuffer,
+            numpy_core.multiarray._reconstruct,
+            numpy_core.multiarray.scalar,
+            np.ndarray,
+            np.dtype,
+            *{type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "uint8", "bool")},
+        ]
+    )
+
+
+def _write_atomically(data: bytes, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend, but writes go to a temporary file that is renamed into place.
+    Selected with `backend_args=dict(backend="atomic_local")` on the CheckpointHook."""
+
+    def put(self, obj: bytes, filepath) -> None:
+        _write_atomically(obj, filepath)
+
+    def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
+        _write_atomically(obj.encode(encoding), filepath)
+
+
+register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
+
+
+@MODEL_WRAPPERS.register_module()
+class DeviceAgnosticDDP(MMDistributedDataParallel):
+    """MMDistributedDataParallel that drops the `device_ids` the Runner always passes when the
+    module lives on the CPU (DDP accepts device_ids only for single-device GPU modules)."""
+
+    def __init__(self, module, device_ids=None, **kwargs):
+        on_cpu = next(module.parameters()).device.type == "cpu"
+        super().__init__(module=module, device_ids=None if on_cpu else device_ids, **kwargs)
+
+
+def _replace_sync_bn(node) -> None:
+    if isinstance(node, dict):
+        if node.get("type") == "SyncBN":
+            node["type"] = "BN"
+        for value in node.values():
+            _replace_sync_bn(value)
+    elif isinstance(node, list | tuple):
+        for value in node:
+            _replace_sync_bn(value)
+
+
+def adapt_config_to_device(cfg) -> None:
+    """Without CUDA: BN for SyncBN, plain OptimWrapper for AmpOptimWrapper (each with a warning),
+    gloo, and a DDP wrapper without device_ids. With CUDA the config is left as it is."""
+    if torch.cuda.is_available():
+        return
+    _replace_sync_bn(cfg.model)
+    if cfg.get("optim_wrapper", {}).get("type") == "AmpOptimWrapper":
+        print_log(
+            "no CUDA: AMP switched off (AmpOptimWrapper needs a GPU), training in float32",
+            logger="current",
+            level=logging.WARNING,
+        )
+        cfg.optim_wrapper.type = "OptimWrapper"
+        cfg.optim_wrapper.pop("loss_scale", None)
+        cfg.optim_wrapper.pop("dtype", None)
+    cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "gloo"
+    # broadcast_buffers=False as mmengine's own default wrapping.
+    cfg.setdefault("model_wrapper_cfg", dict(type="DeviceAgnosticDDP", broadcast_buffers=False))
+
+
+def init_cpu_distributed(launcher: str) -> None:
+    """Starts the gloo process group for `--launcher pytorch` on a machine without CUDA, before
+    the Runner would call mmengine's CUDA-only `init_dist` (it skips it once a group exists)."""
+    if launcher == "pytorch" and not torch.cuda.is_available() and not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+
+
+def load_config(
+    path: str, launcher: str = "none", work_dir: str | None = None, cfg_options: dict | None = None
+):
+    """An mmengine Config prepared as MMSegmentation's tools prepare it (options merged, work_dir
+    from the CLI, else the config, else work_dirs/<config name>), then adapted to this machine;
+    for `--launcher pytorch` without CUDA the gloo process group is started here."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(path)
+    cfg.launcher = launcher
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get("work_dir") is None:
+        cfg.work_dir = os.path.join("work_dirs", Path(path).stem)
+    adapt_config_to_device(cfg)
+    init_cpu_distributed(launcher)
+    return cfg

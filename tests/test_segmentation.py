@@ -1,0 +1,476 @@
+"""The MMSegmentation glue: backbone through the registry, layer decay, datasets and their checks,
+IoU, checkpoint safety, and the train / test tools end to end on generated data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers_seg import make_shapes_dataset, shapes_label, write_sample
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+from mmengine.structures import PixelData
+from mmseg.evaluation import IoUMetric
+from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+from mmseg.structures import SegDataSample
+from mmseg.utils import register_all_modules
+from PIL import Image
+from torch import nn
+
+import segmentation
+from mae_core.backbone import ViTBackbone
+from mae_core.checkpoint import save_checkpoint
+from mae_core.mae import create_mae
+from mae_core.vit import get_arch
+from segmentation import DatasetError, SegFolderDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "segmentation"
+TINY = CONFIGS / "upernet_vit_tiny_cpu.py"
+
+register_all_modules(init_default_scope=True)
+
+
+def toy_backbone(**kwargs) -> nn.Module:
+    cfg = dict(type="MAEViT", arch="vit_toy_patch4", patch_size=8, img_size=64, out_indices=(0, 1, 2, 3))
+    return MODELS.build({**cfg, **kwargs})
+
+
+# --- Backbone and neck ------------------------------------------------------------------------------
+
+
+def test_backbone_builds_from_registry_and_returns_four_maps_for_non_square_inputs():
+    backbone = toy_backbone(patch_size=16)
+    assert isinstance(backbone, ViTBackbone)
+    maps = backbone(torch.randn(2, 3, 64, 96))
+    assert [tuple(m.shape) for m in maps] == [(2, 96, 4, 6)] * 4
+    # Sizes that are not multiples of the patch (border crops) are padded, not refused.
+    assert [tuple(m.shape) for m in backbone(torch.randn(1, 3, 50, 90))] == [(1, 96, 4, 6)] * 4
+    neck = MODELS.build(
+        dict(
+            type="Feature2Pyramid",
+            embed_dim=96,
+            rescales=[4, 2, 1, 0.5],
+            norm_cfg=dict(type="BN", requires_grad=True),
+        )
+    )
+    strides = [64 // p.shape[-2] for p in neck(maps)]
+    assert strides == [4, 8, 16, 32]
+    assert [p.shape[-1] for p in neck(maps)] == [24, 12, 6, 3]
+
+
+def test_backbone_options_global_attention_rel_pos_and_layer_scale():
+    plain = toy_backbone()
+    assert all(blk.window_size == 0 for blk in plain.blocks)  # global attention by default
+    options = toy_backbone(use_rel_pos=True, init_values=0.1)
+    assert all(torch.count_nonzero(blk.attn.rel_pos_h) == 0 for blk in options.blocks)
+    assert torch.allclose(options.blocks[0].ls1.gamma, torch.full((96,), 0.1))
+    # Zero-initialised relative positions and a layer scale of 1 change nothing at the start.
+    scaled = toy_backbone(use_rel_pos=True, init_values=1.0)
+    missing, unexpected = scaled.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all("rel_pos" in k or ".ls" in k for k in missing)
+    x = torch.randn(1, 3, 64, 64)
+    for a, b in zip(plain.eval()(x), scaled.eval()(x), strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="distinct"):
+        toy_backbone(out_indices=(1, 1, 2, 3))
+
+
+class RecordingHandler(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_backbone_initialises_from_mae_checkpoint_with_report(tmp_path):
+    mae = create_mae("vit_toy_patch4", img_size=32, patch_size=8)
+    path = save_checkpoint({"model": mae.state_dict()}, tmp_path / "mae.pth")
+    backbone = toy_backbone(pretrained=str(path), use_rel_pos=True)
+    logger, handler = MMLogger.get_current_instance(), RecordingHandler()
+    logger.addHandler(handler)
+    try:
+        backbone.init_weights()
+    finally:
+        logger.removeHandler(handler)
+    torch.testing.assert_close(backbone.blocks[2].mlp.fc1.weight, mae.blocks[2].mlp.fc1.weight)
+    torch.testing.assert_close(backbone.patch_embed.proj.weight, mae.patch_embed.proj.weight)
+    report = "\n".join(handler.messages)
+    # Every key not loaded is named: the relative positions this backbone adds are reported missing.
+    assert str(path) in report and "MISSING" in report and "blocks.0.attn.rel_pos_h" in report
+
+
+# --- Layer decay ------------------------------------------------------------------------------------
+
+
+def build_tiny_model():
+    cfg = Config.fromfile(TINY)
+    return MODELS.build(cfg.model), cfg
+
+
+def test_layer_decay_groups_scale_lr_per_layer_and_skip_decay_on_norms_biases_pos():
+    model, cfg = build_tiny_model()
+    wrapper = OPTIM_WRAPPER_CONSTRUCTORS.build(
+        dict(
+            type="LayerDecayOptimWrapperConstructor",
+            optim_wrapper_cfg=dict(
+                type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.05)
+            ),
+            paramwise_cfg=dict(layer_decay_rate=0.5),
+        )
+    )(model)
+    depth = model.backbone.depth
+    lr_of, wd_of = {}, {}
+    for group in wrapper.optimizer.param_groups:
+        for name in group["param_names"]:
+            lr_of[name], wd_of[name] = group["lr"], group["weight_decay"]
+    assert len(lr_of) == sum(1 for p in model.parameters() if p.requires_grad)
+    assert lr_of["backbone.patch_embed.proj.weight"] == pytest.approx(1e-3 * 0.5 ** (depth + 1))
+    for i in range(depth):
+        assert lr_of[f"backbone.blocks.{i}.attn.qkv.weight"] == pytest.approx(1e-3 * 0.5 ** (depth - i))
+    assert lr_of["decode_head.conv_seg.weight"] == pytest.approx(1e-3)
+    assert lr_of["neck.upsample_2x.0.weight"] == pytest.approx(1e-3)
+    assert wd_of["backbone.blocks.0.attn.qkv.weight"] == 0.05
+    assert wd_of["decode_head.fpn_bottleneck.conv.weight"] == 0.05
+    for name in (
+        "backbone.pos_embed",
+        "backbone.blocks.0.norm1.weight",
+        "backbone.blocks.0.attn.qkv.bias",
+        "decode_head.fpn_bottleneck.bn.weight",
+        "decode_head.conv_seg.bias",
+    ):
+        assert wd_of[name] == 0.0, name
+
+
+class LayeredConvNet(nn.Module):
+    """Not a ViT: any backbone that reports layer ids gets layer decay."""
+
+    num_layers = 2
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.stage = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3)
+
+    def layer_id(self, name: str) -> int:
+        return 0 if name.startswith("stem") else 2
+
+
+def test_layer_decay_works_for_any_backbone_reporting_layer_ids_and_refuses_none():
+    model = nn.ModuleDict(dict(backbone=LayeredConvNet(), head=nn.Conv2d(4, 2, 1)))
+    constructor = OPTIM_WRAPPER_CONSTRUCTORS.build(
+        dict(
+            type="LayerDecayOptimWrapperConstructor",
+            optim_wrapper_cfg=dict(optimizer=dict(type="SGD", lr=1.0, weight_decay=0.1)),
+            paramwise_cfg=dict(layer_decay_rate=0.5),
+        )
+    )
+    lrs = {n: g["lr"] for g in constructor(model).optimizer.param_groups for n in g["param_names"]}
+    assert lrs == {
+        "backbone.stem.weight": 0.125,
+        "backbone.stem.bias": 0.125,
+        "backbone.stage.weight": 0.5,
+        "backbone.stage.bias": 0.5,
+        "head.weight": 1.0,
+        "head.bias": 1.0,
+    }
+    with pytest.raises(ValueError, match="reports"):
+        constructor(nn.Sequential(nn.Conv2d(3, 4, 3)))
+
+
+# --- Data -------------------------------------------------------------------------------------------
+
+CHECKED_PIPELINE = [
+    dict(type="LoadImageFromFile"),
+    dict(type="LoadCheckedAnnotations"),
+    dict(type="PackSegInputs"),
+]
+CLASSES = dict(classes=("background", "square", "disc"), palette=[[0, 0, 0], [255, 0, 0], [0, 0, 255]])
+
+
+def folder_dataset(root: Path, **kwargs) -> SegFolderDataset:
+    return SegFolderDataset(
+        data_root=str(root),
+        metainfo=CLASSES,
+        pipeline=CHECKED_PIPELINE,
+        data_prefix=dict(img_path="images/validation", seg_map_path="annotations/validation"),
+        **kwargs,
+    )
+
+
+def test_custom_dataset_keeps_its_own_classes_palette_and_labels(tmp_path):
+    make_shapes_dataset(tmp_path, n_train=0, n_val=2)
+    dataset = folder_dataset(tmp_path)
+    assert dataset.metainfo["classes"] == CLASSES["classes"]
+    assert dataset.metainfo["palette"] == CLASSES["palette"]
+    sample = dataset[0]
+    label = np.array(Image.open(tmp_path / "annotations/validation/validation_000.png"))
+    np.testing.assert_array_equal(sample["data_samples"].gt_sem_seg.data[0].numpy(), label)
+
+
+def test_ade_layout_reduce_zero_label(tmp_path):
+    make_shapes_dataset(tmp_path, n_train=0, n_val=1, label_offset=1)
+    dataset = folder_dataset(tmp_path, reduce_zero_label=True)
+    stored = np.array(Image.open(tmp_path / "annotations/validation/validation_000.png"))
+    np.testing.assert_array_equal(dataset[0]["data_samples"].gt_sem_seg.data[0].numpy(), stored - 1)
+
+
+def test_label_value_outside_the_classes_names_the_file(tmp_path):
+    rng = np.random.default_rng(0)
+    label = shapes_label((48, 64), rng)
+    write_sample(tmp_path, "validation", "good", label)
+    label[0, 0] = 7
+    write_sample(tmp_path, "validation", "bad", label)
+    dataset = folder_dataset(tmp_path)
+    names = [Path(dataset.get_data_info(i)["seg_map_path"]).name for i in range(len(dataset))]
+    with pytest.raises(DatasetError, match=r"bad\.png holds values \[7\] outside the 3 classes"):
+        dataset[names.index("bad.png")]
+    label[0, 0] = 255  # the ignore index is allowed
+    write_sample(tmp_path, "validation", "bad", label)
+    assert dataset[names.index("bad.png")]["data_samples"].gt_sem_seg.data.max() == 255
+
+
+def test_label_of_another_size_than_its_image_names_the_file(tmp_path):
+    write_sample(
+        tmp_path, "validation", "pair", shapes_label((48, 64), np.random.default_rng(0)), image_size=(48, 60)
+    )
+    with pytest.raises(DatasetError, match=r"pair\.png is 48x64 but its image .*pair\.jpg is 48x60"):
+        folder_dataset(tmp_path)[0]
+
+
+def test_colour_label_png_names_the_file(tmp_path):
+    make_shapes_dataset(tmp_path, n_train=0, n_val=1)
+    path = tmp_path / "annotations/validation/validation_000.png"
+    label = np.array(Image.open(path))
+    Image.fromarray(np.stack([label] * 3, axis=-1)).save(path)
+    with pytest.raises(DatasetError, match=r"validation_000\.png has shape .* expected one channel"):
+        folder_dataset(tmp_path)[0]
+
+
+def test_missing_annotation_file_names_the_file(tmp_path):
+    make_shapes_dataset(tmp_path, n_train=0, n_val=2)
+    (tmp_path / "annotations/validation/validation_001.png").unlink()
+    with pytest.raises(DatasetError, match=r"annotation file .*validation_001\.png .* does not exist"):
+        folder_dataset(tmp_path)
+
+
+# --- IoU ----------------------------------------------------------------------------------------------
+
+
+def iou(pairs: list[tuple[np.ndarray, np.ndarray]], num_classes: int) -> dict:
+    metric = IoUMetric(iou_metrics=["mIoU"])
+    metric.dataset_meta = dict(classes=[f"c{i}" for i in range(num_classes)])
+    samples = []
+    for pred, gt in pairs:
+        sample = SegDataSample(
+            pred_sem_seg=PixelData(data=torch.from_numpy(pred)[None]),
+            gt_sem_seg=PixelData(data=torch.from_numpy(gt)[None]),
+        )
+        samples.append(sample.to_dict())
+    metric.process({}, samples)
+    return metric.compute_metrics(metric.results)
+
+
+def test_iou_is_100_for_a_perfect_prediction_and_known_on_a_hand_built_case():
+    gt = shapes_label((32, 40), np.random.default_rng(1)).astype(np.int64)
+    assert iou([(gt, gt)], 3)["mIoU"] == 100.0
+    gt = np.array([[0, 0, 1, 255], [1, 1, 2, 2]])
+    pred = np.array([[0, 1, 1, 0], [1, 1, 2, 0]])
+    # class 0: 1 / (2 + 2 - 1); class 1: 3 / (3 + 4 - 3); class 2: 1 / (2 + 1 - 1)  (255 ignored)
+    expected = 100 * np.mean([1 / 3, 3 / 4, 1 / 2])
+    assert iou([(pred, gt)], 3)["mIoU"] == pytest.approx(expected, abs=0.01)
+
+
+# --- Runtime glue ---------------------------------------------------------------------------------------
+
+
+def test_cpu_adaptation_turns_syncbn_amp_and_ddp_into_what_a_cpu_can_run(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = Config.fromfile(CONFIGS / "upernet_vit_base_512x512_160k_ade20k.py")
+    assert cfg.optim_wrapper.type == "AmpOptimWrapper" and cfg.model.decode_head.norm_cfg.type == "SyncBN"
+    segmentation.adapt_config_to_device(cfg)
+    assert cfg.optim_wrapper.type == "OptimWrapper" and "loss_scale" not in cfg.optim_wrapper
+    assert {
+        cfg.model.neck.norm_cfg.type,
+        cfg.model.decode_head.norm_cfg.type,
+        cfg.model.auxiliary_head.norm_cfg.type,
+    } == {"BN"}
+    assert cfg.model_wrapper_cfg.type == "DeviceAgnosticDDP" and cfg.env_cfg.dist_cfg.backend == "gloo"
+
+
+def test_atomic_backend_never_leaves_a_partial_file(tmp_path, monkeypatch):
+    backend = segmentation.AtomicLocalBackend()
+    target = tmp_path / "iter_1.pth"
+    backend.put(b"old", target)
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        backend.put(b"new", target)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["iter_1.pth"]
+
+
+@pytest.mark.parametrize(
+    "name, arch, out_indices, decay",
+    [
+        ("upernet_vit_base_512x512_160k_ade20k.py", "vit_base_patch16", (3, 5, 7, 11), 0.65),
+        ("upernet_vit_large_512x512_160k_ade20k.py", "vit_large_patch16", (7, 11, 15, 23), 0.75),
+    ],
+)
+def test_paper_configs_follow_the_mae_recipe(name, arch, out_indices, decay):
+    cfg = Config.fromfile(CONFIGS / name)
+    assert cfg.custom_imports.imports == ["segmentation"]
+    assert (cfg.model.backbone.arch, tuple(cfg.model.backbone.out_indices)) == (arch, out_indices)
+    assert cfg.optim_wrapper.type == "AmpOptimWrapper"
+    assert cfg.optim_wrapper.optimizer == dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
+    assert cfg.optim_wrapper.paramwise_cfg.layer_decay_rate == decay
+    warmup, poly = cfg.param_scheduler
+    assert (warmup.type, warmup.end, poly.type, poly.begin, poly.end) == (
+        "LinearLR",
+        1500,
+        "PolyLR",
+        1500,
+        160000,
+    )
+    assert cfg.train_cfg.max_iters == 160000 and cfg.train_dataloader.batch_size * 8 == 16
+    assert cfg.model.test_cfg == dict(mode="slide", crop_size=(512, 512), stride=(341, 341))
+    assert cfg.model.auxiliary_head.type == "FCNHead" and cfg.model.decode_head.type == "UPerHead"
+    size = get_arch(arch)
+    assert cfg.model.neck.embed_dim == cfg.model.auxiliary_head.in_channels == size.embed_dim
+    assert cfg.model.decode_head.in_channels == [size.embed_dim] * 4 and out_indices[-1] == size.depth - 1
+
+
+# --- Tools end to end ---------------------------------------------------------------------------------
+
+
+def run_tool(*args: str, cwd: Path, module: str | None = None) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, *(("-m", module) if module else ()), *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    return proc.stdout + proc.stderr
+
+
+def data_options(root: Path, iters: int) -> list[str]:
+    return [
+        "--cfg-options",
+        *(
+            f"{loader}.dataset.data_root={root}"
+            for loader in ("train_dataloader", "val_dataloader", "test_dataloader")
+        ),
+        f"train_cfg.max_iters={iters}",
+        f"train_cfg.val_interval={iters}",
+        f"default_hooks.checkpoint.interval={iters}",
+        "default_hooks.logger.interval=1",
+    ]
+
+
+def logged_miou(work_dir: Path) -> list[float]:
+    values = []
+    for scalars in sorted(work_dir.glob("*/vis_data/scalars.json")):
+        for line in scalars.read_text().splitlines():
+            record = json.loads(line)
+            if "mIoU" in record:
+                values.append(record["mIoU"])
+    return values
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """tools/train_seg.py, 4 iterations of the tiny config on a generated dataset."""
+    tmp = tmp_path_factory.mktemp("seg_train")
+    data = make_shapes_dataset(tmp / "data")
+    work = tmp / "work"
+    run_tool(
+        str(ROOT / "tools/train_seg.py"), str(TINY), "--work-dir", str(work), *data_options(data, 4), cwd=tmp
+    )
+    return data, work
+
+
+@pytest.mark.slow
+def test_train_tool_trains_validates_and_saves_a_safely_loadable_checkpoint(trained):
+    data, work = trained
+    [miou] = logged_miou(work)
+    assert 0.0 <= miou <= 100.0
+    checkpoint = torch.load(work / "iter_4.pth", weights_only=True)
+    assert checkpoint["meta"]["iter"] == 4 and "backbone.blocks.0.attn.qkv.weight" in checkpoint["state_dict"]
+    assert not list(work.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_test_tool_reproduces_the_validation_miou_and_writes_predictions(trained, tmp_path):
+    data, work = trained
+    [miou] = logged_miou(work)
+    out = run_tool(
+        str(ROOT / "tools/test_seg.py"),
+        str(TINY),
+        str(work / "iter_4.pth"),
+        "--work-dir",
+        str(tmp_path / "test"),
+        "--out",
+        str(tmp_path / "preds"),
+        "--show-dir",
+        str(tmp_path / "vis"),
+        *data_options(data, 4),
+        cwd=tmp_path,
+    )
+    metrics = json.loads(next(line for line in out.splitlines() if line.startswith('{"metrics"')))["metrics"]
+    assert metrics["mIoU"] == pytest.approx(miou, abs=1e-6)
+    preds = sorted(p.name for p in (tmp_path / "preds").glob("*.png"))
+    assert preds == ["validation_000.png", "validation_001.png"]
+    pred = np.array(Image.open(tmp_path / "preds" / preds[0]))
+    assert pred.shape == (72, 96) and set(np.unique(pred)) <= {0, 1, 2}
+    assert len(list((tmp_path / "vis").rglob("*.png"))) == 2
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
+    data, work = trained
+    resumed = tmp_path / "work"
+    resumed.mkdir()
+    (resumed / "iter_4.pth").write_bytes((work / "iter_4.pth").read_bytes())
+    (resumed / "last_checkpoint").write_text(str(resumed / "iter_4.pth"))
+    log = run_tool(
+        str(ROOT / "tools/train_seg.py"),
+        str(TINY),
+        "--work-dir",
+        str(resumed),
+        "--resume",
+        *data_options(data, 6),
+        cwd=tmp_path,
+    )
+    assert "resumed" in log.lower() and "Iter(train) [5/6]" in log
+    assert "Iter(train) [1/6]" not in log
+    assert torch.load(resumed / "iter_6.pth", weights_only=True)["meta"]["iter"] == 6
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_on_cpu(tmp_path):
+    data = make_shapes_dataset(tmp_path / "data", n_train=4, n_val=2)
+    log = run_tool(
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29517",
+        str(ROOT / "tools/train_seg.py"),
+        str(TINY),
+        "--launcher",
+        "pytorch",
+        "--work-dir",
+        str(tmp_path / "work"),
+        *data_options(data, 2),
+        cwd=tmp_path,
+        module="torch.distributed.run",
+    )
+    assert "Distributed launcher: pytorch" in log and "GPU number: 2" in log
+    assert logged_miou(tmp_path / "work") and (tmp_path / "work" / "iter_2.pth").is_file()

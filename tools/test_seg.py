@@ -1,0 +1,59 @@
+"""Evaluate a segmentor checkpoint with the config's test set and metric (MMSegmentation's
+tools/test.py flags). Prints the metrics as one JSON line.
+
+    python tools/test_seg.py CONFIG work_dirs/tiny/iter_60.pth --out preds/ --show-dir vis/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from mmengine.config import DictAction
+from mmengine.runner import Runner
+
+from segmentation.runtime import load_config
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", help="config file")
+    parser.add_argument("checkpoint", help="checkpoint file (loaded with torch.load(weights_only=True))")
+    parser.add_argument("--work-dir", help="where the logs and the metrics go")
+    parser.add_argument("--out", help="folder for the predicted label maps, one PNG per image")
+    parser.add_argument("--show-dir", help="folder for images painted with their predictions")
+    parser.add_argument(
+        "--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value ..."
+    )
+    parser.add_argument(
+        "--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher"
+    )
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if not Path(args.checkpoint).is_file():
+        raise SystemExit(f"checkpoint {args.checkpoint} does not exist")
+    cfg = load_config(args.config, args.launcher, args.work_dir, args.cfg_options)
+    cfg.load_from = args.checkpoint
+    if args.show_dir:
+        # Every image, not mmseg's default of one in 50.
+        cfg.default_hooks.visualization.update(draw=True, interval=1)
+        cfg.visualizer.save_dir = args.show_dir
+    if args.out:
+        cfg.test_evaluator.output_dir = args.out
+    metrics = Runner.from_cfg(cfg).test()
+    print(json.dumps({"metrics": metrics}))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

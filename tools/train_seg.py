@@ -1,0 +1,61 @@
+"""Train a segmentor from an mmengine config: MMSegmentation's tools/train.py flags, and also on a
+machine without CUDA (BN for SyncBN, float32 for AMP, gloo for `--launcher pytorch` under torchrun).
+
+    python tools/train_seg.py configs/segmentation/upernet_vit_tiny_cpu.py --work-dir work_dirs/tiny
+    torchrun --nproc-per-node 8 tools/train_seg.py \
+        configs/segmentation/upernet_vit_base_512x512_160k_ade20k.py \
+        --launcher pytorch --cfg-options model.pretrained=mae_pretrain_vit_base.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from mmengine.config import DictAction
+from mmengine.logging import print_log
+from mmengine.runner import Runner
+
+from segmentation.runtime import load_config
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", help="train config file")
+    parser.add_argument("--work-dir", help="where logs and checkpoints go (default: work_dirs/<config name>)")
+    parser.add_argument(
+        "--resume", action="store_true", help="resume from the latest checkpoint in the work dir"
+    )
+    parser.add_argument(
+        "--amp", action="store_true", help="mixed precision (GPU only; the ViT configs have it on)"
+    )
+    parser.add_argument(
+        "--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value ..."
+    )
+    parser.add_argument(
+        "--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher"
+    )
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cfg_options = dict(args.cfg_options or {})
+    if args.amp:
+        cfg_options["optim_wrapper.type"] = "AmpOptimWrapper"
+        cfg_options.setdefault("optim_wrapper.loss_scale", "dynamic")
+    cfg = load_config(args.config, args.launcher, args.work_dir, cfg_options)
+    if args.amp and cfg.optim_wrapper.type != "AmpOptimWrapper":
+        print_log("--amp ignored: no CUDA", logger="current", level=logging.WARNING)
+    cfg.resume = args.resume
+    Runner.from_cfg(cfg).train()
+
+
+if __name__ == "__main__":
+    main()
