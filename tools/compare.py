@@ -228,6 +228,8 @@ def verdict(table: dict, better: str, worse: str, metric: str) -> str | None:
     diff = ma - mb
     if len(a) < 2 or len(b) < 2:
         judgement = "single seed: no spread to judge by"
+    elif sa + sb == 0 and abs(diff) >= 1e-9:
+        judgement = "every seed gave the same result: no spread to judge by"
     elif abs(diff) < 1e-9:
         judgement = "no difference"
     elif diff > sa + sb:
