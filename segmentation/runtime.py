@@ -1,9 +1,12 @@
 """What mmengine's Runner needs to run the toolkit's configs on any machine, safely.
 
-- Checkpoints: mmengine pickles its message hub (HistoryBuffer, numpy scalars) into every
-  checkpoint; `torch.load(weights_only=True)` refuses those until they are registered as safe
-  globals. And mmengine writes checkpoints in place; `AtomicLocalBackend` writes them through a
-  temporary file and a rename, so a crash never leaves a truncated `iter_N.pth` that `--resume` picks.
+- Checkpoints: mmengine pickles its message hub (HistoryBuffer, numpy arrays and scalars) into
+  every checkpoint; `torch.load(weights_only=True)` refuses those until they are registered as
+  safe globals. HistoryBuffer also pickles its statistics functions through `getattr`, which safe
+  loading must never allow; `copyreg` makes it pickle as `HistoryBuffer(log, counts, max_length)`
+  instead (its constructor restores the defaults). And mmengine writes checkpoints in place;
+  `AtomicLocalBackend` writes them through a temporary file and a rename, so a crash never leaves
+  a truncated `iter_N.pth` that `--resume` would pick.
 - CPU: mmengine's `init_dist('pytorch')` calls `torch.cuda.set_device`, the Runner gives DDP
   `device_ids` (which DDP rejects for CPU modules), SyncBN has no CPU kernel and AmpOptimWrapper
   asserts a GPU. `adapt_config_to_device` and `init_cpu_distributed` handle those, so
@@ -11,6 +14,7 @@
 
 from __future__ import annotations
 
+import copyreg
 import logging
 import os
 import tempfile
@@ -25,10 +29,18 @@ from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
 
 ATOMIC_BACKEND = "atomic_local"
+_UMASK = os.umask(0o22)
+os.umask(_UMASK)
+
+
+def _reduce_history_buffer(buffer: HistoryBuffer):
+    return HistoryBuffer, (buffer._log_history, buffer._count_history, buffer.max_length)
 
 
 def register_safe_globals() -> None:
-    """The non-tensor types inside an mmengine checkpoint, allowed for weights_only loading."""
+    """Makes mmengine checkpoints loadable with weights_only=True: HistoryBuffer pickled by its
+    constructor, and the non-tensor types inside a checkpoint allowed."""
+    copyreg.pickle(HistoryBuffer, _reduce_history_buffer)
     numpy_core = np._core if hasattr(np, "_core") else np.core  # numpy 2 moved (and pickles) it
     torch.serialization.add_safe_globals(
         [
@@ -37,7 +49,7 @@ def register_safe_globals() -> None:
             numpy_core.multiarray.scalar,
             np.ndarray,
             np.dtype,
-            *{type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "uint8", "bool")},
+            *{type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "bool")},
         ]
     )
 
@@ -47,6 +59,7 @@ def _write_atomically(data: bytes, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it a normal file's mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -76,4 +76,5 @@ default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(interval=max_iters),
 )
+randomness = dict(seed=0)
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo"))
