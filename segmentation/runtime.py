@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from mmengine.config import Config
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging import HistoryBuffer, print_log
 from mmengine.model import MMDistributedDataParallel
@@ -136,10 +137,7 @@ def load_config(
     path: str, launcher: str = "none", work_dir: str | None = None, cfg_options: dict | None = None
 ):
     """An mmengine Config prepared as MMSegmentation's tools prepare it (options merged, work_dir
-    from the CLI, else the config, else work_dirs/<config name>), then adapted to this machine;
-    for `--launcher pytorch` without CUDA the gloo process group is started here."""
-    from mmengine.config import Config
-
+    from the CLI, else the config, else work_dirs/<config name>), then adapted to this machine."""
     cfg = Config.fromfile(path)
     cfg.launcher = launcher
     if cfg_options:
@@ -149,5 +147,4 @@ def load_config(
     elif cfg.get("work_dir") is None:
         cfg.work_dir = os.path.join("work_dirs", Path(path).stem)
     adapt_config_to_device(cfg)
-    init_cpu_distributed(launcher)
     return cfg

@@ -18,7 +18,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.structures import PixelData
 from mmseg.evaluation import IoUMetric
-from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+from mmseg.registry import DATASETS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from mmseg.structures import SegDataSample
 from mmseg.utils import register_all_modules
 from PIL import Image
@@ -221,6 +221,21 @@ def test_ade_layout_reduce_zero_label(tmp_path):
     dataset = folder_dataset(tmp_path, reduce_zero_label=True)
     stored = np.array(Image.open(tmp_path / "annotations/validation/validation_000.png"))
     np.testing.assert_array_equal(dataset[0]["data_samples"].gt_sem_seg.data[0].numpy(), stored - 1)
+
+
+def test_paper_config_reads_the_ade20k_layout_with_its_150_classes(tmp_path):
+    make_shapes_dataset(tmp_path, n_train=1, n_val=1, label_offset=1)
+    cfg = Config.fromfile(CONFIGS / "upernet_vit_base_512x512_160k_ade20k.py")
+    val = DATASETS.build({**cfg.val_dataloader.dataset, "data_root": str(tmp_path)})
+    train = DATASETS.build({**cfg.train_dataloader.dataset, "data_root": str(tmp_path)})
+    assert len(val.metainfo["classes"]) == 150 and len(train) == len(val) == 1
+    sample = val[0]
+    stored = np.array(Image.open(tmp_path / "annotations/validation/validation_000.png"))
+    np.testing.assert_array_equal(sample["data_samples"].gt_sem_seg.data[0].numpy(), stored - 1)
+    assert min(sample["inputs"].shape[-2:]) == 512  # resized for the sliding window, labels kept
+    crop = train[0]  # random scale in [0.5, 2] of 512, then a crop of at most 512 x 512
+    assert crop["inputs"].shape[-2:] == crop["data_samples"].gt_sem_seg.shape
+    assert max(crop["inputs"].shape[-2:]) <= 512
 
 
 def test_label_value_outside_the_classes_names_the_file(tmp_path):
@@ -458,10 +473,9 @@ def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
 def test_two_process_torchrun_on_cpu(tmp_path):
     data = make_shapes_dataset(tmp_path / "data", n_train=4, n_val=2)
     log = run_tool(
+        "--standalone",  # a free port, so parallel test workers never collide
         "--nproc-per-node",
         "2",
-        "--master-port",
-        "29517",
         str(ROOT / "tools/train_seg.py"),
         str(TINY),
         "--launcher",

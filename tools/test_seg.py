@@ -14,7 +14,7 @@ from pathlib import Path
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from segmentation.runtime import load_config
+from segmentation.runtime import init_cpu_distributed, load_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,6 +43,7 @@ def main(argv=None) -> dict:
     if not Path(args.checkpoint).is_file():
         raise SystemExit(f"checkpoint {args.checkpoint} does not exist")
     cfg = load_config(args.config, args.launcher, args.work_dir, args.cfg_options)
+    init_cpu_distributed(args.launcher)
     cfg.load_from = args.checkpoint
     if args.show_dir:
         # Every image, not mmseg's default of one in 50.

@@ -17,7 +17,7 @@ from mmengine.config import DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-from segmentation.runtime import load_config
+from segmentation.runtime import init_cpu_distributed, load_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,6 +51,7 @@ def main(argv=None) -> None:
         cfg_options["optim_wrapper.type"] = "AmpOptimWrapper"
         cfg_options.setdefault("optim_wrapper.loss_scale", "dynamic")
     cfg = load_config(args.config, args.launcher, args.work_dir, cfg_options)
+    init_cpu_distributed(args.launcher)
     if args.amp and cfg.optim_wrapper.type != "AmpOptimWrapper":
         print_log("--amp ignored: no CUDA", logger="current", level=logging.WARNING)
     cfg.resume = args.resume
