@@ -402,19 +402,21 @@ def logged_miou(work_dir: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """tools/train_seg.py, 4 iterations of the tiny config on a generated dataset."""
+    """tools/train_seg.py, 4 iterations of the tiny config on a generated dataset, starting from
+    an MAE checkpoint of the same toy size."""
     tmp = tmp_path_factory.mktemp("seg_train")
     data = make_shapes_dataset(tmp / "data")
     work = tmp / "work"
-    run_tool(
-        str(ROOT / "tools/train_seg.py"), str(TINY), "--work-dir", str(work), *data_options(data, 4), cwd=tmp
-    )
-    return data, work
+    mae = save_checkpoint({"model": create_mae("vit_toy_patch4", patch_size=8).state_dict()}, tmp / "mae.pth")
+    options = [*data_options(data, 4), f"model.pretrained={mae}"]
+    log = run_tool(str(ROOT / "tools/train_seg.py"), str(TINY), "--work-dir", str(work), *options, cwd=tmp)
+    return data, work, log
 
 
 @pytest.mark.slow
 def test_train_tool_trains_validates_and_saves_a_safely_loadable_checkpoint(trained):
-    data, work = trained
+    data, work, log = trained
+    assert "MAEViT initialised from" in log and "mae.pth" in log and "tensors loaded" in log
     [miou] = logged_miou(work)
     assert 0.0 <= miou <= 100.0
     checkpoint = torch.load(work / "iter_4.pth", weights_only=True)
@@ -424,7 +426,7 @@ def test_train_tool_trains_validates_and_saves_a_safely_loadable_checkpoint(trai
 
 @pytest.mark.slow
 def test_test_tool_reproduces_the_validation_miou_and_writes_predictions(trained, tmp_path):
-    data, work = trained
+    data, work, _ = trained
     [miou] = logged_miou(work)
     out = run_tool(
         str(ROOT / "tools/test_seg.py"),
@@ -450,7 +452,7 @@ def test_test_tool_reproduces_the_validation_miou_and_writes_predictions(trained
 
 @pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(trained, tmp_path):
-    data, work = trained
+    data, work, _ = trained
     resumed = tmp_path / "work"
     resumed.mkdir()
     (resumed / "iter_4.pth").write_bytes((work / "iter_4.pth").read_bytes())
