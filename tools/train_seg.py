@@ -10,11 +10,9 @@ machine without CUDA (BN for SyncBN, float32 for AMP, gloo for `--launcher pytor
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
 from mmengine.config import DictAction
-from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from segmentation.runtime import init_cpu_distributed, load_config
@@ -52,8 +50,6 @@ def main(argv=None) -> None:
         cfg_options.setdefault("optim_wrapper.loss_scale", "dynamic")
     cfg = load_config(args.config, args.launcher, args.work_dir, cfg_options)
     init_cpu_distributed(args.launcher)
-    if args.amp and cfg.optim_wrapper.type != "AmpOptimWrapper":
-        print_log("--amp ignored: no CUDA", logger="current", level=logging.WARNING)
     cfg.resume = args.resume
     Runner.from_cfg(cfg).train()
 
