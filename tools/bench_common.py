@@ -68,12 +68,16 @@ def interleaved_medians(
     log: Callable[[str], None] | None = print,
 ) -> dict[str, dict]:
     """Warm every case up, then `rounds` rounds that each run every case once, the order rotated
-    per round so no case always follows the same neighbour. Returns median, min, max and all times."""
+    per round so no case always follows the same neighbour. Returns median, min, max, all times
+    and the first warm-up step's time."""
     names = list(cases)
+    first: dict[str, float] = {}
     for name in names:
-        for _ in range(warmup):
-            cases[name]()
-        synchronize(device)
+        for i in range(warmup):
+            seconds = time_once(cases[name], device)
+            if i == 0:
+                first[name] = seconds  # includes one-off costs, e.g. torch.compile
+
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
@@ -82,7 +86,13 @@ def interleaved_medians(
         if log:
             log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names))
     return {
-        name: {"median": statistics.median(t), "min": min(t), "max": max(t), "times": t}
+        name: {
+            "median": statistics.median(t),
+            "min": min(t),
+            "max": max(t),
+            "times": t,
+            "first": first.get(name),
+        }
         for name, t in times.items()
     }
 

@@ -375,7 +375,7 @@ def report(results: list[dict], args) -> str:
     ]
     if ablation_rows:
         out += [
-            "### Fast-path ablations (toolkit with one fast path switched off)",
+            "### Variants of the toolkit step: one fast path switched off, or torch.compile on",
             "",
             markdown_table(
                 [
@@ -392,6 +392,13 @@ def report(results: list[dict], args) -> str:
             ),
             "",
         ]
+    for r in results:
+        for key, timing in r["timings"].items():
+            if "[compiled]" in key and timing.get("first") is not None:
+                out.append(
+                    f"- {r['config']} {key}: first step (torch.compile) {timing['first']:.1f} s, "
+                    f"then {timing['median']:.3f} s per step"
+                )
     mm_rows = []
     for r in results:
         for precision, v in r["matmul_flops_per_s"].items():
