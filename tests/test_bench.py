@@ -1,0 +1,52 @@
+"""The benchmarks' own machinery: FLOP counting, interleaving, and the numerics checks that must
+pass before anything is timed."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+from bench_common import flop_count, interleaved_medians, paired_ratio  # noqa: E402
+
+
+class _Attend(nn.Module):
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def test_flop_count_counts_linear_and_attention_as_two_per_multiply_accumulate():
+    flops, _ = flop_count(nn.Linear(8, 5, bias=False), (torch.randn(3, 8),))
+    assert flops == 2 * 3 * 8 * 5
+    b, h, nq, nk, d = 2, 3, 7, 11, 4
+    q, k, v = torch.randn(b, h, nq, d), torch.randn(b, h, nk, d), torch.randn(b, h, nk, d)
+    flops, _ = flop_count(_Attend(), (q, k, v))
+    assert flops == 2 * b * h * nq * nk * (d + d)  # q.k^T and attn.v
+
+
+def test_interleaved_rounds_rotate_the_order_and_pair_ratios_by_round():
+    calls = []
+    cases = {name: (lambda n=name: calls.append(n)) for name in "abc"}
+    result = interleaved_medians(cases, torch.device("cpu"), rounds=3, warmup=1, log=None)
+    assert calls[:3] == ["a", "b", "c"]  # warm-up
+    assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert all(len(r["times"]) == 3 and r["first"] is not None for r in result.values())
+    slow, fast = {"times": [4.0, 9.0, 6.0]}, {"times": [2.0, 3.0, 3.0]}
+    assert paired_ratio(slow, fast) == 2.0  # per-round ratios 2, 3, 2
+
+
+@pytest.mark.slow
+def test_toolkit_and_hugging_face_losses_agree_before_timing():
+    from bench_pretrain import CONFIGS, build_models, check_numerics
+
+    models = build_models(CONFIGS["tiny"], with_hf=True)
+    imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
+    rows = check_numerics(models, imgs, noise, torch.device("cpu"), ["fp32"])
+    assert rows[0]["ok"] and rows[0]["loss_diff"] <= 1e-5
+    with torch.no_grad():  # the check is sensitive: a 10% change in one layer is caught
+        models["toolkit"].blocks[0].attn.qkv.weight.mul_(1.1)
+    assert not check_numerics(models, imgs, noise, torch.device("cpu"), ["fp32"])[0]["ok"]
