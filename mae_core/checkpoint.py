@@ -29,13 +29,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used, with the file and the reason in the message."""
 
 
-def save_checkpoint(obj, path: str | os.PathLike) -> Path:
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def write_atomically(path: str | os.PathLike, write) -> Path:
+    """Calls `write(file)` on a temporary file beside `path`, fsyncs it and renames it into place:
+    readers see the old file or the complete new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it a normal file's mode
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -43,6 +50,10 @@ def save_checkpoint(obj, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(obj, path: str | os.PathLike) -> Path:
+    return write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint_file(path: str | os.PathLike, allow_pickle: bool = False, map_location="cpu"):

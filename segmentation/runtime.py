@@ -17,7 +17,6 @@ from __future__ import annotations
 import copyreg
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +28,9 @@ from mmengine.logging import HistoryBuffer, print_log
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
 
+from mae_core.checkpoint import write_atomically
+
 ATOMIC_BACKEND = "atomic_local"
-_UMASK = os.umask(0o22)
-os.umask(_UMASK)
 
 
 def _reduce_history_buffer(buffer: HistoryBuffer):
@@ -55,31 +54,15 @@ def register_safe_globals() -> None:
     )
 
 
-def _write_atomically(data: bytes, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it a normal file's mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class AtomicLocalBackend(LocalBackend):
     """mmengine's local file backend, but writes go to a temporary file that is renamed into place.
     Selected with `backend_args=dict(backend="atomic_local")` on the CheckpointHook."""
 
     def put(self, obj: bytes, filepath) -> None:
-        _write_atomically(obj, filepath)
+        write_atomically(filepath, lambda f: f.write(obj))
 
     def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
-        _write_atomically(obj.encode(encoding), filepath)
+        write_atomically(filepath, lambda f: f.write(obj.encode(encoding)))
 
 
 register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
