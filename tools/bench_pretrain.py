@@ -399,6 +399,7 @@ def report(results: list[dict], args) -> str:
                     f"- {r['config']} {key}: first step (torch.compile) {timing['first']:.1f} s, "
                     f"then {timing['median']:.3f} s per step"
                 )
+    out.append("")
     mm_rows = []
     for r in results:
         for precision, v in r["matmul_flops_per_s"].items():
