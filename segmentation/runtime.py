@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copyreg
 import logging
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging import HistoryBuffer, print_log
 from mmengine.model import MMDistributedDataParallel
@@ -107,6 +108,21 @@ def adapt_config_to_device(cfg) -> None:
     cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "gloo"
     # broadcast_buffers=False as mmengine's own default wrapping.
     cfg.setdefault("model_wrapper_cfg", dict(type="DeviceAgnosticDDP", broadcast_buffers=False))
+
+
+def parse_with_launcher_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Adds the flags MMSegmentation's train and test tools share (--cfg-options, --launcher, and
+    --local-rank from older launchers), then parses."""
+    parser.add_argument(
+        "--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value ..."
+    )
+    parser.add_argument(
+        "--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher"
+    )
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    return args
 
 
 def init_cpu_distributed(launcher: str) -> None:

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from segmentation.runtime import init_cpu_distributed, load_config
+from segmentation.runtime import init_cpu_distributed, load_config, parse_with_launcher_args
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,16 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work-dir", help="where the logs and the metrics go")
     parser.add_argument("--out", help="folder for the predicted label maps, one PNG per image")
     parser.add_argument("--show-dir", help="folder for images painted with their predictions")
-    parser.add_argument(
-        "--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value ..."
-    )
-    parser.add_argument(
-        "--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher"
-    )
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    return args
+    return parse_with_launcher_args(parser, argv)
 
 
 def main(argv=None) -> dict:

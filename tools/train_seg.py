@@ -10,12 +10,10 @@ machine without CUDA (BN for SyncBN, float32 for AMP, gloo for `--launcher pytor
 from __future__ import annotations
 
 import argparse
-import os
 
-from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from segmentation.runtime import init_cpu_distributed, load_config
+from segmentation.runtime import init_cpu_distributed, load_config, parse_with_launcher_args
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,16 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--amp", action="store_true", help="mixed precision (GPU only; the ViT configs have it on)"
     )
-    parser.add_argument(
-        "--cfg-options", nargs="+", action=DictAction, help="override config keys: key=value ..."
-    )
-    parser.add_argument(
-        "--launcher", choices=["none", "pytorch", "slurm"], default="none", help="job launcher"
-    )
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    return args
+    return parse_with_launcher_args(parser, argv)
 
 
 def main(argv=None) -> None:
