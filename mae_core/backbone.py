@@ -58,7 +58,10 @@ class ViTBackbone(VisionTransformer):
         def block_kwargs(i: int) -> dict:
             windowed = window_size > 0 and i not in global_blocks
             size = (window_size, window_size) if windowed else grid
-            return {"window_size": window_size if windowed else 0, "rel_pos_size": size if use_rel_pos else None}
+            return {
+                "window_size": window_size if windowed else 0,
+                "rel_pos_size": size if use_rel_pos else None,
+            }
 
         super().__init__(
             pretrain_img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
@@ -69,8 +72,11 @@ class ViTBackbone(VisionTransformer):
         if not final_norm:
             self.norm = None
         self.out_indices = tuple(out_indices) if out_indices is not None else (depth - 1,)
-        if len(set(self.out_indices)) != len(self.out_indices) or not all(0 <= i < depth for i in self.out_indices):
-            raise ValueError(f"out_indices must be distinct block indices in [0, {depth}), got {self.out_indices}")
+        valid = all(0 <= i < depth for i in self.out_indices)
+        if len(set(self.out_indices)) != len(self.out_indices) or not valid:
+            raise ValueError(
+                f"out_indices must be distinct block indices in [0, {depth}), got {self.out_indices}"
+            )
         self.grad_checkpointing = grad_checkpointing
 
     @property

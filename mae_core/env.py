@@ -39,7 +39,7 @@ CHECKS = [
     ("timm", "timm", None, "pip install 'timm>=1.0'"),
     ("pycocotools", "pycocotools", None, "pip install pycocotools"),
     ("fvcore", "fvcore", None, "pip install fvcore"),
-    ("detectron2", "detectron2", _detectron2_c, SETUP + " — installs sal-detectron2==0.7.2 unless one exists"),
+    ("detectron2", "detectron2", _detectron2_c, SETUP + " — sal-detectron2==0.7.2 unless one imports"),
     ("mmcv", "mmcv", _mmcv_ops, SETUP + " — builds mmcv 2.1.0 with compiled ops from source"),
     ("mmengine", "mmengine", None, "pip install mmengine==0.10.7"),
     ("mmseg", "mmseg", None, "pip install mmsegmentation==1.2.2 ftfy regex"),
@@ -59,7 +59,8 @@ def main() -> int:
             missing.append((label, install))
     import torch
 
-    print(f"{'cuda':12s} {'visible: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not visible'}")
+    cuda = f"visible: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "not visible"
+    print(f"{'cuda':12s} {cuda}")
     for label, install in missing:
         print(f"error: {label} is missing or broken; install it with: {install}", file=sys.stderr)
     return 1 if missing else 0

@@ -23,7 +23,9 @@ class BlockMasking:
     `num_masked` patches are covered. Masked patches score in [1, 2), the rest in [0, 1), so the
     ranking tops up or trims the block mask at random to the exact count."""
 
-    def __init__(self, min_block: int = 16, aspect_range: tuple[float, float] = (0.3, 1 / 0.3), tries: int = 10):
+    def __init__(
+        self, min_block: int = 16, aspect_range: tuple[float, float] = (0.3, 1 / 0.3), tries: int = 10
+    ):
         self.min_block = min_block
         self.log_aspect = (math.log(aspect_range[0]), math.log(aspect_range[1]))
         self.tries = tries

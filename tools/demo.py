@@ -380,7 +380,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "for a spread)")
     p.add_argument("--mask-ratio", type=float, default=0.75, help="the MAE used for detection / segmentation")
     p.add_argument("--mask-ratio-sweep", action="store_true",
-                   help="also pretrain at " + ", ".join(f"{x:.0%}" for x in SWEEP).replace("%", "%%") + " and probe each")
+                   help=f"also pretrain at {', '.join(f'{x * 100:.0f}%%' for x in SWEEP)} and probe each")
     p.add_argument("--jobs", type=int, default=2, help="probe / fine-tuning runs at a time, one core each")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--pretrain-seed", type=int, default=0)
