@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from .data import ImageFolder, eval_transform, pretrain_transform
+from .engine import LRSchedule
 from .layer_decay import find_layered_modules, param_groups
 from .vit import VisionTransformer, layer_norm
 
@@ -141,13 +142,6 @@ class ProbeResult:
     history: list[dict] = field(default_factory=list)
 
 
-def cosine_lr(step: int, total: int, base_lr: float, warmup: int = 0, min_lr: float = 0.0) -> float:
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def train_linear_probe(
     train_feats: torch.Tensor,
     train_labels: torch.Tensor,
@@ -167,6 +161,7 @@ def train_linear_probe(
     steps_per_epoch = math.ceil(len(train_feats) / batch_size)
     total = epochs * steps_per_epoch
     history = []
+    schedule = LRSchedule(peak=lr, min_lr=0.0, warmup_steps=0, total_steps=total)
     step = 0
     for epoch in range(epochs):
         probe.train()
@@ -176,7 +171,7 @@ def train_linear_probe(
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, total, lr)
+                group["lr"] = schedule(step)
             loss = F.cross_entropy(probe(train_feats[idx]), train_labels[idx])
             opt.zero_grad()
             loss.backward()
@@ -262,13 +257,14 @@ def fine_tune(
     opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
     steps_per_epoch = len(train_loader)
     total, warmup = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
+    schedule = LRSchedule(peak=lr, min_lr=0.0, warmup_steps=warmup, total_steps=total)
     step, history = 0, []
     epochs_iter = progress(range(epochs)) if progress else range(epochs)
     for epoch in epochs_iter:
         model.train()
         running = 0.0
         for images, labels in train_loader:
-            scheduled = cosine_lr(step, total, lr, warmup)
+            scheduled = schedule(step)
             for group in opt.param_groups:
                 group["lr"] = scheduled * group["lr_scale"]
             logits = model(images.to(device))
