@@ -363,25 +363,44 @@ class _Pretrainer:
         # Redirected to a log file (a cluster job), the bar updates every 30 s, not 10 times a second.
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}", disable=not self.dist.is_main,
                    dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
+        pending: list[torch.Tensor] = []  # losses still on the device, read once per log line
         for step in bar:
             lr = self.schedule(self.iteration)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            loss, grad_norm = self.train_step(batches, epoch, step)
+            loss, grad_norm = self.train_step(batches)
             self.iteration += 1
-            losses.append(loss)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
+            pending.append(loss)
             if self.iteration % self.cfg.log_every == 0 or step == self.steps_per_epoch - 1:
-                record = {"epoch": epoch, "iteration": self.iteration, "loss": loss, "lr": lr}
-                scalars = {"train/loss": loss, "train/lr": lr}
+                losses += self.read_losses(pending, epoch, step)
+                pending = []
+                record = {"epoch": epoch, "iteration": self.iteration, "loss": losses[-1], "lr": lr}
+                scalars = {"train/loss": losses[-1], "train/lr": lr}
                 if grad_norm is not None:
-                    record["grad_norm"] = scalars["train/grad_norm"] = grad_norm
+                    record["grad_norm"] = scalars["train/grad_norm"] = grad_norm.item()
                 self.run_log.line(record, scalars, self.iteration)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.3g}", refresh=False)
         return losses
 
-    def train_step(self, batches, epoch: int, step: int) -> tuple[float, float | None]:
-        """One optimizer step over `accum` micro-batches; returns the mean loss over all
-        processes and, when clipping, the gradient norm before clipping."""
+    def read_losses(self, pending: list[torch.Tensor], epoch: int, step: int) -> list[float]:
+        """The losses of the last `len(pending)` steps, read from the device in one go (no host
+        synchronisation per step). A NaN or infinite one stops training before anything is saved."""
+        values = torch.stack(pending).tolist()
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                back = len(values) - offset  # steps from the bad one to the current one, inclusive
+                good = (f"the last good checkpoint is {self.last_good}" if self.last_good
+                        else "no checkpoint was written before it")
+                raise TrainingDiverged(
+                    f"loss is {value} at epoch {epoch}, iteration {self.iteration - back} (step "
+                    f"{step + 1 - back} of the epoch); training stopped, {good}. Lower the learning rate, "
+                    "enable optim.clip_grad, or check the data."
+                )
+        return values
+
+    def train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimizer step over `accum` micro-batches; returns, as device tensors, the mean loss
+        over all processes and, when clipping, the gradient norm before clipping."""
         network = self.ddp or self.model
         total = torch.zeros((), device=self.device)
         for micro in range(self.accum):
@@ -399,21 +418,11 @@ class _Pretrainer:
                     loss = network(imgs, noise=noise).loss
                 self.scaler.scale(loss / self.accum).backward()
             total += loss.detach().float()
-        mean_loss = (all_reduce_sum(total) / (self.accum * self.dist.world_size)).item()
-        if not math.isfinite(mean_loss):
-            self.optimizer.zero_grad(set_to_none=True)
-            good = (f"the last good checkpoint is {self.last_good}" if self.last_good
-                    else "no checkpoint was written before it")
-            raise TrainingDiverged(
-                f"loss is {mean_loss} at epoch {epoch}, iteration {self.iteration} (step {step} of the "
-                f"epoch); training stopped, {good}. Lower the learning rate, enable optim.clip_grad, or "
-                "check the data."
-            )
+        mean_loss = all_reduce_sum(total) / (self.accum * self.dist.world_size)
         grad_norm = None
         if self.cfg.optim.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad)
-            grad_norm = norm.item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

@@ -170,10 +170,12 @@ def test_a_failed_save_leaves_the_last_good_checkpoint_and_no_partial_file(tmp_p
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("log_every", [1, 50])  # losses read every step / once, at the end of the epoch
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp_path, log_every):
     pretrain(toy_config(tmp_path, {"epochs": 1}))
     good = (tmp_path / "last.pth").read_bytes()
-    diverging = toy_config(tmp_path, {"epochs": 2, "optim.lr": 1e30})  # the first step blows the weights up
+    # The first step blows the weights up; the loss of the second is the first non-finite one.
+    diverging = toy_config(tmp_path, {"epochs": 2, "optim.lr": 1e30, "log_every": log_every})
     with pytest.raises(TrainingDiverged) as err:
         pretrain(diverging, resume=tmp_path / "last.pth")
     message = str(err.value)
