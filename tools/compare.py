@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -368,21 +369,23 @@ def write_report(runs: list[dict], out: Path, title: str = "Backbone comparison"
     return report
 
 
-def run_entry(entry: dict) -> int:
-    """Writes the run record, runs the command with its output in `stdout.txt`, marks success."""
+def run_entry(entry: dict, threads: int = 1) -> int:
+    """Writes the run record, runs the command with its output in `stdout.txt` and `threads` torch
+    threads, marks success."""
     folder = Path(entry["output_dir"])
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RUN_FILE).write_text(json.dumps({**entry["run"], "output_dir": str(folder)}, indent=2))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with open(folder / "stdout.txt", "w") as log:
-        code = subprocess.call(entry["command"], stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.call(entry["command"], stdout=log, stderr=subprocess.STDOUT, env=env)
     if code == 0:
         (folder / ".done").touch()
     return code
 
 
 def execute_plan(plan_file: Path, rerun: bool = False, jobs: int = 1) -> list[Path]:
-    """Runs every plan entry whose output folder has no finished run yet, `jobs` at a time (each
-    tool uses one thread, so two jobs fill two cores); returns the run folders in plan order."""
+    """Runs every plan entry whose output folder has no finished run yet, `jobs` at a time, the
+    cores shared out between them; returns the run folders in plan order."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from tqdm import tqdm
@@ -397,7 +400,8 @@ def execute_plan(plan_file: Path, rerun: bool = False, jobs: int = 1) -> list[Pa
     todo = [e for e in plan if rerun or not (Path(e["output_dir"]) / ".done").is_file()]
     with tqdm(total=len(plan), initial=len(plan) - len(todo), desc="runs", unit="run") as bar, \
             ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = {pool.submit(run_entry, entry): entry for entry in todo}
+        threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+        futures = {pool.submit(run_entry, entry, threads): entry for entry in todo}
         for future in as_completed(futures):
             entry, code = futures[future], future.result()
             run = entry["run"]
@@ -415,7 +419,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", nargs="*", type=Path, default=[], help="run folders or run JSON files")
     p.add_argument("--plan", type=Path, help="run the commands of this plan first (see above)")
     p.add_argument("--rerun", action="store_true", help="with --plan: rerun finished runs too")
-    p.add_argument("--jobs", type=int, default=1, help="with --plan: runs at a time (one core each)")
+    p.add_argument("--jobs", type=int, default=1, help="with --plan: runs at a time (cores shared out)")
     p.add_argument("--out", type=Path, required=True, help="folder for report.md and the plots")
     p.add_argument("--title", default="Backbone comparison")
     args = p.parse_args(argv)
