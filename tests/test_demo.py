@@ -65,6 +65,9 @@ def test_generated_detection_config_builds_mask_rcnn_with_the_mae_backbone(tmp_p
     assert cfg.train.seed == 0 and cfg.dataloader.train.mapper.instance_mask_format == "bitmask"
     model = instantiate(cfg.model)
     assert model.roi_heads.num_classes == 10
+    recipe = demo.Recipe()  # the light heads the demo's iteration budget relies on
+    assert len(model.roi_heads.box_head.conv_norm_relus) == recipe.box_head_convs
+    assert len(model.roi_heads.mask_head.conv_norm_relus) == recipe.mask_head_convs
     assert {k: v.stride for k, v in model.backbone.output_shape().items()} == {
         "p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
     state = torch.load(checkpoint, weights_only=True)["model"]
@@ -72,6 +75,7 @@ def test_generated_detection_config_builds_mask_rcnn_with_the_mae_backbone(tmp_p
 
 
 def test_generated_segmentation_config_builds_upernet(tmp_path):
+    import torch
     from mmengine.config import Config
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
@@ -89,3 +93,10 @@ def test_generated_segmentation_config_builds_upernet(tmp_path):
     model = MODELS.build(cfg.model)
     assert model.backbone.strides == (4, 8, 16, 32)
     assert model.decode_head.num_classes == 11
+    # A background pixel pulls on the logits with Recipe.seg_background_weight of an item pixel's force.
+    labels = torch.tensor([[[0, 3]]])  # one background pixel, one item pixel
+    for loss in (model.decode_head.loss_decode, model.auxiliary_head.loss_decode):
+        logits = torch.zeros(1, 11, 1, 2, requires_grad=True)
+        loss(logits, labels).backward()
+        force = logits.grad[0, :, 0].norm(dim=0)
+        assert (force[0] / force[1]).item() == pytest.approx(demo.Recipe().seg_background_weight)
