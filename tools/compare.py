@@ -369,15 +369,21 @@ def write_report(runs: list[dict], out: Path, title: str = "Backbone comparison"
     return report
 
 
+def thread_env(threads: int) -> dict[str, str]:
+    """This process's environment for a child tool that may use `threads` torch threads (OpenMP
+    reads OMP_NUM_THREADS once, when torch starts)."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
+
+
 def run_entry(entry: dict, threads: int = 1) -> int:
     """Writes the run record, runs the command with its output in `stdout.txt` and `threads` torch
     threads, marks success."""
     folder = Path(entry["output_dir"])
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RUN_FILE).write_text(json.dumps({**entry["run"], "output_dir": str(folder)}, indent=2))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with open(folder / "stdout.txt", "w") as log:
-        code = subprocess.call(entry["command"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        code = subprocess.call(entry["command"], stdout=log, stderr=subprocess.STDOUT,
+                               env=thread_env(threads))
     if code == 0:
         (folder / ".done").touch()
     return code

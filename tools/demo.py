@@ -112,13 +112,13 @@ class Demo:
     def run(self, command: list[str], marker: Path, log: Path | None = None, threads: int = 1) -> None:
         """Runs a tool unless `marker` says it finished; its output goes to the terminal (progress
         bars) or to `log`. A failure stops the demo with the command and the log to read. `threads`:
-        torch threads for a step that runs alone (parallel runs use one each)."""
+        torch threads for the tool (a step that runs alone may take every core)."""
         if marker.is_file():
             print(f"    done before: {marker.parent}")
             return
         marker.parent.mkdir(parents=True, exist_ok=True)
         print("    $ " + " ".join(command), flush=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        env = compare.thread_env(threads)
         if log is None:
             code = subprocess.call(command, cwd=REPO, env=env)
         else:
