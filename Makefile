@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml scripts/setup_env.sh
 	touch $@
 
 check-env: setup
-	$(PY) -m mae_core.env
+	$(PY) -m mae_app.env
 
 test: setup
 	$(PY) -m pytest -n $(TEST_WORKERS) tests

@@ -23,7 +23,7 @@ VIT = {"arch": "vit_toy_patch4", "patch_size": 8}
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
-    from mae_core.demo_data import DemoDataSpec, build_demo_data
+    from mae_app.demo_data import DemoDataSpec, build_demo_data
 
     spec = DemoDataSpec(scene_size=64, image_size=32, train_scenes=1, val_scenes=6, object_size=(16, 32),
                         pretrain_images=1, cls_train_per_class=1, cls_val_per_class=1)

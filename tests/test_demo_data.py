@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mae_core.demo_data import FASHION_CLASSES, DemoDataSpec, build_demo_data, compose
+from mae_app.demo_data import FASHION_CLASSES, DemoDataSpec, build_demo_data, compose
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = DemoDataSpec(seed=3, scene_size=64, image_size=32, train_scenes=6, val_scenes=4, object_size=(16, 32),
@@ -113,7 +113,7 @@ def test_dataset_info_describes_the_build(tiny):
 def test_train_and_val_draw_from_disjoint_sources(tiny, tmp_path, blanked, unchanged):
     """Blanking the Fashion-MNIST items of one split leaves the other split's files byte-identical:
     train files come only from train items, val files only from test items."""
-    from mae_core.demo_data import DemoDataBuilder
+    from mae_app.demo_data import DemoDataBuilder
 
     builder = DemoDataBuilder(TINY)
     images, labels = builder.items[blanked]

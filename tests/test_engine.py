@@ -232,11 +232,11 @@ def test_epoch_hooks_see_the_model_and_their_numbers_are_logged(tmp_path):
 
 @pytest.mark.slow
 def test_knn_monitor_plugs_in_through_the_config(tmp_path):
-    """The online k-NN monitor of mae_core.probe, named in `epoch_hooks` like any other hook."""
+    """The online k-NN monitor of mae_app.probe, named in `epoch_hooks` like any other hook."""
     files = [(split, label, i) for split, n in (("train", 4), ("val", 2)) for label in "ab" for i in range(n)]
     for seed, (split, label, i) in enumerate(files):
         write_image(tmp_path / "cls" / split / label / f"{i}.png", size=(20, 20), seed=seed)
-    monitor = {"target": "mae_core.probe.KNNMonitorHook", "train_root": str(tmp_path / "cls" / "train"),
+    monitor = {"target": "mae_app.probe.KNNMonitorHook", "train_root": str(tmp_path / "cls" / "train"),
                "val_root": str(tmp_path / "cls" / "val"), "img_size": 16, "k": 3, "every": 2,
                "mean": (0.5,) * 3, "std": (0.25,) * 3}
     changes = {"model.img_size": 16, "model.in_chans": 3, "data.dataset": "image_folder",

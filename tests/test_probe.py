@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from mae_core.catalogue import build_trunk
 from mae_core.data import FashionMNIST
 from mae_core.mae import create_mae
-from mae_core.probe import (
+from mae_app.probe import (
     Classifier,
     KNNMonitor,
     LinearProbe,
@@ -155,7 +155,7 @@ def test_token_features_of_mae_equal_those_of_its_encoder():
 
 @pytest.fixture(scope="module")
 def tiny_cls(tmp_path_factory) -> Path:
-    from mae_core.demo_data import DemoDataSpec, build_demo_data
+    from mae_app.demo_data import DemoDataSpec, build_demo_data
 
     spec = DemoDataSpec(scene_size=32, image_size=32, train_scenes=1, val_scenes=1, object_size=(16, 32),
                         pretrain_images=1, cls_train_per_class=6, cls_val_per_class=3)
@@ -190,7 +190,7 @@ def test_eval_cls_refuses_save_backbone_without_fine_tuning(tiny_cls, tmp_path):
 
 
 def test_knn_monitor_hook_reads_class_folders_for_the_pretraining_engine(tiny_cls):
-    from mae_core.probe import KNNMonitorHook
+    from mae_app.probe import KNNMonitorHook
 
     hook = KNNMonitorHook(str(tiny_cls / "train"), str(tiny_cls / "val"), img_size=32, every=2, k=5)
     mae = create_mae("vit_toy_patch4", img_size=32).eval()

@@ -33,7 +33,7 @@ import compare  # noqa: E402  (tools/compare.py, next to this file)
 
 from mae_core.catalogue import CatalogueError, get_entry  # noqa: E402
 from mae_core.data import FASHION_MNIST_INSTALL, DatasetNotFoundError, find_fashion_mnist  # noqa: E402
-from mae_core.demo_data import FASHION_CLASSES  # noqa: E402
+from mae_app.demo_data import FASHION_CLASSES  # noqa: E402
 
 PYTHON = sys.executable
 DET_BASE = REPO / "configs/detection/mask_rcnn_vit_tiny_cpu.py"
@@ -165,7 +165,7 @@ class Demo:
         for i, ratio in enumerate(self.ratios):
             self.step(f"2/7 MAE pretraining ({i + 1}/{len(self.ratios)}): {r.arch}, mask ratio {ratio:.0%}, "
                       f"{r.pretrain_epochs} epochs, k-NN monitor every {r.knn_every}")
-            hook = {"target": "mae_core.probe.KNNMonitorHook", "train_root": str(self.data / "cls/train"),
+            hook = {"target": "mae_app.probe.KNNMonitorHook", "train_root": str(self.data / "cls/train"),
                     "val_root": str(self.data / "cls/val"), "img_size": r.image_size, "every": r.knn_every}
             folder = self.pretrain_dir(ratio)
             self.run([PYTHON, tool("pretrain"), "--config", str(PRETRAIN_BASE), "--output-dir", str(folder),

@@ -30,7 +30,7 @@ from tqdm import tqdm  # noqa: E402
 from mae_core.catalogue import CATALOGUE, build_trunk, get_entry, trunk_feature_dim  # noqa: E402
 from mae_core.checkpoint import save_checkpoint  # noqa: E402
 from mae_core.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from mae_core.probe import (  # noqa: E402
+from mae_app.probe import (  # noqa: E402
     Classifier,
     GlobalPool,
     extract_features,

@@ -5,7 +5,7 @@ ADE20K-layout semantic maps) from Fashion-MNIST items pasted on scikit-image pho
     python tools/make_demo_data.py --out data/demo --seed 0
     python tools/make_demo_data.py --out /tmp/tiny --train-scenes 20 --val-scenes 10 --pretrain-images 50
 
-The same seed and sizes give byte-identical files (see mae_core/demo_data.py)."""
+The same seed and sizes give byte-identical files (see mae_app/demo_data.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tqdm import tqdm  # noqa: E402
 
 from mae_core.data import DatasetNotFoundError  # noqa: E402
-from mae_core.demo_data import DemoDataSpec, build_demo_data  # noqa: E402
+from mae_app.demo_data import DemoDataSpec, build_demo_data  # noqa: E402
 
 
 def parse_args(argv=None) -> tuple[Path, DemoDataSpec]:

@@ -1,4 +1,4 @@
-"""`python -m mae_core.env`: versions of the stack, and a non-zero exit naming what is missing and
+"""`python -m mae_app.env`: versions of the stack, and a non-zero exit naming what is missing and
 the command that installs it."""
 
 from __future__ import annotations

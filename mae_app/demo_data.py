@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import FashionMNIST
+from mae_core.data import FashionMNIST
 
 FASHION_CLASSES = (
     "t-shirt/top", "trouser", "pullover", "dress", "coat",

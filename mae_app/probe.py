@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
-from .data import ImageFolder, eval_transform, pretrain_transform
-from .engine import LRSchedule
-from .layer_decay import find_layered_modules, param_groups
-from .vit import VisionTransformer, layer_norm
+from mae_core.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from mae_core.data import ImageFolder, eval_transform, pretrain_transform
+from mae_core.engine import LRSchedule
+from mae_core.layer_decay import find_layered_modules, param_groups
+from mae_core.vit import VisionTransformer, layer_norm
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -320,7 +320,7 @@ class KNNMonitor:
 class KNNMonitorHook:
     """The k-NN monitor as a pretraining epoch hook (`PretrainConfig.epoch_hooks`):
 
-        epoch_hooks=({"target": "mae_core.probe.KNNMonitorHook", "train_root": "data/demo/cls/train",
+        epoch_hooks=({"target": "mae_app.probe.KNNMonitorHook", "train_root": "data/demo/cls/train",
                       "val_root": "data/demo/cls/val", "img_size": 64, "every": 2},)
 
     Images are normalised with the pretraining's mean and std; the result is logged as `knn_acc`."""
