@@ -1,5 +1,5 @@
-"""tools/compare.py: collects Detectron2 / MMEngine / eval_cls run folders, measures backbones and
-writes a report whose every column is filled, with seeds and spread."""
+"""mae_app.runs / report / jobs and tools/compare.py: collects Detectron2 / MMEngine / eval_cls run
+folders, measures backbones and writes a report whose every column is filled, with seeds and spread."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
+from mae_app.jobs import execute_plan
+from mae_app.report import aggregate, verdict
+from mae_app.runs import RunError, load_run
 
-import compare  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 VIT = {"arch": "vit_toy_patch4", "patch_size": 8}
 
@@ -148,28 +149,28 @@ def test_report_of_two_backbones_and_two_seeds_has_every_column_filled(scenes, t
 
 
 def test_verdict_needs_two_seeds_and_a_margin_beyond_the_spread():
-    table = compare.aggregate([
+    table = aggregate([
         {"backbone": "a", "seed": 0, "mIoU": 50.0}, {"backbone": "a", "seed": 1, "mIoU": 52.0},
         {"backbone": "b", "seed": 0, "mIoU": 49.0}, {"backbone": "b", "seed": 1, "mIoU": 51.0},
     ])
-    assert "within the seeds' spread" in compare.verdict(table, "a", "b", "mIoU")
-    assert compare.verdict(table, "b", "a", "mIoU").endswith(": no")
-    single = compare.aggregate([{"backbone": "a", "mIoU": 60.0}, {"backbone": "b", "mIoU": 10.0}])
-    assert "single seed" in compare.verdict(single, "a", "b", "mIoU")
+    assert "within the seeds' spread" in verdict(table, "a", "b", "mIoU")
+    assert verdict(table, "b", "a", "mIoU").endswith(": no")
+    single = aggregate([{"backbone": "a", "mIoU": 60.0}, {"backbone": "b", "mIoU": 10.0}])
+    assert "single seed" in verdict(single, "a", "b", "mIoU")
 
 
 def test_bad_run_records_name_the_file_and_key(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"backbone": "vit_mae"}))
-    with pytest.raises(compare.RunError, match=r"run.json: missing key 'task'"):
-        compare.load_run(tmp_path)
-    with pytest.raises(compare.RunError, match="does not exist"):
-        compare.load_run(tmp_path / "nowhere")
+    with pytest.raises(RunError, match=r"run.json: missing key 'task'"):
+        load_run(tmp_path)
+    with pytest.raises(RunError, match="does not exist"):
+        load_run(tmp_path / "nowhere")
     (tmp_path / "run.json").write_text(json.dumps({"backbone": "vit_mae", "task": "det"}))
-    with pytest.raises(compare.RunError, match="needs 'img_size'"):
-        compare.load_run(tmp_path)
+    with pytest.raises(RunError, match="needs 'img_size'"):
+        load_run(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps({"backbone": "vit_nope", "task": "seg"}))
-    with pytest.raises(compare.RunError, match="run.json: unknown backbone 'vit_nope'"):
-        compare.load_run(tmp_path)
+    with pytest.raises(RunError, match="run.json: unknown backbone 'vit_nope'"):
+        load_run(tmp_path)
 
 
 def test_plan_runs_unfinished_entries_in_parallel_and_stops_on_a_failure(tmp_path):
@@ -185,13 +186,13 @@ def test_plan_runs_unfinished_entries_in_parallel_and_stops_on_a_failure(tmp_pat
     (tmp_path / "c" / ".done").touch()  # finished before: not run again
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(plan))
-    folders = compare.execute_plan(plan_file, jobs=2)
+    folders = execute_plan(plan_file, jobs=2)
     assert folders == [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
     assert (tmp_path / "a" / "stdout.txt").read_text() == "ran a\n"
     assert not (tmp_path / "c" / "stdout.txt").exists()
-    assert compare.load_run(tmp_path / "a")["knn_acc"] == 50.0
+    assert load_run(tmp_path / "a")["knn_acc"] == 50.0
 
     plan_file.write_text(json.dumps([entry("d", 3)]))
-    with pytest.raises(compare.RunError, match="exit code 3.*d/stdout.txt"):
-        compare.execute_plan(plan_file)
+    with pytest.raises(RunError, match="exit code 3.*d/stdout.txt"):
+        execute_plan(plan_file)
     assert not (tmp_path / "d" / ".done").exists()

@@ -1,0 +1,170 @@
+"""Reading runs: a run folder's `run.json` completed from the logs its tool left (Detectron2's
+`eval_results.json` and `metrics.json`, MMEngine's `*/vis_data/scalars.json`, tools/eval_cls.py's
+`eval_cls.json`) and by measuring the catalogue backbone (parameters, FLOPs, latency).
+
+A run is described by `run.json` in its folder:
+    {"task": "det" | "seg" | "cls", "backbone": "vit_mae", "seed": 0,
+     "backbone_kwargs": {...}, "checkpoint": "...", "img_size": 128, "batch_size": 2,
+     "mask_ratio": 0.75,                # optional, for pretraining sweeps
+     "box_AP": ..., "mask_AP": ..., "mIoU": ..., "knn_acc": ..., "linear_acc": ...}
+Metrics that are absent are read from the folder; params, FLOPs and latency are measured on the
+catalogue backbone (mae_core/catalogue.py) at `img_size`."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+from mae_app.flops import flop_count
+
+RUN_FILE = "run.json"
+# (key, column title, digits); AP and mIoU in percent as Detectron2 and MMSeg report them.
+DENSE_METRICS = [("box_AP", "box AP", 1), ("mask_AP", "mask AP", 1), ("mIoU", "mIoU", 1)]
+COST_METRICS = [("params", "params (M)", 2), ("flops", "GFLOPs", 2), ("train_throughput", "train img/s", 2),
+                ("latency", "latency (ms)", 1)]
+CLS_METRICS = [("knn_acc", "k-NN acc", 1), ("linear_acc", "linear acc", 1)]
+
+
+class RunError(ValueError):
+    """A run folder or record that cannot be used; the message names the file and key."""
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def json_lines(path: Path) -> list[dict]:
+    """A JSON-lines log (Detectron2's metrics.json, MMEngine's scalars.json); bad lines are skipped:
+    a run killed mid-write leaves a truncated last line."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not math.isnan(value)
+
+
+def detectron2_metrics(folder: Path) -> dict:
+    """Box / mask AP from eval_results.json; seconds per iteration (median) from metrics.json.
+    A model that predicted nothing gets AP 0 (Detectron2 writes NaN and no mask entry then)."""
+    out = {}
+    results = folder / "eval_results.json"
+    if results.is_file():
+        data = read_json(results)
+        box = data.get("bbox", {}).get("AP")
+        if box is not None or "bbox" in data:
+            if is_number(box):
+                out["box_AP"] = box
+                if is_number(data.get("segm", {}).get("AP")):
+                    out["mask_AP"] = data["segm"]["AP"]
+            else:
+                out.update(box_AP=0.0, mask_AP=0.0, notes="no predictions: AP counted as 0")
+    log = folder / "metrics.json"
+    if log.is_file():
+        times = [row["time"] for row in json_lines(log) if "time" in row]
+        if times:
+            out["seconds_per_iter"] = statistics.median(times)
+    return out
+
+
+def mmseg_metrics(folder: Path) -> dict:
+    """mIoU of the last validation and the median seconds per iteration from the newest
+    `<timestamp>/vis_data/scalars.json` under the work dir."""
+    logs = sorted(folder.glob("*/vis_data/scalars.json"))
+    if not logs:
+        return {}
+    rows = json_lines(logs[-1])
+    out = {}
+    evals = [row for row in rows if "mIoU" in row]
+    if evals:
+        out["mIoU"] = evals[-1]["mIoU"]
+    times = [row["time"] for row in rows if "time" in row and "mIoU" not in row]
+    if times:
+        out["seconds_per_iter"] = statistics.median(times)
+    return out
+
+
+def classification_metrics(folder: Path) -> dict:
+    path = folder / "eval_cls.json"
+    if not path.is_file():
+        return {}
+    data = read_json(path)
+    return {k: 100 * data[k] for k, _, _ in CLS_METRICS if k in data}
+
+
+def measure_backbone(backbone: str, input_size: int, repeats: int = 5, **kwargs) -> dict:
+    """Parameters (millions), GFLOPs (mae_app.flops: 2 per multiply-accumulate, attention
+    included; one image) and median latency (ms, one image, one thread as configured) of the
+    catalogue backbone + pyramid on `input_size` square images; `kwargs` go to `build_pyramid`
+    (a ViT's `img_size` defaults to `input_size`)."""
+    import torch
+
+    from mae_core.catalogue import build_pyramid, get_entry
+
+    if get_entry(backbone).kind == "vit":
+        if get_entry(backbone).needs_checkpoint:
+            raise RunError(f"measure {backbone} as vit_random: the counts do not depend on the weights")
+        kwargs.setdefault("img_size", input_size)
+    model = build_pyramid(backbone, **kwargs).eval()
+    image = torch.randn(1, 3, input_size, input_size)
+    with torch.no_grad():
+        gflops = flop_count(model, (image,))[0] / 1e9
+        model(image)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(image)
+            times.append(time.perf_counter() - start)
+    return {"params": sum(p.numel() for p in model.parameters()) / 1e6, "flops": gflops,
+            "latency": 1000 * statistics.median(times)}
+
+
+def load_run(path: Path, measure: bool = True, cache: dict | None = None) -> dict:
+    """The run record of a folder (its run.json) or of a JSON file, completed from the folder's
+    logs and by measuring the backbone."""
+    from mae_core.catalogue import CatalogueError, get_entry
+
+    path = Path(path)
+    record_file = path / RUN_FILE if path.is_dir() else path
+    if not record_file.is_file():
+        raise RunError(f"{record_file} does not exist: a run folder needs a {RUN_FILE} (see --help)")
+    run = read_json(record_file)
+    for key in ("task", "backbone"):
+        if key not in run:
+            raise RunError(f"{record_file}: missing key {key!r} "
+                           "(task is det, seg or cls; backbone a catalogue name)")
+    if run["task"] not in ("det", "seg", "cls"):
+        raise RunError(f"{record_file}: task must be 'det', 'seg' or 'cls', got {run['task']!r}")
+    try:
+        kind = get_entry(run["backbone"]).kind
+    except CatalogueError as exc:
+        raise RunError(f"{record_file}: {exc}") from exc
+    folder = Path(run.get("output_dir") or record_file.parent)
+    reader = {"det": detectron2_metrics, "seg": mmseg_metrics, "cls": classification_metrics}[run["task"]]
+    found = reader(folder)
+    run = {**found, **run}
+    if "train_throughput" not in run and "seconds_per_iter" in run and run.get("batch_size"):
+        run["train_throughput"] = run["batch_size"] / run["seconds_per_iter"]
+    if measure and run["task"] != "cls" and not all(k in run for k in ("params", "flops", "latency")):
+        if "img_size" not in run:
+            raise RunError(f"{record_file}: needs 'img_size' to measure params, FLOPs and latency")
+        # ViT entries differ in weights only: one measurement serves them all.
+        name = "vit_random" if kind == "vit" else run["backbone"]
+        key = json.dumps([name, run["img_size"], run.get("backbone_kwargs", {})], sort_keys=True)
+        cache = {} if cache is None else cache
+        if key not in cache:
+            cache[key] = measure_backbone(name, run["img_size"], **run.get("backbone_kwargs", {}))
+        run = {**cache[key], **run}
+    run["source"] = str(record_file)
+    return run
