@@ -15,7 +15,35 @@ from torch import nn
 from mae_core.pyramid import SimpleFeaturePyramid
 
 
-class ViTDetBackbone(Backbone):
+class PyramidOutputs(Backbone):
+    """What Detectron2 asks of a backbone whose outputs are pyramid levels all `out_channels`
+    wide: their names, strides and channels, and how inputs must be padded (a multiple of
+    `size_divisibility`; square to `square_pad` when it is set). One place for both backbones here."""
+
+    def _set_outputs(self, strides: dict[str, int], out_channels: int, size_divisibility: int,
+                     square_pad: int) -> None:
+        self._out_features = list(strides)
+        self._out_feature_strides = dict(strides)
+        self._out_feature_channels = {name: out_channels for name in self._out_features}
+        self._size_divisibility = size_divisibility
+        self._square_pad = square_pad
+
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+    @property
+    def padding_constraints(self) -> dict[str, int]:
+        return {"size_divisibility": self._size_divisibility, "square_size": self._square_pad}
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
+            for name in self._out_features
+        }
+
+
+class ViTDetBackbone(PyramidOutputs):
     """`net` (e.g. `mae_core.backbone.create_backbone(...)`) returns a list of token maps; the last
     one feeds the pyramid. Its channels and stride are read from `net.embed_dim` and
     `net.patch_size` unless given. Outputs "p2".."p6" (with `top_level`)."""
@@ -35,28 +63,9 @@ class ViTDetBackbone(Backbone):
         self.pyramid = SimpleFeaturePyramid(
             in_channels or net.embed_dim, in_stride or net.patch_size, out_channels, scale_factors, top_level
         )
-        self._out_features = list(self.pyramid.strides)
-        self._out_feature_strides = dict(self.pyramid.strides)
-        self._out_feature_channels = {name: out_channels for name in self._out_features}
         # The coarsest non-extra level: every image side must be a multiple of it.
-        self._size_divisibility = max(
-            s for name, s in self.pyramid.strides.items() if name in self.pyramid.stages
-        )
-        self._square_pad = square_pad
-
-    @property
-    def size_divisibility(self) -> int:
-        return self._size_divisibility
-
-    @property
-    def padding_constraints(self) -> dict[str, int]:
-        return {"size_divisibility": self._size_divisibility, "square_size": self._square_pad}
-
-    def output_shape(self) -> dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
-            for name in self._out_features
-        }
+        divisibility = max(s for name, s in self.pyramid.strides.items() if name in self.pyramid.stages)
+        self._set_outputs(self.pyramid.strides, out_channels, divisibility, square_pad)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.pyramid(self.net(images)[-1])
@@ -79,4 +88,4 @@ def to_detectron2_vitdet(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     return {_OUR_LEVEL.sub(r"\1simfp_\2.", k): v for k, v in state_dict.items()}
 
 
-__all__ = ["ViTDetBackbone", "from_detectron2_vitdet", "to_detectron2_vitdet"]
+__all__ = ["PyramidOutputs", "ViTDetBackbone", "from_detectron2_vitdet", "to_detectron2_vitdet"]

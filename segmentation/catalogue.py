@@ -2,11 +2,12 @@
 picks its backbone by name with the head unchanged:
 
     custom_imports = dict(imports=["segmentation", "segmentation.catalogue"])
-    model = dict(backbone=dict(type="CatalogueBackbone", name="resnet50_fpn"), neck=None,
+    model = dict(backbone=dict(type="MMSegCatalogueBackbone", name="resnet50_fpn"), neck=None,
                  decode_head=dict(in_channels=[256] * 4, in_index=[0, 1, 2, 3], ...))
 
 Returns the pyramid levels p2-p5 (strides 4-32, `out_channels` wide) as a tuple, the four inputs
-UPerHead expects; the pyramid is part of the backbone, so the config has no neck."""
+UPerHead expects; the pyramid is part of the backbone, so the config has no neck.
+(detection.catalogue.DetectronCatalogueBackbone is its Detectron2 twin: p2-p6 as a dict.)"""
 
 from __future__ import annotations
 
@@ -21,14 +22,16 @@ LEVELS = ("p2", "p3", "p4", "p5")
 
 
 @MODELS.register_module()
-class CatalogueBackbone(nn.Module):
-    """`name` and keyword arguments go to `mae_core.catalogue.build_pyramid`; weights (checkpoint=)
-    load when it is built. A plain nn.Module, so the Runner's `init_weights` leaves them alone."""
+class MMSegCatalogueBackbone(nn.Module):
+    """`name`, `checkpoint`, `out_channels` and the entry's options go to
+    `mae_core.catalogue.build_pyramid`; weights load when it is built. The options come as one
+    dict, so `--cfg-options model.backbone.options=None` drops them all when a ViT is swapped for
+    another kind. A plain nn.Module, so the Runner's `init_weights` leaves the weights alone."""
 
-    def __init__(self, name: str, checkpoint: str | None = None, out_channels: int = 256, **kwargs):
+    def __init__(self, name: str, checkpoint: str | None = None, out_channels: int = 256,
+                 options: dict | None = None):
         super().__init__()
-        self.body = build_pyramid(name, checkpoint, out_channels, **kwargs)
-        self.catalogue_name = name
+        self.body = build_pyramid(name, checkpoint, out_channels, **(options or {}))
         self.strides = tuple(self.body.strides[level] for level in LEVELS)
         self.out_channels = out_channels
 
@@ -44,4 +47,4 @@ class CatalogueBackbone(nn.Module):
         return tuple(levels[level][..., :ch, :cw] for level, (ch, cw) in zip(LEVELS, cells, strict=True))
 
 
-__all__ = ["CatalogueBackbone"]
+__all__ = ["MMSegCatalogueBackbone"]

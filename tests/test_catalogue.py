@@ -104,9 +104,10 @@ def test_resnet_checkpoint_loads_with_frozen_batchnorm(tmp_path):
 def test_detectron2_backbone_reports_and_returns_the_strides(name, mae_checkpoint):
     from detectron2.modeling import Backbone
 
-    from detection.catalogue import CatalogueBackbone
+    from detection.catalogue import DetectronCatalogueBackbone
 
-    backbone = build(name, mae_checkpoint, builder=CatalogueBackbone, out_channels=32).eval()
+    checkpoint = str(mae_checkpoint[0]) if name in ("vit_mae", "vit_supervised") else None
+    backbone = DetectronCatalogueBackbone(name, checkpoint, out_channels=32, options=ENTRIES[name]).eval()
     assert isinstance(backbone, Backbone)
     shapes = backbone.output_shape()
     assert {k: s.stride for k, s in shapes.items()} == PYRAMID_STRIDES
@@ -126,11 +127,11 @@ def test_mask_rcnn_trains_a_step_with_a_catalogue_backbone(mae_checkpoint):
     from detectron2.structures import BitMasks, Boxes, Instances
     from detectron2.utils.events import EventStorage
 
-    from detection.catalogue import CatalogueBackbone
+    from detection.catalogue import DetectronCatalogueBackbone
     from detection.engine import init_backbone_from_mae
 
     cfg = LazyConfig.load("configs/detection/mask_rcnn_vit_tiny_cpu.py")
-    cfg.model.backbone = {"_target_": CatalogueBackbone, "name": "vit_random", **VIT}
+    cfg.model.backbone = {"_target_": DetectronCatalogueBackbone, "name": "vit_random", "options": VIT}
     model = instantiate(cfg.model)
     init_backbone_from_mae(model, str(mae_checkpoint[0])).raise_if_encoder_missing()
     model.train()
@@ -154,11 +155,11 @@ def test_mask_rcnn_trains_a_step_with_a_catalogue_backbone(mae_checkpoint):
 def test_mmseg_backbone_builds_from_the_registry_and_returns_the_strides(name, mae_checkpoint):
     from mmseg.registry import MODELS
 
-    import segmentation.catalogue  # noqa: F401  registers CatalogueBackbone
+    import segmentation.catalogue  # noqa: F401  registers MMSegCatalogueBackbone
 
     checkpoint = str(mae_checkpoint[0]) if name in ("vit_mae", "vit_supervised") else None
-    backbone = MODELS.build(dict(type="CatalogueBackbone", name=name, checkpoint=checkpoint, out_channels=32,
-                                 **ENTRIES[name])).eval()
+    backbone = MODELS.build(dict(type="MMSegCatalogueBackbone", name=name, checkpoint=checkpoint,
+                                 out_channels=32, options=ENTRIES[name])).eval()
     assert backbone.strides == (4, 8, 16, 32)
     with torch.no_grad():
         outs = backbone(torch.randn(1, 3, H, W))
@@ -180,7 +181,7 @@ def test_upernet_computes_losses_with_a_catalogue_backbone():
     model = MODELS.build(dict(
         type="EncoderDecoder",
         data_preprocessor=dict(type="SegDataPreProcessor", size=(64, 64), pad_val=0, seg_pad_val=255),
-        backbone=dict(type="CatalogueBackbone", name="convnext_atto", out_channels=32),
+        backbone=dict(type="MMSegCatalogueBackbone", name="convnext_atto", out_channels=32),
         decode_head=dict(type="UPerHead", in_channels=[32] * 4, in_index=[0, 1, 2, 3], pool_scales=(1, 2),
                          channels=16, num_classes=3, norm_cfg=dict(type="BN", requires_grad=True),
                          loss_decode=dict(type="CrossEntropyLoss", loss_weight=1.0)),
