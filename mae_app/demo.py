@@ -1,0 +1,324 @@
+"""`make demo`: the whole pipeline at toy scale on real bundled images, on a CPU (tools/demo.py is
+its command line).
+
+    build the data -> pretrain a tiny MAE -> reconstruction picture -> k-NN and linear probe of the
+    MAE encoder against random initialisation -> Mask R-CNN from MAE init and from random init ->
+    UperNet from both -> comparison report (report.md, plots; the table printed at the end)
+
+Every step's files go under `out`; a finished step (a `.done` marker) is not run again, so an
+interrupted demo continues where it stopped. Each step runs a tool by its command line (its log in
+its folder): tools/make_demo_data.py, tools/pretrain.py, tools/visualize_mae.py, tools/eval_cls.py,
+and tools/train_det.py / tools/train_seg.py on the demo's config files
+(configs/detection/demo_mask_rcnn_vit_toy.py, configs/segmentation/demo_upernet_vit_toy.py), which
+take the backbone, checkpoint, seed, iterations, output folder and data paths as overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mae_app.demo_data import DemoDataSpec
+from mae_app.jobs import execute_plan, thread_env
+from mae_app.report import write_report
+from mae_app.runs import load_run
+from mae_core.catalogue import get_entry
+from mae_core.config import IMAGENET_MEAN, IMAGENET_STD
+from mae_core.data import FASHION_MNIST_INSTALL, DatasetNotFoundError, find_fashion_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+PRETRAIN_CONFIG = REPO / "configs/pretrain/fashion_mnist_toy.py"
+DET_CONFIG = REPO / "configs/detection/demo_mask_rcnn_vit_toy.py"
+SEG_CONFIG = REPO / "configs/segmentation/demo_upernet_vit_toy.py"
+SWEEP = (0.25, 0.5, 0.75, 0.9)
+PYRAMID_CHANNELS = 128  # the demo configs' pyramid width (their heads are sized for it)
+
+
+def tool(name: str) -> str:
+    return str(REPO / "tools" / f"{name}.py")
+
+
+@dataclass
+class Recipe:
+    """The toy recipe: the data (one DemoDataSpec, the single place of the data's sizes), the
+    pretraining and the fine-tuning budgets. Heads, learning rates and the segmentation class
+    weights live in the demo's config files. `quick()` shrinks it to a smoke run."""
+
+    data: DemoDataSpec = field(default_factory=DemoDataSpec)
+    arch: str = "vit_toy_patch4"
+    pretrain_epochs: int = 15     # about 9 minutes on two cores
+    pretrain_batch: int = 128
+    knn_every: int = 5
+    det_iters: int = 500
+    seg_iters: int = 650
+    supervised_epochs: int = 10
+
+    @classmethod
+    def quick(cls) -> Recipe:
+        data = DemoDataSpec(train_scenes=8, val_scenes=4, pretrain_images=128, cls_train_per_class=6,
+                            cls_val_per_class=3)
+        return cls(data=data, pretrain_epochs=1, pretrain_batch=32, knn_every=1, det_iters=4, seg_iters=4,
+                   supervised_epochs=1)
+
+    def vit_options(self) -> dict:
+        """The ViT backbone of detection and segmentation, as the demo configs build it: ViTDet-style
+        windows at the scene size (32x32 tokens), two global blocks, pretrained at the image size."""
+        return {"arch": self.arch, "img_size": self.data.scene_size, "pretrain_img_size": self.data.image_size,
+                "window_size": 8, "global_blocks": (1, 3)}
+
+
+@dataclass
+class DemoOptions:
+    """What the demo's command line chooses (tools/demo.py --help)."""
+
+    out: Path
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    mask_ratio: float = 0.75
+    mask_ratio_sweep: bool = False
+    jobs: int = 2
+    data_seed: int = 0
+    pretrain_seed: int = 0
+    pretrain_epochs: int | None = None
+    det_iters: int | None = None
+    seg_iters: int | None = None
+    skip: list[str] = field(default_factory=list)
+    also: list[str] = field(default_factory=list)
+    quick: bool = False
+    fresh: bool = False
+
+    def __post_init__(self):
+        for name in self.also:
+            get_entry(name)  # CatalogueError (a ValueError) names the unknown backbone
+            if name in ("vit_mae", "vit_random"):
+                raise ValueError(f"--also: {name} is always compared")
+        if self.mask_ratio_sweep and self.mask_ratio not in SWEEP:
+            raise ValueError(f"--mask-ratio must be one of the sweep's ratios {SWEEP} with --mask-ratio-sweep")
+
+
+def spec_argv(spec: DemoDataSpec) -> list[str]:
+    """tools/make_demo_data.py's flags for `spec` (one flag per field)."""
+    argv = []
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        argv += ["--" + f.name.replace("_", "-"), *map(str, value if isinstance(value, tuple) else (value,))]
+    return argv
+
+
+def detection_overrides(backbone: str, checkpoint: str | None, data: Path, output_dir: Path, seed: int,
+                        iters: int) -> list[str]:
+    """Detectron2 `key=value` overrides (hydra syntax: strings quoted, null) of DET_CONFIG for one run."""
+    coco = data / "coco"
+    out = [f"model.backbone.name='{backbone}'",
+           f"model.backbone.checkpoint='{checkpoint}'" if checkpoint else "model.backbone.checkpoint=null"]
+    if not backbone.startswith("vit_"):
+        out.append("model.backbone.options=null")
+    return out + [
+        f"dataloader.train.dataset.json_file='{coco / 'annotations/instances_train.json'}'",
+        f"dataloader.train.dataset.image_root='{coco / 'train'}'",
+        f"dataloader.test.dataset.json_file='{coco / 'annotations/instances_val.json'}'",
+        f"dataloader.test.dataset.image_root='{coco / 'val'}'",
+        f"train.max_iter={iters}", f"train.eval_period={iters}", f"train.checkpointer.period={iters}",
+        f"train.log_period={max(1, min(20, iters))}", f"train.seed={seed}", f"train.output_dir='{output_dir}'",
+    ]
+
+
+def segmentation_overrides(backbone: str, checkpoint: str | None, data: Path, seed: int,
+                           iters: int) -> list[str]:
+    """mmengine `--cfg-options` of SEG_CONFIG for one run: a linear warm-up over the first tenth."""
+    warmup = max(1, iters // 10)
+    out = [f"model.backbone.name={backbone}", f"model.backbone.checkpoint={checkpoint}"]
+    if not backbone.startswith("vit_"):
+        out.append("model.backbone.options=None")
+    return out + [
+        *(f"{split}_dataloader.dataset.data_root={data / 'ade'}" for split in ("train", "val", "test")),
+        f"train_cfg.max_iters={iters}", f"train_cfg.val_interval={iters}",
+        f"default_hooks.checkpoint.interval={iters}", f"default_hooks.logger.interval={max(1, min(20, iters))}",
+        f"param_scheduler.0.end={warmup}", f"param_scheduler.1.begin={warmup}", f"param_scheduler.1.end={iters}",
+        f"randomness.seed={seed}",
+    ]
+
+
+class Demo:
+    def __init__(self, options: DemoOptions):
+        self.options = options
+        self.out = Path(options.out).resolve()
+        self.recipe = Recipe.quick() if options.quick else Recipe()
+        for key in ("pretrain_epochs", "det_iters", "seg_iters"):
+            if getattr(options, key) is not None:
+                setattr(self.recipe, key, getattr(options, key))
+        self.recipe.data = dataclasses.replace(self.recipe.data, seed=options.data_seed)
+        self.data = self.out / "data"
+        # Every tool (also those the plan starts) imports the packages from the repository.
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        self.start = time.time()
+        self.ratios = SWEEP if options.mask_ratio_sweep else (options.mask_ratio,)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def step(self, title: str) -> None:
+        print(f"\n=== [{time.time() - self.start:6.0f} s] {title}", flush=True)
+
+    def run(self, command: list[str], marker: Path, log: Path | None = None, threads: int = 1) -> None:
+        """Runs a tool unless `marker` says it finished; its output goes to the terminal (progress
+        bars) or to `log`. A failure stops the demo with the command and the log to read. `threads`:
+        torch threads for the tool (a step that runs alone may take every core)."""
+        if marker.is_file():
+            print(f"    done before: {marker.parent}")
+            return
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        print("    $ " + " ".join(command), flush=True)
+        env = thread_env(threads)
+        if log is None:
+            code = subprocess.call(command, cwd=REPO, env=env)
+        else:
+            with open(log, "w") as f:
+                code = subprocess.call(command, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        if code != 0:
+            where = f"; see {log}" if log else ""
+            raise SystemExit(f"error: step failed with exit code {code}: {' '.join(command)}{where}")
+        marker.touch()
+
+    # -- steps ---------------------------------------------------------------------------------------
+
+    def ensure_fashion_mnist(self) -> None:
+        try:
+            find_fashion_mnist()
+            return
+        except DatasetNotFoundError as exc:
+            if os.geteuid() != 0 or not shutil.which("apt-get"):
+                raise SystemExit(f"error: {exc}\nRun as root: {FASHION_MNIST_INSTALL}") from exc
+        print(f"    Fashion-MNIST is missing; installing it: {FASHION_MNIST_INSTALL}")
+        if subprocess.call(FASHION_MNIST_INSTALL.split()) != 0:
+            raise SystemExit(f"error: could not install Fashion-MNIST; run as root: {FASHION_MNIST_INSTALL}")
+        find_fashion_mnist()
+
+    def build_data(self) -> None:
+        self.step("1/7 demo data: Fashion-MNIST items on scikit-image photos")
+        self.ensure_fashion_mnist()
+        self.run([PYTHON, tool("make_demo_data"), "--out", str(self.data), *spec_argv(self.recipe.data)],
+                 self.data / ".done")
+
+    def pretrain_dir(self, ratio: float) -> Path:
+        return self.out / "pretrain" / f"mask{round(100 * ratio)}"
+
+    def checkpoint(self, ratio: float) -> Path:
+        return self.pretrain_dir(ratio) / "last.pth"
+
+    def pretrain(self) -> None:
+        r, size = self.recipe, self.recipe.data.image_size
+        for i, ratio in enumerate(self.ratios):
+            self.step(f"2/7 MAE pretraining ({i + 1}/{len(self.ratios)}): {r.arch}, mask ratio {ratio:.0%}, "
+                      f"{r.pretrain_epochs} epochs, k-NN monitor every {r.knn_every}")
+            hook = {"target": "mae_app.probe.KNNMonitorHook", "train_root": str(self.data / "cls/train"),
+                    "val_root": str(self.data / "cls/val"), "img_size": size, "every": r.knn_every}
+            folder = self.pretrain_dir(ratio)
+            self.run([PYTHON, tool("pretrain"), "--config", str(PRETRAIN_CONFIG), "--output-dir", str(folder),
+                      f"model.arch={r.arch}", f"model.img_size={size}", "model.in_chans=3",
+                      "model.norm_pix_loss=True", f"model.mask_ratio={ratio}", "data.dataset=image_folder",
+                      f"data.root={self.data / 'pretrain'}", f"data.mean={IMAGENET_MEAN}",
+                      f"data.std={IMAGENET_STD}",
+                      "data.limit=None", "data.num_workers=0", f"epochs={r.pretrain_epochs}",
+                      f"batch_size={r.pretrain_batch}", f"effective_batch={r.pretrain_batch}",
+                      f"seed={self.options.pretrain_seed}", f"epoch_hooks=({hook!r},)"], folder / ".done",
+                     threads=os.cpu_count() or 1)
+
+    def pictures(self) -> None:
+        self.step("3/7 reconstruction pictures")
+        folder = self.out / "pictures"
+        self.run([PYTHON, tool("visualize_mae"), str(self.checkpoint(self.options.mask_ratio)), "--num-images",
+                  "4", "--output-dir", str(folder)], folder / ".done", folder / "log.txt")
+        print(f"    pictures in {folder}")
+
+    def plan(self) -> list[dict]:
+        """Every probe, detection and segmentation run, as mae_app.jobs plan entries."""
+        entries = []
+        for seed in self.options.seeds:
+            for ratio in self.ratios:
+                entries.append(self.cls_entry("vit_mae", seed, ratio))
+            entries.append(self.cls_entry("vit_random", seed))
+        for task in ("det", "seg"):
+            if task in self.options.skip:
+                continue
+            for seed in self.options.seeds:
+                for backbone in ("vit_mae", "vit_random", *self.options.also):
+                    entries.append(self.dense_entry(task, backbone, seed))
+        return entries
+
+    def cls_entry(self, backbone: str, seed: int, ratio: float | None = None) -> dict:
+        r = self.recipe
+        name = f"{backbone}" + (f"_mask{round(100 * ratio)}" if ratio is not None else "")
+        folder = self.out / "runs" / "cls" / f"{name}_s{seed}"
+        command = [PYTHON, tool("eval_cls"), "--data", str(self.data / "cls"), "--backbone", backbone,
+                   "--arch", r.arch, "--img-size", str(r.data.image_size), "--mode", "knn", "linear",
+                   "--seed", str(seed), "--output", str(folder / "eval_cls.json")]
+        run = {"task": "cls", "backbone": backbone, "seed": seed}
+        if ratio is not None:
+            command += ["--checkpoint", str(self.checkpoint(ratio))]
+            run["mask_ratio"] = ratio
+        return {"run": run, "output_dir": str(folder), "command": command}
+
+    def dense_entry(self, task: str, backbone: str, seed: int) -> dict:
+        r = self.recipe
+        folder = self.out / "runs" / task / f"{backbone.replace(':', '_')}_s{seed}"
+        checkpoint = {"vit_mae": self.checkpoint(self.options.mask_ratio),
+                      "vit_supervised": self.supervised_checkpoint}.get(backbone)
+        checkpoint = str(checkpoint) if checkpoint else None
+        if task == "det":
+            command = [PYTHON, tool("train_det"), "--config-file", str(DET_CONFIG),
+                       *detection_overrides(backbone, checkpoint, self.data, folder, seed, r.det_iters)]
+        else:
+            command = [PYTHON, tool("train_seg"), str(SEG_CONFIG), "--work-dir", str(folder), "--cfg-options",
+                       *segmentation_overrides(backbone, checkpoint, self.data, seed, r.seg_iters)]
+        options = {"out_channels": PYRAMID_CHANNELS, **(r.vit_options() if backbone.startswith("vit_") else {})}
+        run = {"task": task, "backbone": backbone, "seed": seed, "img_size": r.data.scene_size, "batch_size": 2,
+               "checkpoint": checkpoint, "backbone_kwargs": options}
+        return {"run": run, "output_dir": str(folder), "command": command}
+
+    @property
+    def supervised_checkpoint(self) -> Path:
+        return self.out / "supervised" / "backbone.pth"
+
+    def supervised(self) -> None:
+        """The catalogue's "ViT pretrained with labels": the same ViT trained from scratch on the
+        demo's classification images, its backbone saved for detection and segmentation."""
+        if "vit_supervised" not in self.options.also:
+            return
+        r = self.recipe
+        self.step(f"2b/7 supervised ViT pretraining on the classification images "
+                  f"({r.supervised_epochs} epochs)")
+        folder = self.supervised_checkpoint.parent
+        self.run([PYTHON, tool("eval_cls"), "--data", str(self.data / "cls"), "--backbone", "vit_random",
+                  "--arch", r.arch, "--img-size", str(r.data.image_size), "--mode", "finetune",
+                  "--epochs", str(r.supervised_epochs), "--save-backbone", str(self.supervised_checkpoint),
+                  "--output", str(folder / "eval_cls.json")], folder / ".done")
+
+    def main(self) -> int:
+        if self.options.fresh and self.out.exists():
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.build_data()
+        self.pretrain()
+        self.supervised()
+        self.pictures()
+        plan = self.plan()
+        plan_file = self.out / "plan.json"
+        plan_file.write_text(json.dumps(plan, indent=2))
+        self.step(f"4-6/7 k-NN and linear probes, Mask R-CNN and UperNet from MAE and random init: "
+                  f"{len(plan)} runs "
+                  f"(seeds {', '.join(map(str, self.options.seeds))}); logs in {self.out / 'runs'}")
+        folders = execute_plan(plan_file, jobs=self.options.jobs)
+        self.step("7/7 comparison report")
+        measured: dict = {}
+        runs = [load_run(folder, cache=measured) for folder in folders]
+        report = write_report(runs, self.out / "report", "MAE toolkit demo: MAE vs random initialisation")
+        print(report.read_text())
+        print(f"report: {report}\npictures: {self.out / 'pictures'}\n"
+              f"total time: {(time.time() - self.start) / 60:.1f} min")
+        return 0
