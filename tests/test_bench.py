@@ -1,17 +1,13 @@
 """The benchmarks' own machinery: FLOP counting, interleaving, and the numerics checks that must
 pass before anything is timed."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-from bench_common import flop_count, interleaved_medians, paired_ratio  # noqa: E402
+from mae_app.bench.common import interleaved_medians, paired_ratio
+from mae_app.flops import flop_count
 
 
 class _Attend(nn.Module):
@@ -41,7 +37,7 @@ def test_interleaved_rounds_rotate_the_order_and_pair_ratios_by_round():
 
 @pytest.mark.slow
 def test_toolkit_and_hugging_face_losses_agree_before_timing():
-    from bench_pretrain import CONFIGS, build_models, check_numerics
+    from mae_app.bench.pretrain import CONFIGS, build_models, check_numerics
 
     models = build_models(CONFIGS["tiny"], with_hf=True)
     imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)

@@ -1,429 +1,29 @@
 """MAE training-step benchmark: the toolkit against Hugging Face's ViTMAEForPreTraining, and
-against its own model with mask tokens in the encoder (the paper's speed claim).
-
-One process, one thread setting, every case warmed up and then timed in interleaved rounds
-(median reported). A step is forward, backward and the AdamW step. Before timing, both
-implementations get the same weights and the same masking noise and their losses must agree.
+against its own model with mask tokens in the encoder (the paper's speed claim). The cases, the
+numerics check and the report are mae_app/bench/pretrain.py.
 
     python tools/bench_pretrain.py                      # base + tiny + large, fp32 and bf16
     python tools/bench_pretrain.py --quick              # tiny + base, 2 rounds
     python tools/bench_pretrain.py --configs base --precisions fp32 --rounds 5 --ablations
     python tools/bench_pretrain.py --device cuda --precisions bf16   # see tools/gpu_check.sh
 
-FLOPs: fvcore on the forward pass (2 FLOPs per multiply-accumulate, attention included); a
-training step counts as 3x the forward (backward = 2x forward; the optimizer is not counted).
-The same model FLOPs are used for both implementations (they compute the same function)."""
+FLOPs: mae_app/flops.py on the forward pass (2 FLOPs per multiply-accumulate, attention included);
+a training step counts as 3x the forward (backward = 2x forward; the optimizer is not counted)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-import time
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_common import (  # noqa: E402
-    autocast,
-    device_from_arg,
-    flop_count,
-    interleaved_medians,
-    machine_description,
-    markdown_table,
-    paired_ratio,
-    setup_threads,
-)
-
-from mae_core.checkpoint import to_official_layout  # noqa: E402
-from mae_core.layer_decay import param_groups  # noqa: E402
-from mae_core.mae import MaskedAutoencoder, create_mae  # noqa: E402
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    arch: str
-    img_size: int
-    batch: int
-    versus_hf: bool  # ViT-L is only timed against its own mask-token variant (issue 3)
-
-
-CONFIGS = {
-    "tiny": BenchConfig("vit_toy_patch4", 32, 32, True),
-    "base": BenchConfig("vit_base_patch16", 224, 8, True),
-    "large": BenchConfig("vit_large_patch16", 224, 8, False),
-}
-MASK_RATIO = 0.75
-LOSS_TOLERANCE = 1e-5  # fp32, same weights and noise
-BF16_LOSS_TOLERANCE = 2e-2  # relative; bf16 rounding differs between the two op orders
-
-
-def build_toolkit(cfg: BenchConfig, mask_tokens: bool = False) -> MaskedAutoencoder:
-    return create_mae(
-        cfg.arch, img_size=cfg.img_size, mask_ratio=MASK_RATIO, mask_tokens_in_encoder=mask_tokens
-    )
-
-
-def build_hf(model: MaskedAutoencoder):
-    """ViTMAEForPreTraining with the same sizes as `model` (random weights)."""
-    from transformers import ViTMAEConfig, ViTMAEForPreTraining
-
-    dec = model.decoder_blocks[0]
-    config = ViTMAEConfig(
-        hidden_size=model.embed_dim,
-        num_hidden_layers=model.depth,
-        num_attention_heads=model.blocks[0].attn.num_heads,
-        intermediate_size=model.blocks[0].mlp.fc1.out_features,
-        decoder_hidden_size=model.decoder_embed_dim,
-        decoder_num_hidden_layers=len(model.decoder_blocks),
-        decoder_num_attention_heads=dec.attn.num_heads,
-        decoder_intermediate_size=dec.mlp.fc1.out_features,
-        image_size=model.img_size[0],
-        patch_size=model.patch_size,
-        num_channels=model.in_chans,
-        mask_ratio=model.mask_ratio,
-        norm_pix_loss=model.norm_pix_loss,
-        layer_norm_eps=1e-6,
-        hidden_act="gelu",
-        qkv_bias=True,
-    )
-    return ViTMAEForPreTraining(config)
-
-
-def build_models(cfg: BenchConfig, with_hf: bool) -> dict[str, nn.Module]:
-    """The toolkit model, its mask-tokens-in-encoder twin and (optionally) HF's model, all with
-    the same weights: HF's are converted by mae_core's own Hugging Face converter."""
-    toolkit = build_toolkit(cfg)
-    models = {"toolkit": toolkit}
-    if with_hf:
-        hf = build_hf(toolkit)
-        converted = to_official_layout(hf.state_dict(), "ViTMAEForPreTraining").state_dict
-        toolkit.load_state_dict(converted, strict=True)
-        models["hf"] = hf
-    masked = build_toolkit(cfg, mask_tokens=True)
-    missing, unexpected = masked.load_state_dict(toolkit.state_dict(), strict=False)
-    if missing != ["encoder_mask_token"] or unexpected:
-        raise RuntimeError(f"mask-token twin: missing {missing}, unexpected {unexpected}")
-    models["toolkit_mask_tokens"] = masked
-    return models
-
-
-def make_optimizer(model: nn.Module, fused: bool) -> torch.optim.AdamW:
-    """MAE's AdamW (betas 0.9/0.95, weight decay 0.05 on matrices only). Fused is also what the
-    Hugging Face Trainer uses by default with torch >= 2.8."""
-    groups = param_groups(model, weight_decay=0.05)
-    for g in groups:
-        g.pop("param_names", None)
-    return torch.optim.AdamW(
-        groups, lr=1.5e-4, betas=(0.9, 0.95), fused=fused, foreach=None if fused else True
-    )
-
-
-def make_step(model, optimizer, imgs, noise, device, precision, context=nullcontext):
-    def step():
-        with context(), autocast(device, precision):
-            loss = model(imgs, noise=noise).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-class LossOf(nn.Module):
-    """(imgs, noise) -> loss, so fvcore can trace either implementation."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, imgs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.model(imgs, noise=noise).loss
-
-
-def check_numerics(models, imgs, noise, device, precisions) -> list[dict]:
-    """Loss and prediction differences between the toolkit and HF at the same weights and noise.
-    fp32 must agree within LOSS_TOLERANCE; bf16 is reported against a looser relative bound."""
-    rows = []
-    for precision in precisions:
-        with torch.no_grad(), autocast(device, precision):
-            ours = models["toolkit"](imgs, noise=noise)
-            theirs = models["hf"](imgs, noise=noise)
-        loss_diff = abs(ours.loss.float() - theirs.loss.float()).item()
-        pred_diff = (ours.pred.float() - theirs.logits.float()).abs().max().item()
-        bound = LOSS_TOLERANCE if precision == "fp32" else BF16_LOSS_TOLERANCE * abs(theirs.loss.item())
-        rows.append(
-            {
-                "precision": precision,
-                "loss_toolkit": ours.loss.item(),
-                "loss_hf": theirs.loss.item(),
-                "loss_diff": loss_diff,
-                "pred_max_diff": pred_diff,
-                "bound": bound,
-                "ok": loss_diff <= bound and torch.equal(ours.mask, theirs.mask),
-            }
-        )
-    return rows
-
-
-def forward_flops(model: nn.Module, imgs, noise) -> float | None:
-    try:
-        with torch.no_grad():
-            return flop_count(LossOf(model).eval(), (imgs, noise))[0]
-    except Exception as exc:  # a model fvcore cannot trace is reported, not fatal
-        print(f"  fvcore could not count {type(model).__name__}: {type(exc).__name__}: {exc}")
-        return None
-
-
-def matmul_case(device, dtype, size: int, reps: int):
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    out = torch.empty(size, size, device=device, dtype=dtype)
-
-    def run():
-        for _ in range(reps):
-            torch.mm(a, b, out=out)
-
-    return run, reps * 2 * size**3
-
-
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def bench_config(name: str, cfg: BenchConfig, args, device) -> dict:
-    print(f"\n== {name}: {cfg.arch} at {cfg.img_size}, batch {cfg.batch}, mask {MASK_RATIO}")
-    torch.manual_seed(0)
-    with_hf = cfg.versus_hf and not args.no_hf
-    models = build_models(cfg, with_hf)
-    for m in models.values():
-        m.to(device).train()
-    tk = models["toolkit"]
-    imgs = torch.randn(cfg.batch, tk.in_chans, cfg.img_size, cfg.img_size, device=device)
-    noise = torch.rand(cfg.batch, tk.num_patches, device=device)
-
-    result = {"config": name, **cfg.__dict__, "numerics": [], "flops": {}}
-    if with_hf:
-        result["numerics"] = check_numerics(
-            models, imgs, noise, device, ["fp32"] + [p for p in args.precisions if p != "fp32"]
-        )
-        for row in result["numerics"]:
-            print(
-                f"  numerics {row['precision']}: loss toolkit {row['loss_toolkit']:.7f} "
-                f"hf {row['loss_hf']:.7f} |diff| {row['loss_diff']:.2e} (bound {row['bound']:.1e}), "
-                f"max |pred diff| "
-                f"{row['pred_max_diff']:.2e} -> {'ok' if row['ok'] else 'MISMATCH'}"
-            )
-        bad = [r for r in result["numerics"] if not r["ok"]]
-        if bad:
-            raise SystemExit(f"error: toolkit and HF disagree for {name}: {bad}")
-
-    if not args.skip_flops:
-        for key in ("toolkit", "toolkit_mask_tokens") + (("hf",) if with_hf else ()):
-            per_sample = forward_flops(models[key], imgs[:1], noise[:1])
-            result["flops"][key] = per_sample * cfg.batch if per_sample else None
-        print(
-            "  forward GFLOP per batch: "
-            + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in result["flops"].items() if v)
-        )
-
-    optimizers = {key: make_optimizer(m, fused=not args.foreach_adamw) for key, m in models.items()}
-    cases, case_flops = {}, {}
-    compiled = torch.compile(tk) if args.compile else None
-    for precision in args.precisions:
-        for key, model in models.items():
-            cases[f"{key}/{precision}"] = make_step(model, optimizers[key], imgs, noise, device, precision)
-        if args.ablations:
-            foreach = make_optimizer(tk, fused=False)
-            cases[f"toolkit[adamw foreach]/{precision}"] = make_step(
-                tk, foreach, imgs, noise, device, precision
-            )
-            cases[f"toolkit[sdpa math]/{precision}"] = make_step(
-                tk,
-                optimizers["toolkit"],
-                imgs,
-                noise,
-                device,
-                precision,
-                lambda: sdpa_kernel(SDPBackend.MATH),
-            )
-        if compiled is not None:
-            cases[f"toolkit[compiled]/{precision}"] = make_step(
-                compiled, optimizers["toolkit"], imgs, noise, device, precision
-            )
-        run, flops = matmul_case(device, PRECISION_DTYPES[precision], args.matmul_size, args.matmul_reps)
-        cases[f"matmul/{precision}"] = run
-        case_flops[f"matmul/{precision}"] = flops
-    start = time.perf_counter()
-    timings = interleaved_medians(cases, device, rounds=args.rounds, warmup=args.warmup)
-    print(f"  timed in {time.perf_counter() - start:.0f} s")
-    result["timings"] = timings
-    result["matmul_flops_per_s"] = {
-        p: case_flops[f"matmul/{p}"] / timings[f"matmul/{p}"]["median"] for p in args.precisions
-    }
-    del models, optimizers, cases, compiled
-    return result
-
-
-def step_flops(result: dict, key: str) -> float | None:
-    base = "toolkit_mask_tokens" if key.startswith("toolkit_mask_tokens") else "toolkit"
-    fwd = result["flops"].get(base)
-    return 3 * fwd if fwd else None
-
-
-def report(results: list[dict], args) -> str:
-    out = [
-        f"Machine: {machine_description()}",
-        f"Command: python tools/bench_pretrain.py {' '.join(sys.argv[1:])}",
-        f"Rounds: {args.rounds} (after {args.warmup} warm-up step(s)), medians; "
-        "step = forward + backward + AdamW; step FLOPs = 3 x forward (fvcore, 2 FLOPs per MAC).",
-        "",
-    ]
-    rows, mask_rows, ablation_rows, goals = [], [], [], []
-    for r in results:
-        t = r["timings"]
-        for precision in args.precisions:
-            mm = r["matmul_flops_per_s"][precision]
-            hf = t.get(f"hf/{precision}")
-            for key in [k for k in t if k.endswith(f"/{precision}") and not k.startswith("matmul")]:
-                impl = key.rsplit("/", 1)[0]
-                med = t[key]["median"]
-                flops = step_flops(r, impl)
-                frac = f"{100 * flops / med / mm:.0f}%" if flops else "n/a"
-                speedup = paired_ratio(hf, t[key]) if hf else None
-                vs_hf = f"{speedup:.2f}x" if hf else "-"
-                row = [
-                    r["config"],
-                    precision,
-                    impl,
-                    f"{med:.3f}",
-                    f"{t[key]['min']:.3f}-{t[key]['max']:.3f}",
-                    vs_hf,
-                    f"{flops / 1e9:.0f}" if flops else "n/a",
-                    frac,
-                ]
-                (ablation_rows if "[" in impl else rows).append(row)
-                if impl == "toolkit" and hf:
-                    goals.append(
-                        f"- {r['config']} {precision}: toolkit vs HF {speedup:.2f}x (goal >= 1.30x: "
-                        f"{'reached' if speedup >= 1.3 else 'NOT reached'})"
-                    )
-                if impl == "toolkit" and precision == "fp32" and flops:
-                    goals.append(
-                        f"- {r['config']} fp32: {100 * flops / med / mm:.0f}% of the fp32 matmul FLOP/s "
-                        f"(goal >= 75%: {'reached' if flops / med / mm >= 0.75 else 'NOT reached'})"
-                    )
-            vis, mtk = t.get(f"toolkit/{precision}"), t.get(f"toolkit_mask_tokens/{precision}")
-            f_vis, f_mtk = r["flops"].get("toolkit"), r["flops"].get("toolkit_mask_tokens")
-            if vis and mtk and f_vis and f_mtk:
-                time_ratio, flop_ratio = paired_ratio(mtk, vis), f_mtk / f_vis
-                mask_rows.append(
-                    [
-                        r["config"],
-                        precision,
-                        f"{vis['median']:.3f}",
-                        f"{mtk['median']:.3f}",
-                        f"{time_ratio:.2f}x",
-                        f"{flop_ratio:.2f}x",
-                        f"{100 * time_ratio / flop_ratio:.0f}%",
-                    ]
-                )
-                goals.append(
-                    f"- {r['config']} {precision}: mask-token/visible time ratio {time_ratio:.2f}x = "
-                    f"{100 * time_ratio / flop_ratio:.0f}% of the FLOP ratio {flop_ratio:.2f}x (goal >= 90%: "
-                    f"{'reached' if time_ratio / flop_ratio >= 0.9 else 'NOT reached'})"
-                )
-    out += [
-        "### MAE training step",
-        "",
-        markdown_table(
-            [
-                "config",
-                "precision",
-                "implementation",
-                "step s (median)",
-                "min-max",
-                "HF time / this (per-round ratios, median)",
-                "step GFLOP",
-                "% of matmul FLOP/s",
-            ],
-            rows,
-        ),
-        "",
-    ]
-    out += [
-        "### Mask tokens in the encoder vs visible patches only",
-        "",
-        markdown_table(
-            [
-                "config",
-                "precision",
-                "visible-only s",
-                "mask tokens s",
-                "time ratio (per-round, median)",
-                "FLOP ratio",
-                "time ratio / FLOP ratio",
-            ],
-            mask_rows,
-        ),
-        "",
-    ]
-    if ablation_rows:
-        out += [
-            "### Variants of the toolkit step: one fast path switched off, or torch.compile on",
-            "",
-            markdown_table(
-                [
-                    "config",
-                    "precision",
-                    "variant",
-                    "step s (median)",
-                    "min-max",
-                    "HF time / this",
-                    "step GFLOP",
-                    "% of matmul FLOP/s",
-                ],
-                ablation_rows,
-            ),
-            "",
-        ]
-    for r in results:
-        for key, timing in r["timings"].items():
-            if "[compiled]" in key and timing.get("first") is not None:
-                out.append(
-                    f"- {r['config']} {key}: first step (torch.compile) {timing['first']:.1f} s, "
-                    f"then {timing['median']:.3f} s per step"
-                )
-    out.append("")
-    mm_rows = []
-    for r in results:
-        for precision, v in r["matmul_flops_per_s"].items():
-            mm_rows.append([r["config"], precision, args.matmul_size, f"{v / 1e9:.0f}"])
-    out += [
-        "### Plain matrix product in the same rounds",
-        "",
-        markdown_table(["during", "precision", "n (n x n @ n x n)", "GFLOP/s"], mm_rows),
-        "",
-    ]
-    for r in results:
-        for row in r["numerics"]:
-            out.append(
-                f"- numerics {r['config']} {row['precision']}: |loss diff| {row['loss_diff']:.1e} "
-                f"(bound {row['bound']:.0e}), max |pred diff| {row['pred_max_diff']:.1e}"
-            )
-    out += ["", "Goals:", *goals]
-    return "\n".join(out)
+from mae_app.bench.common import PRECISION_DTYPES, device_from_arg, machine_description, setup_threads
+from mae_app.bench.pretrain import CONFIGS, Options, bench_config, report
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="tiny,base,large", help=f"comma list of {', '.join(CONFIGS)}")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16")
     parser.add_argument("--rounds", type=int, default=3)
@@ -433,17 +33,12 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="override every config's batch size")
     parser.add_argument("--quick", action="store_true", help="tiny + base, 2 rounds: a fast look")
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face comparison")
-    parser.add_argument(
-        "--ablations",
-        action="store_true",
-        help="also time the toolkit with foreach AdamW and with the unfused (math) attention",
-    )
-    parser.add_argument(
-        "--compile", action="store_true", help="also time torch.compile(toolkit); first step = compile"
-    )
-    parser.add_argument(
-        "--foreach-adamw", action="store_true", help="use foreach instead of fused AdamW everywhere"
-    )
+    parser.add_argument("--ablations", action="store_true",
+                        help="also time the toolkit with foreach AdamW and with the unfused (math) attention")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile(toolkit); first step = compile")
+    parser.add_argument("--foreach-adamw", action="store_true",
+                        help="use foreach instead of fused AdamW everywhere")
     parser.add_argument("--skip-flops", action="store_true")
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--matmul-reps", type=int, default=4)
@@ -459,16 +54,15 @@ def main(argv=None) -> int:
     for n in names:
         if n not in CONFIGS:
             parser.error(f"unknown config {n!r}; known: {', '.join(CONFIGS)}")
+    opts = Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options)})
     device = device_from_arg(args.device)
     setup_threads(args.threads)
     print(machine_description())
     results = []
     for n in names:
-        cfg = CONFIGS[n]
-        if args.batch:
-            cfg = BenchConfig(cfg.arch, cfg.img_size, args.batch, cfg.versus_hf)
-        results.append(bench_config(n, cfg, args, device))
-    text = report(results, args)
+        cfg = CONFIGS[n] if not args.batch else dataclasses.replace(CONFIGS[n], batch=args.batch)
+        results.append(bench_config(n, cfg, opts, device))
+    text = report(results, opts, f"python tools/bench_pretrain.py {' '.join(sys.argv[1:])}")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "report": text}, indent=1, default=str))
     print("\n" + text)

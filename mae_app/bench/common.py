@@ -1,9 +1,9 @@
-"""Timing helpers shared by the benchmarks.
+"""Timing helpers shared by the benchmarks (mae_app.bench.pretrain, mae_app.bench.backbone).
 
 Timings on a shared machine drift by ±15% over minutes, so implementations are never timed one
 after the other: each round runs every case once (in a rotating order) and the report takes the
-median over rounds. Achieved FLOP/s are set against a plain matrix product measured in the same
-run, the machine's practical limit at that moment."""
+median over rounds. Achieved FLOP/s are set against a plain matrix product timed as one more case
+in the same rounds (`matmul_case`), the machine's practical limit at that moment."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def setup_threads(threads: int | None) -> int:
@@ -103,37 +104,19 @@ def paired_ratio(numerator: dict, denominator: dict) -> float:
     return statistics.median(a / b for a, b in zip(numerator["times"], denominator["times"], strict=True))
 
 
-def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Median FLOP/s (2*n^3 per product) of a plain (n x n) @ (n x n) product: the practical
-    limit the model steps are measured against."""
+def matmul_case(device: torch.device, dtype: torch.dtype, size: int = 2048,
+                reps: int = 4) -> tuple[Callable[[], None], float]:
+    """The matmul reference: a case running `reps` plain (n x n) @ (n x n) products, and its FLOPs
+    (2 n^3 each), to be timed in the same rounds as the model cases."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     out = torch.empty(size, size, device=device, dtype=dtype)
-    torch.mm(a, b, out=out)
-    times = [time_once(lambda: torch.mm(a, b, out=out), device) for _ in range(repeats)]
-    return 2 * size**3 / statistics.median(times)
 
+    def run():
+        for _ in range(reps):
+            torch.mm(a, b, out=out)
 
-def flop_count(model: torch.nn.Module, inputs: tuple) -> tuple[float, dict]:
-    """Forward FLOPs by fvcore, as 2 x multiply-accumulates (fvcore counts one per MAC), with a
-    handler for `scaled_dot_product_attention` (fvcore has none): q@k^T plus attn@v."""
-    from fvcore.nn import FlopCountAnalysis
-
-    def sdpa_handle(node_inputs, node_outputs):
-        q, k = (i.type().sizes() for i in node_inputs[:2])
-        *batch, nq, d = q
-        nk, dv = k[-2], node_outputs[0].type().sizes()[-1]
-        batch_size = 1
-        for s in batch:
-            batch_size *= s
-        return batch_size * nq * nk * (d + dv)
-
-    analysis = FlopCountAnalysis(model, inputs)
-    analysis.set_op_handle("aten::scaled_dot_product_attention", sdpa_handle)
-    analysis.unsupported_ops_warnings(False)
-    analysis.uncalled_modules_warnings(False)
-    macs = analysis.total()
-    return 2.0 * macs, {"by_operator": {k: 2.0 * v for k, v in analysis.by_operator().items()}}
+    return run, reps * 2 * size**3
 
 
 def machine_description() -> str:
@@ -165,18 +148,18 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run_isolated(script: Path, args: list[str], timeout: float | None = None) -> dict:
-    """Runs `script args` in a fresh interpreter that prints one JSON line last, so each case's
-    peak memory is its own (a process's peak never goes down)."""
+def run_isolated(module: str, args: list[str], timeout: float | None = None) -> dict:
+    """Runs `python -m module args` in a fresh interpreter that prints one JSON line last, so each
+    case's peak memory is its own (a process's peak never goes down)."""
     proc = subprocess.run(
-        [sys.executable, str(script), *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=REPO_ROOT,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"{module} {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -185,6 +168,3 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
-
-def fmt_ratio(x: float) -> str:
-    return f"{x:.2f}x"
