@@ -3,7 +3,9 @@
 It is the MAE encoder (same blocks, same parameter names, so an MAE checkpoint loads directly)
 run on the whole image as a token map, with windowed attention in most blocks, optional
 decomposed relative positions, and the pretraining position table resampled to the input grid.
-The cls token and final norm of pretraining are not used (ViTDet, MMSeg's MAE recipe)."""
+The cls token and final norm of pretraining are not used (ViTDet), unless `cls_token_in_attention`
+keeps the cls token as MMSegmentation's `MAE` / `BEiT` backbones do (with `rel_pos_bias`, their
+relative-position table), so that their checkpoints give the same outputs."""
 
 from __future__ import annotations
 
@@ -31,6 +33,12 @@ class ViTBackbone(VisionTransformer):
         global blocks (tables are resampled for other sizes).
     pretrain_img_size: the grid the position table was trained on (224 for MAE checkpoints).
     window_size / global_blocks: blocks not listed in `global_blocks` attend within windows.
+    use_rel_pos: decomposed relative positions (ViTDet).
+    cls_token_in_attention: the cls token (with its position) attends and is attended to in every
+        block, and is dropped from the outputs (MMSegmentation's `MAE` / `BEiT`); global attention only.
+    rel_pos_bias: BEiT's relative position bias, one learned scalar per head and 2-D offset (plus
+        the cls entries when the cls token attends). MMSegmentation's `MAE` is
+        `cls_token_in_attention=True, rel_pos_bias=True, init_values=...` (layer scale).
     """
 
     def __init__(
@@ -49,11 +57,17 @@ class ViTBackbone(VisionTransformer):
         window_size: int = 0,
         global_blocks: Sequence[int] = (),
         use_rel_pos: bool = False,
+        cls_token_in_attention: bool = False,
+        rel_pos_bias: bool = False,
         out_indices: Sequence[int] | None = None,
         final_norm: bool = False,
         grad_checkpointing: bool = False,
     ):
         grid = tuple(s // patch_size for s in to_2tuple(img_size))
+        if cls_token_in_attention and window_size:
+            raise ValueError("cls_token_in_attention needs global attention in every block (window_size=0)")
+        if use_rel_pos and rel_pos_bias:
+            raise ValueError("use_rel_pos (decomposed, ViTDet) and rel_pos_bias (BEiT table) exclude each other")
 
         def block_kwargs(i: int) -> dict:
             windowed = window_size > 0 and i not in global_blocks
@@ -61,6 +75,8 @@ class ViTBackbone(VisionTransformer):
             return {
                 "window_size": window_size if windowed else 0,
                 "rel_pos_size": size if use_rel_pos else None,
+                "rel_pos_bias_size": size if rel_pos_bias else None,
+                "cls_token": cls_token_in_attention,
             }
 
         super().__init__(
@@ -68,7 +84,9 @@ class ViTBackbone(VisionTransformer):
             qkv_bias=qkv_bias, drop_path_rate=drop_path_rate, init_values=init_values,
             trainable_pos_embed=True, block_kwargs=block_kwargs,
         )
-        self.register_parameter("cls_token", None)
+        self.cls_token_in_attention = cls_token_in_attention
+        if not cls_token_in_attention:
+            self.register_parameter("cls_token", None)
         if not final_norm:
             self.norm = None
         self.out_indices = tuple(out_indices) if out_indices is not None else (depth - 1,)
@@ -95,17 +113,24 @@ class ViTBackbone(VisionTransformer):
     def forward(self, imgs: torch.Tensor) -> list[torch.Tensor]:
         self.check_input(imgs, fixed_size=False)
         x = self.patch_embed(imgs)
-        h, w = x.shape[1:3]
+        b, h, w, c = x.shape
         pos = resample_pos_embed(self.pos_embed, (h, w), self.grid_size, num_prefix_tokens=1)
         x = x + pos[:, 1:].reshape(1, h, w, -1)
+        grid = None
+        if self.cls_token_in_attention:
+            # Tokens (B, 1 + h*w, C), cls first, with the grid for the relative positions.
+            cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)
+            x, grid = torch.cat([cls, x.reshape(b, h * w, c)], dim=1), (h, w)
         outs = []
         for i, blk in enumerate(self.blocks):
             if self.grad_checkpointing and self.training:
-                x = checkpoint(blk, x, use_reentrant=False)
+                x = checkpoint(blk, x, grid, use_reentrant=False)
             else:
-                x = blk(x)
+                x = blk(x, grid)
             if i in self.out_indices:
                 y = self.norm(x) if self.norm is not None and i == self.depth - 1 else x
+                if grid is not None:
+                    y = y[:, 1:].reshape(b, h, w, c)
                 outs.append(y.permute(0, 3, 1, 2).contiguous())
         return outs
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerScale, Mlp
+from timm.layers import DropPath, LayerScale, Mlp, gen_relative_position_index
 from torch import nn
 
 
@@ -22,9 +22,53 @@ def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> 
     return rel_pos[offsets.long()]
 
 
+def resize_bias_table(
+    table: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], extra: int
+) -> torch.Tensor:
+    """A BEiT bias table ((2h-1)(2w-1) + extra, heads) for `old_grid` resampled to `new_grid`:
+    bicubic over the plane of 2-D offsets; the `extra` cls entries at the end are kept."""
+    if tuple(old_grid) == tuple(new_grid):
+        return table
+    old = (2 * old_grid[0] - 1, 2 * old_grid[1] - 1)
+    new = (2 * new_grid[0] - 1, 2 * new_grid[1] - 1)
+    heads = table.shape[1]
+    body, cls_entries = table[: old[0] * old[1]], table[old[0] * old[1]:]
+    plane = body.T.reshape(1, heads, *old).float()
+    body = F.interpolate(plane, size=new, mode="bicubic", align_corners=False).reshape(heads, -1).T
+    return torch.cat([body.to(table.dtype), cls_entries])
+
+
+class RelPosBias(nn.Module):
+    """BEiT's relative position bias, as MMSegmentation's `BEiT` and `MAE` backbones use it: one
+    learned scalar per head for every 2-D offset between two patches, and with a cls token three
+    more (cls to patch, patch to cls, cls to itself), indexed as BEiT does (timm's
+    `gen_relative_position_index`), so their tables load unchanged. Zero at start, as MAE's
+    fine-tuning initialises it. For another grid the table is resampled (`resize_bias_table`)."""
+
+    def __init__(self, grid: tuple[int, int], num_heads: int, cls_token: bool):
+        super().__init__()
+        self.grid = tuple(grid)
+        self.cls_token = cls_token
+        self.extra = 3 if cls_token else 0
+        entries = (2 * grid[0] - 1) * (2 * grid[1] - 1) + self.extra
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(entries, num_heads))
+        # Derived from the grid, so not saved: a checkpoint's copy (MMSegmentation saves one) is not needed.
+        self.register_buffer("index", gen_relative_position_index(self.grid, class_token=cls_token), False)
+
+    def forward(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(heads, N, N) additive attention bias for the tokens of a `grid` (cls first if any)."""
+        grid = tuple(grid)
+        table, index = self.relative_position_bias_table, self.index
+        if grid != self.grid:
+            table = resize_bias_table(table, self.grid, grid, self.extra)
+            index = gen_relative_position_index(grid, class_token=self.cls_token, device=table.device)
+        return table[index].permute(2, 0, 1)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through `scaled_dot_product_attention`, with an optional
-    decomposed relative position bias (ViTDet) passed to it as an additive mask."""
+    relative position bias passed to it as an additive mask: decomposed (ViTDet, `rel_pos_size`)
+    or BEiT's table (`rel_pos_bias_size`, with cls entries when `cls_token`)."""
 
     def __init__(
         self,
@@ -32,10 +76,14 @@ class Attention(nn.Module):
         num_heads: int,
         qkv_bias: bool = True,
         rel_pos_size: tuple[int, int] | None = None,
+        rel_pos_bias_size: tuple[int, int] | None = None,
+        cls_token: bool = False,
     ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
+        if rel_pos_size is not None and rel_pos_bias_size is not None:
+            raise ValueError("choose one relative position scheme: decomposed (ViTDet) or BEiT's table")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -45,6 +93,7 @@ class Attention(nn.Module):
             # Zero at start, so a checkpoint without relative positions behaves exactly as before.
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_size[0] - 1, self.head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size[1] - 1, self.head_dim))
+        self.rel_pos_bias = RelPosBias(rel_pos_bias_size, num_heads, cls_token) if rel_pos_bias_size else None
 
     def rel_pos_terms(self, q: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Decomposed relative position (ViTDet) from the unscaled queries: for the query at grid
@@ -90,10 +139,12 @@ class Attention(nn.Module):
         """(B, N, 3 * dim) projected tokens -> (B, N, dim) attention output before `proj`."""
         b, n, three_dim = qkv.shape
         q, k, v = qkv.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if (self.use_rel_pos or self.rel_pos_bias is not None) and grid is None:
+            raise ValueError("relative position bias needs the token grid (gh, gw)")
         if self.use_rel_pos:
-            if grid is None:
-                raise ValueError("relative position bias needs the token grid (gh, gw)")
             x = self.attend_with_rel_pos(q, k, v, grid)
+        elif self.rel_pos_bias is not None:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=self.rel_pos_bias(grid).to(q.dtype))
         else:
             x = F.scaled_dot_product_attention(q, k, v)
         return x.transpose(1, 2).reshape(b, n, three_dim // 3)
@@ -126,7 +177,8 @@ def window_unpartition(
 
 class Block(nn.Module):
     """Pre-norm transformer block. Takes tokens (B, N, C), or a token map (B, H, W, C) when it
-    attends within windows or uses relative positions, which both need the 2-D layout."""
+    attends within windows or uses relative positions, which both need the 2-D layout. Tokens
+    with a BEiT bias table (cls token first) come with their `grid` instead."""
 
     def __init__(
         self,
@@ -139,12 +191,17 @@ class Block(nn.Module):
         act_layer: type[nn.Module] = nn.GELU,
         window_size: int = 0,
         rel_pos_size: tuple[int, int] | None = None,
+        rel_pos_bias_size: tuple[int, int] | None = None,
+        cls_token: bool = False,
         init_values: float | None = None,
     ):
         super().__init__()
         self.window_size = window_size
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rel_pos_size=rel_pos_size)
+        self.attn = Attention(
+            dim, num_heads, qkv_bias=qkv_bias, rel_pos_size=rel_pos_size,
+            rel_pos_bias_size=rel_pos_bias_size, cls_token=cls_token,
+        )
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim)
@@ -167,8 +224,8 @@ class Block(nn.Module):
         out = self.attn.attend(windows, (self.window_size, self.window_size))
         return self.attn.proj(window_unpartition(out, self.window_size, padded_size, (h, w)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         y = self.norm1(x)
-        y = self._attend_map(y) if x.ndim == 4 else self.attn(y)
+        y = self._attend_map(y) if x.ndim == 4 else self.attn(y, grid)
         x = x + self.drop_path(self.ls1(y))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
