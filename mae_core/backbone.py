@@ -67,7 +67,7 @@ class ViTBackbone(VisionTransformer):
         if cls_token_in_attention and window_size:
             raise ValueError("cls_token_in_attention needs global attention in every block (window_size=0)")
         if use_rel_pos and rel_pos_bias:
-            raise ValueError("use_rel_pos (decomposed, ViTDet) and rel_pos_bias (BEiT table) exclude each other")
+            raise ValueError("use_rel_pos (decomposed, ViTDet) and rel_pos_bias (BEiT) exclude each other")
 
         def block_kwargs(i: int) -> dict:
             windowed = window_size > 0 and i not in global_blocks
