@@ -19,32 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from mae_core.catalogue import CATALOGUE, build_trunk, get_entry, trunk_feature_dim  # noqa: E402
-from mae_core.checkpoint import save_checkpoint  # noqa: E402
-from mae_core.config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from mae_app.probe import (  # noqa: E402
-    Classifier,
-    GlobalPool,
-    extract_features,
-    fine_tune,
-    freeze_all_but_last_blocks,
-    knn_accuracy,
-    labelled_loader,
-    train_linear_probe,
-)
-
-MODES = ("knn", "linear", "partial", "finetune")
+from mae_app.classify import MODES, ClsEval, evaluate
+from mae_core.catalogue import CATALOGUE
+from mae_core.config import IMAGENET_MEAN, IMAGENET_STD
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None) -> tuple[ClsEval, Path | None]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="folder with train/ and val/ class folders")
     p.add_argument("--backbone", default="vit_mae",
@@ -72,87 +54,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-backbone", type=Path, default=None,
                    help="after full fine-tuning, write the trained ViT backbone here (official layout)")
     p.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
-    return p.parse_args(argv)
-
-
-def make_trunk(args: argparse.Namespace, final_norm: bool = False) -> torch.nn.Module:
-    """`final_norm` (ViTs only) keeps the encoder's last LayerNorm on the output tokens."""
-    kwargs = {}
-    if get_entry(args.backbone).kind == "vit":
-        kwargs.update(arch=args.arch, img_size=args.img_size, final_norm=final_norm)
-        if args.patch_size:
-            kwargs["patch_size"] = args.patch_size
-    return build_trunk(args.backbone, args.checkpoint, allow_pickle=args.allow_pickle, **kwargs)
-
-
-def loaders(args: argparse.Namespace, train_aug: bool):
-    common = dict(img_size=args.img_size, batch_size=args.batch_size, mean=args.mean, std=args.std,
-                  num_workers=args.num_workers, seed=args.seed)
-    return (labelled_loader(args.data / "train", train=train_aug, **common),
-            labelled_loader(args.data / "val", train=False, **common))
-
-
-def frozen_protocols(args: argparse.Namespace, results: dict) -> None:
-    """k-NN and linear probe on features computed once (final norm applied for ViTs: MAE trains it)."""
-    trunk = make_trunk(args, final_norm=True).eval()
-    train_loader, val_loader = loaders(args, train_aug=False)
-    encode = GlobalPool(trunk)
-    train = extract_features(encode, tqdm(train_loader, desc="features train", leave=False))
-    val = extract_features(encode, tqdm(val_loader, desc="features val", leave=False))
-    num_classes = len(train_loader.dataset.classes)
-    results.update(num_classes=num_classes, num_train=len(train[0]), num_val=len(val[0]))
-    if "knn" in args.mode:
-        results["knn_acc"] = knn_accuracy(*train, *val, num_classes, args.k, args.temperature)
-    if "linear" in args.mode:
-        probe = train_linear_probe(*train, *val, num_classes, epochs=args.probe_epochs, lr=args.probe_lr,
-                                   seed=args.seed)
-        results["linear_acc"] = probe.accuracy
-
-
-def tuned_protocol(args: argparse.Namespace, partial: bool, results: dict) -> None:
-    torch.manual_seed(args.seed)
-    trunk = make_trunk(args)
-    train_loader, val_loader = loaders(args, train_aug=True)
-    model = Classifier(trunk, trunk_feature_dim(trunk), len(train_loader.dataset.classes))
-    if partial:
-        freeze_all_but_last_blocks(model, args.blocks)
-    desc = "partial fine-tuning" if partial else "fine-tuning"
-    result = fine_tune(model, train_loader, val_loader, args.epochs, lr=args.lr,
-                       weight_decay=args.weight_decay, layer_decay=args.layer_decay,
-                       progress=lambda epochs: tqdm(epochs, desc=desc, unit="epoch"))
-    results["partial_acc" if partial else "finetune_acc"] = result.accuracy
-    results["partial_history" if partial else "finetune_history"] = result.history
-    if not partial and args.save_backbone:
-        net = trunk.net
-        arch = {"embed_dim": net.embed_dim, "depth": net.depth, "num_heads": net.blocks[0].attn.num_heads,
-                "patch_size": net.patch_size, "img_size": list(net.img_size), "in_chans": net.in_chans}
-        save_checkpoint({"model": net.state_dict(), "arch": arch}, args.save_backbone)
-        results["saved_backbone"] = str(args.save_backbone)
+    args = vars(p.parse_args(argv))
+    output = args.pop("output")
+    try:
+        return ClsEval(**args), output
+    except ValueError as exc:
+        p.error(str(exc))
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.save_backbone and ("finetune" not in args.mode or get_entry(args.backbone).kind != "vit"):
-        print("error: --save-backbone needs --mode finetune and a vit_* backbone", file=sys.stderr)
-        return 2
-    torch.manual_seed(args.seed)
-    results = {"backbone": args.backbone, "checkpoint": args.checkpoint, "data": str(args.data),
-               "seed": args.seed, "img_size": args.img_size}
-    start = time.time()
-    if {"knn", "linear"} & set(args.mode):
-        frozen_protocols(args, results)
-    if "partial" in args.mode:
-        tuned_protocol(args, partial=True, results=results)
-    if "finetune" in args.mode:
-        tuned_protocol(args, partial=False, results=results)
-    results["seconds"] = round(time.time() - start, 1)
+    ev, output = parse_args(argv)
+    results = evaluate(ev)
     for key in ("knn_acc", "linear_acc", "partial_acc", "finetune_acc"):
         if key in results:
             print(f"{key:13s} {100 * results[key]:.2f}%")
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        print(f"results written to {args.output}")
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        print(f"results written to {output}")
     return 0
 
 
