@@ -14,12 +14,10 @@ import dataclasses
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from mae_core.data import DatasetNotFoundError  # noqa: E402
-from mae_app.demo_data import DemoDataSpec, build_demo_data  # noqa: E402
+from mae_app.demo_data import DemoDataSpec, build_demo_data
+from mae_core.data import DatasetNotFoundError
 
 
 def parse_args(argv=None) -> tuple[Path, DemoDataSpec]:
