@@ -22,14 +22,10 @@ from torch.utils.data import DataLoader
 
 from mae_core.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from mae_core.data import ImageFolder, eval_transform, pretrain_transform
+from mae_core.distributed import unwrap
 from mae_core.engine import LRSchedule
 from mae_core.layer_decay import find_layered_modules, param_groups
 from mae_core.vit import VisionTransformer, layer_norm
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel (or any wrapper exposing `.module`)."""
-    return getattr(model, "module", model)
 
 
 class GlobalPool(nn.Module):
@@ -137,7 +133,10 @@ class LinearProbe(nn.Module):
 
 
 @dataclass
-class ProbeResult:
+class TrainedClassifier:
+    """What training a classifier gave (a linear probe on features, or a fine-tuned encoder with its
+    head): the final val accuracy and the per-epoch history."""
+
     accuracy: float
     history: list[dict] = field(default_factory=list)
 
@@ -153,7 +152,7 @@ def train_linear_probe(
     batch_size: int = 256,
     weight_decay: float = 0.0,
     seed: int = 0,
-) -> ProbeResult:
+) -> TrainedClassifier:
     """SGD with momentum and a cosine schedule on fixed features; accuracy on the val features."""
     generator = torch.Generator().manual_seed(seed)
     probe = LinearProbe(train_feats.shape[1], num_classes)
@@ -181,7 +180,7 @@ def train_linear_probe(
     probe.eval()
     with torch.no_grad():
         accuracy = (probe(val_feats).argmax(dim=1) == val_labels).float().mean().item()
-    return ProbeResult(accuracy, history)
+    return TrainedClassifier(accuracy, history)
 
 
 class Classifier(nn.Module):
@@ -247,7 +246,7 @@ def fine_tune(
     label_smoothing: float = 0.1,
     device="cpu",
     progress: Callable | None = None,
-) -> ProbeResult:
+) -> TrainedClassifier:
     """AdamW over `param_groups` (layer-wise lr decay, no decay on norms/biases/tokens), cosine
     schedule with warmup; only parameters with requires_grad train. Val accuracy after each
     epoch goes into the history; the result holds the last one."""
@@ -276,7 +275,7 @@ def fine_tune(
             step += 1
         accuracy = evaluate_classifier(model, val_loader, device)
         history.append({"epoch": epoch, "loss": running / max(1, steps_per_epoch), "val_acc": accuracy})
-    return ProbeResult(history[-1]["val_acc"] if history else evaluate_classifier(model, val_loader, device),
+    return TrainedClassifier(history[-1]["val_acc"] if history else evaluate_classifier(model, val_loader, device),
                        history)
 
 
@@ -338,9 +337,9 @@ class KNNMonitorHook:
 
 
 __all__ = [
-    "Classifier", "GlobalPool", "KNNMonitor", "KNNMonitorHook", "LinearProbe", "ProbeResult",
+    "Classifier", "GlobalPool", "KNNMonitor", "KNNMonitorHook", "LinearProbe", "TrainedClassifier",
     "evaluate_classifier",
     "extract_features", "labelled_loader", "fine_tune", "freeze_all_but_last_blocks", "knn_accuracy",
     "knn_predict",
-    "train_linear_probe", "unwrap", "vit_token_features",
+    "train_linear_probe", "vit_token_features",
 ]

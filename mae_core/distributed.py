@@ -61,3 +61,10 @@ def all_gather_objects(obj) -> list:
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a (Distributed)DataParallel wrapper, or the model itself: the one place
+    that says how a wrapped model is reached (its parameter names carry no `module.` prefix)."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model

@@ -128,10 +128,6 @@ class VisionTransformer(nn.Module):
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {self.patch_size}")
 
-    def no_weight_decay(self) -> set[str]:
-        """Names excluded from weight decay besides norms and biases (MAE, timm convention)."""
-        return {"cls_token", "pos_embed", "mask_token", "decoder_pos_embed"}
-
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         """All patches through the encoder: (B, 1 + gh*gw, D) normalised tokens, cls first."""
         self.check_input(imgs, fixed_size=True)
