@@ -70,8 +70,8 @@ class Recipe:
     def vit_options(self) -> dict:
         """The ViT backbone of detection and segmentation, as the demo configs build it: ViTDet-style
         windows at the scene size (32x32 tokens), two global blocks, pretrained at the image size."""
-        return {"arch": self.arch, "img_size": self.data.scene_size, "pretrain_img_size": self.data.image_size,
-                "window_size": 8, "global_blocks": (1, 3)}
+        return {"arch": self.arch, "img_size": self.data.scene_size,
+                "pretrain_img_size": self.data.image_size, "window_size": 8, "global_blocks": (1, 3)}
 
 
 @dataclass
@@ -99,7 +99,8 @@ class DemoOptions:
             if name in ("vit_mae", "vit_random"):
                 raise ValueError(f"--also: {name} is always compared")
         if self.mask_ratio_sweep and self.mask_ratio not in SWEEP:
-            raise ValueError(f"--mask-ratio must be one of the sweep's ratios {SWEEP} with --mask-ratio-sweep")
+            raise ValueError(f"--mask-ratio must be one of the sweep's ratios {SWEEP} "
+                             "with --mask-ratio-sweep")
 
 
 def spec_argv(spec: DemoDataSpec) -> list[str]:
@@ -125,7 +126,8 @@ def detection_overrides(backbone: str, checkpoint: str | None, data: Path, outpu
         f"dataloader.test.dataset.json_file='{coco / 'annotations/instances_val.json'}'",
         f"dataloader.test.dataset.image_root='{coco / 'val'}'",
         f"train.max_iter={iters}", f"train.eval_period={iters}", f"train.checkpointer.period={iters}",
-        f"train.log_period={max(1, min(20, iters))}", f"train.seed={seed}", f"train.output_dir='{output_dir}'",
+        f"train.log_period={max(1, min(20, iters))}", f"train.seed={seed}",
+        f"train.output_dir='{output_dir}'",
     ]
 
 
@@ -139,8 +141,10 @@ def segmentation_overrides(backbone: str, checkpoint: str | None, data: Path, se
     return out + [
         *(f"{split}_dataloader.dataset.data_root={data / 'ade'}" for split in ("train", "val", "test")),
         f"train_cfg.max_iters={iters}", f"train_cfg.val_interval={iters}",
-        f"default_hooks.checkpoint.interval={iters}", f"default_hooks.logger.interval={max(1, min(20, iters))}",
-        f"param_scheduler.0.end={warmup}", f"param_scheduler.1.begin={warmup}", f"param_scheduler.1.end={iters}",
+        f"default_hooks.checkpoint.interval={iters}",
+        f"default_hooks.logger.interval={max(1, min(20, iters))}",
+        f"param_scheduler.0.end={warmup}", f"param_scheduler.1.begin={warmup}",
+        f"param_scheduler.1.end={iters}",
         f"randomness.seed={seed}",
     ]
 
@@ -232,8 +236,8 @@ class Demo:
     def pictures(self) -> None:
         self.step("3/7 reconstruction pictures")
         folder = self.out / "pictures"
-        self.run([PYTHON, tool("visualize_mae"), str(self.checkpoint(self.options.mask_ratio)), "--num-images",
-                  "4", "--output-dir", str(folder)], folder / ".done", folder / "log.txt")
+        self.run([PYTHON, tool("visualize_mae"), str(self.checkpoint(self.options.mask_ratio)),
+                  "--num-images", "4", "--output-dir", str(folder)], folder / ".done", folder / "log.txt")
         print(f"    pictures in {folder}")
 
     def plan(self) -> list[dict]:
@@ -276,9 +280,10 @@ class Demo:
         else:
             command = [PYTHON, tool("train_seg"), str(SEG_CONFIG), "--work-dir", str(folder), "--cfg-options",
                        *segmentation_overrides(backbone, checkpoint, self.data, seed, r.seg_iters)]
-        options = {"out_channels": PYRAMID_CHANNELS, **(r.vit_options() if backbone.startswith("vit_") else {})}
-        run = {"task": task, "backbone": backbone, "seed": seed, "img_size": r.data.scene_size, "batch_size": 2,
-               "checkpoint": checkpoint, "backbone_kwargs": options}
+        vit = r.vit_options() if backbone.startswith("vit_") else {}
+        options = {"out_channels": PYRAMID_CHANNELS, **vit}
+        run = {"task": task, "backbone": backbone, "seed": seed, "img_size": r.data.scene_size,
+               "batch_size": 2, "checkpoint": checkpoint, "backbone_kwargs": options}
         return {"run": run, "output_dir": str(folder), "command": command}
 
     @property

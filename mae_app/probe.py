@@ -275,8 +275,8 @@ def fine_tune(
             step += 1
         accuracy = evaluate_classifier(model, val_loader, device)
         history.append({"epoch": epoch, "loss": running / max(1, steps_per_epoch), "val_acc": accuracy})
-    return TrainedClassifier(history[-1]["val_acc"] if history else evaluate_classifier(model, val_loader, device),
-                       history)
+    accuracy = history[-1]["val_acc"] if history else evaluate_classifier(model, val_loader, device)
+    return TrainedClassifier(accuracy, history)
 
 
 class KNNMonitor:

@@ -60,10 +60,10 @@ def path_hacks(path: Path) -> list[str]:
     """`sys.path` edits and loading modules by file (`spec_from_file_location`)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", None) == "sys":
+        name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", None)
+        if isinstance(node, ast.Attribute) and name == "path" and getattr(node.value, "id", None) == "sys":
             found.append(f"line {node.lineno}: sys.path")
-        if isinstance(node, ast.Attribute | ast.Name) and getattr(node, "attr", getattr(node, "id", None)) == \
-                "spec_from_file_location":
+        if name == "spec_from_file_location":
             found.append(f"line {node.lineno}: spec_from_file_location")
     return found
 

@@ -21,7 +21,8 @@ from mae_app.bench.common import device_from_arg, machine_description, setup_thr
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suites", default="det,seg", help="det (vs Detectron2), seg (vs MMSegmentation)")
     parser.add_argument("--sizes", default="512,1024", help="det sizes; seg always runs at 512")
     parser.add_argument("--modes", default="fwd,fwdbwd")

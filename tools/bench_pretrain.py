@@ -23,7 +23,8 @@ from mae_app.bench.pretrain import CONFIGS, Options, bench_config, report
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="tiny,base,large", help=f"comma list of {', '.join(CONFIGS)}")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma list of fp32, bf16")
     parser.add_argument("--rounds", type=int, default=3)

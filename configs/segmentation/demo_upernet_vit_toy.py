@@ -32,7 +32,8 @@ model = dict(
     neck=None,
     decode_head=dict(in_channels=[width] * 4, channels=64, num_classes=len(classes),
                      loss_decode=dict(class_weight=class_weight)),
-    auxiliary_head=dict(in_channels=width, num_classes=len(classes), loss_decode=dict(class_weight=class_weight)),
+    auxiliary_head=dict(in_channels=width, num_classes=len(classes),
+                        loss_decode=dict(class_weight=class_weight)),
     test_cfg=dict(_delete_=True, mode="whole"),
 )
 demo_dataset = dict(

@@ -342,12 +342,14 @@ def suite_rows(r: dict, mode: str) -> tuple[list, list[str]]:
     if ours_mem and peer_mem and mode == "fwdbwd" and peer_mem["step_peak_gib"] > 0 and r["suite"] == "det":
         ratio = ours_mem["step_peak_gib"] / peer_mem["step_peak_gib"]
         goals.append(f"- {r['suite']} {r['size']} fwdbwd peak memory above the model: {ratio:.2f}x {peer}'s "
-                     f"(goal at 1024 <= {GOAL_DET_MEMORY_RATIO:.2f}x: {reached(ratio <= GOAL_DET_MEMORY_RATIO)})")
+                     f"(goal at 1024 <= {GOAL_DET_MEMORY_RATIO:.2f}x: "
+                     f"{reached(ratio <= GOAL_DET_MEMORY_RATIO)})")
     return rows, goals
 
 
 HEADER = ["suite", "size", "mode", "implementation", "s (median)", "min-max",
-          "peer time / this (median of per-round ratios)", "% of matmul FLOP/s", "step peak GiB (above model)",
+          "peer time / this (median of per-round ratios)", "% of matmul FLOP/s",
+          "step peak GiB (above model)",
           "process peak GiB"]
 
 
@@ -358,7 +360,8 @@ def report(results: list[dict], opts: Options, command: str) -> str:
             mode_rows, mode_goals = suite_rows(r, mode)
             rows += mode_rows
             goals += mode_goals
-    matmul = ", ".join(f"{r['suite']} {r['size']}: {r['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s" for r in results)
+    matmul = ", ".join(f"{r['suite']} {r['size']}: {r['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s"
+                       for r in results)
     return "\n".join([
         f"Machine: {machine_description()}",
         f"Command: {command}",

@@ -218,9 +218,12 @@ def timing_cases(models, imgs, noise, device, opts: Options) -> tuple[dict, dict
             cases[f"{key}/{precision}"] = make_step(model, optimizers[key], imgs, noise, device, precision)
         if opts.ablations:
             foreach = make_optimizer(tk, fused=False)
-            cases[f"toolkit[adamw foreach]/{precision}"] = make_step(tk, foreach, imgs, noise, device, precision)
+            cases[f"toolkit[adamw foreach]/{precision}"] = make_step(
+                tk, foreach, imgs, noise, device, precision
+            )
             cases[f"toolkit[sdpa math]/{precision}"] = make_step(
-                tk, optimizers["toolkit"], imgs, noise, device, precision, lambda: sdpa_kernel(SDPBackend.MATH)
+                tk, optimizers["toolkit"], imgs, noise, device, precision,
+                lambda: sdpa_kernel(SDPBackend.MATH),
             )
         if compiled is not None:
             cases[f"toolkit[compiled]/{precision}"] = make_step(
@@ -310,7 +313,8 @@ def mask_token_row(r: dict, precision: str) -> tuple[list | None, str | None]:
            f"{flop_ratio:.2f}x", f"{100 * share:.0f}%"]
     goal = (f"- {r['config']} {precision}: mask-token/visible time ratio {time_ratio:.2f}x = "
             f"{100 * share:.0f}% of the FLOP ratio {flop_ratio:.2f}x (goal >= "
-            f"{100 * GOAL_MASK_TOKEN_TIME_OVER_FLOPS:.0f}%: {reached(share >= GOAL_MASK_TOKEN_TIME_OVER_FLOPS)})")
+            f"{100 * GOAL_MASK_TOKEN_TIME_OVER_FLOPS:.0f}%: "
+            f"{reached(share >= GOAL_MASK_TOKEN_TIME_OVER_FLOPS)})")
     return row, goal
 
 
@@ -342,8 +346,8 @@ def report(results: list[dict], opts: Options, command: str) -> str:
                 mask_rows.append(row)
                 goals.append(goal)
     out += ["### MAE training step", "", markdown_table(STEP_HEADER, rows), ""]
-    out += ["### Mask tokens in the encoder vs visible patches only", "", markdown_table(MASK_HEADER, mask_rows),
-            ""]
+    out += ["### Mask tokens in the encoder vs visible patches only", "",
+            markdown_table(MASK_HEADER, mask_rows), ""]
     if ablation_rows:
         out += ["### Variants of the toolkit step: one fast path switched off, or torch.compile on", "",
                 markdown_table(VARIANT_HEADER, ablation_rows), ""]
