@@ -33,6 +33,9 @@ class ModelConfig:
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
     masking: str = "random"  # a name in mae_core.masking.MASKING
+    # The strategy's parameters, e.g. {"sigma": 2.0, "band": "low"} for filtered_noise; checked
+    # against its constructor when the model is built (mae_core.masking.build_masking).
+    masking_args: dict = field(default_factory=dict)
     # None keeps the size preset's decoder (mae_core.mae.PAPER_DECODER / TOY_DECODERS).
     decoder_embed_dim: int | None = None
     decoder_depth: int | None = None

@@ -69,6 +69,8 @@ def model_arch(cfg: ModelConfig) -> dict:
         "mask_ratio": cfg.mask_ratio,
         "norm_pix_loss": cfg.norm_pix_loss,
         "masking": cfg.masking,
+        # Only when set, so the records of runs from before masking_args existed stay equal.
+        **({"masking_args": dict(cfg.masking_args)} if cfg.masking_args else {}),
         "drop_path_rate": cfg.drop_path_rate,
     }
 
@@ -77,7 +79,7 @@ def mae_from_arch(arch: dict) -> MaskedAutoencoder:
     kwargs = dict(arch)
     kwargs.pop("name", None)
     kwargs["img_size"] = tuple(kwargs["img_size"])
-    kwargs["masking"] = build_masking(kwargs.pop("masking", "random"))
+    kwargs["masking"] = build_masking(kwargs.pop("masking", "random"), **kwargs.pop("masking_args", {}))
     return MaskedAutoencoder(**kwargs)
 
 
@@ -368,6 +370,7 @@ class _Pretrainer:
             lr = self.schedule(self.iteration)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
+            self.model.set_progress(self.iteration / self.schedule.total_steps)  # for hard_patches' ramp
             loss, grad_norm = self.train_step(batches)
             self.iteration += 1
             pending.append(loss)

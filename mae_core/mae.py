@@ -1,5 +1,9 @@
 """Masked autoencoder (He et al. 2021), read top to bottom: patchify, masking, encoder on the
-visible patches only, light decoder with a shared mask token, MSE on the masked patches."""
+visible patches only, light decoder with a shared mask token, MSE on the masked patches.
+
+Masking strategies (`mae_core.masking`) score patches; the forward keeps the lowest-scoring
+`len_keep`. Informed strategies get the batch, its patch embeddings and, for hard-patch mining, the
+prediction of a loss head the model holds (`decoder_loss_pred`) and trains with an auxiliary loss."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import torch
 from torch import nn
 
 from .layers import Block
-from .masking import RandomMasking
+from .masking import MaskingInputs, RandomMasking
 from .pos_embed import sincos_2d
 from .vit import VisionTransformer, get_arch, layer_norm
 
@@ -33,9 +37,11 @@ def unpatchify(x: torch.Tensor, patch_size: int, grid: tuple[int, int], channels
 
 
 class MAEOutput(NamedTuple):
-    loss: torch.Tensor
+    loss: torch.Tensor  # what is optimised: pixel_loss, plus aux_loss when there is one
     pred: torch.Tensor  # (B, L, p*p*C), in the (normalised) target space
     mask: torch.Tensor  # (B, L), 1 = masked (predicted), 0 = visible
+    pixel_loss: torch.Tensor | None = None  # MSE on the masked patches
+    aux_loss: torch.Tensor | None = None  # the masking head's own loss (hard_patches), else None
 
 
 class MaskedAutoencoder(VisionTransformer):
@@ -91,6 +97,9 @@ class MaskedAutoencoder(VisionTransformer):
         nn.init.normal_(self.mask_token, std=0.02)
         for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             module.apply(_reinit)
+        # A pretraining-only head, named decoder_* so that exports and backbones drop it with the decoder.
+        self.decoder_loss_pred = self.masking.build_head(embed_dim)
+        self.progress = 0.0
 
     @property
     def num_patches(self) -> int:
@@ -99,29 +108,71 @@ class MaskedAutoencoder(VisionTransformer):
     def num_visible(self, mask_ratio: float) -> int:
         return int(self.num_patches * (1 - mask_ratio))
 
-    def random_masking(
-        self, batch: int, mask_ratio: float, noise: torch.Tensor | None, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ids_keep (B, len_keep), mask (B, L; 1 = masked) and ids_restore (B, L)."""
-        len_keep = self.num_visible(mask_ratio)
+    def set_progress(self, fraction: float) -> None:
+        """Tells the masking how far training is (0 = start, 1 = end); hard_patches ramps with it.
+        The engine sets it from the optimizer step before every step, so resume restores it."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"training progress must be in [0, 1], got {fraction}")
+        self.progress = float(fraction)
+
+    def _check_scores(self, name: str, values: torch.Tensor, batch: int) -> None:
+        if values.shape != (batch, self.num_patches):
+            raise ValueError(f"{name} must have shape {(batch, self.num_patches)}, got {tuple(values.shape)}")
+
+    def mask_scores(
+        self, imgs: torch.Tensor, tokens: torch.Tensor, num_masked: int, noise: torch.Tensor | None,
+        predicted_loss: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """(B, L) scores from the strategy: its random draw (`noise`, drawn here when None) as is,
+        or, for an informed strategy, combined with the batch's signals (no gradient flows)."""
+        b = imgs.shape[0]
         if noise is None:
-            noise = self.masking(batch, self.grid_size, self.num_patches - len_keep, device)
-        elif noise.shape != (batch, self.num_patches):
-            raise ValueError(f"noise must have shape {(batch, self.num_patches)}, got {tuple(noise.shape)}")
-        ids_shuffle = torch.argsort(noise, dim=1)
+            noise = self.masking(b, self.grid_size, num_masked, imgs.device)
+        self._check_scores("noise", noise, b)
+        if not self.masking.informed:
+            return noise
+        with torch.no_grad():
+            predicted = None if predicted_loss is None else predicted_loss.detach()
+            inputs = MaskingInputs(imgs, tokens.detach(), predicted, self.progress, num_masked)
+            return self.masking.scores(noise, inputs)
+
+    @staticmethod
+    def mask_from_scores(
+        scores: torch.Tensor, len_keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keeps the `len_keep` lowest scores per sample: ids_keep (B, len_keep), mask (B, L;
+        1 = masked) and ids_restore (B, L)."""
+        ids_shuffle = torch.argsort(scores, dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         mask = (ids_restore >= len_keep).to(torch.float32)
         return ids_shuffle[:, :len_keep], mask, ids_restore
 
     def forward_encoder(
-        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None,
+        scores: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encoded tokens (B, 1 + len_keep, D) — or (B, 1 + L, D) with mask tokens in the
-        encoder — with the mask and the permutation that restores patch order."""
+        encoder — with the mask and the permutation that restores patch order. `noise` is the
+        strategy's random draw (see `mae_core.masking`); `scores`, when given, decide the mask
+        alone, whatever the strategy."""
+        latent, mask, ids_restore, _ = self.encode(imgs, mask_ratio, noise, scores)
+        return latent, mask, ids_restore
+
+    def encode(
+        self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None, scores: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`forward_encoder` plus the loss head's prediction (B, L), None without a head. The head
+        reads the encoder's input tokens (position included) detached: no gradient into the encoder."""
         self.check_input(imgs, fixed_size=True)
-        x = self.patch_embed(imgs).flatten(1, 2) + self.pos_embed[:, 1:]
+        tokens = self.patch_embed(imgs).flatten(1, 2)
+        x = tokens + self.pos_embed[:, 1:]
         b, _, d = x.shape
-        ids_keep, mask, ids_restore = self.random_masking(b, mask_ratio, noise, x.device)
+        len_keep = self.num_visible(mask_ratio)
+        predicted_loss = None if self.decoder_loss_pred is None else self.decoder_loss_pred(x.detach())
+        if scores is None:
+            scores = self.mask_scores(imgs, tokens, self.num_patches - len_keep, noise, predicted_loss)
+        self._check_scores("scores", scores, b)
+        ids_keep, mask, ids_restore = self.mask_from_scores(scores, len_keep)
         if self.mask_tokens_in_encoder:
             masked = mask.unsqueeze(-1).to(x.dtype)
             x = x * (1 - masked) + (self.encoder_mask_token + self.pos_embed[:, 1:]) * masked
@@ -131,7 +182,7 @@ class MaskedAutoencoder(VisionTransformer):
         x = torch.cat([cls, x], dim=1)
         for blk in self.blocks:
             x = blk(x)
-        return self.norm(x), mask, ids_restore
+        return self.norm(x), mask, ids_restore, predicted_loss
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """(B, L, p*p*C) predictions for every patch, in patch order."""
@@ -157,23 +208,35 @@ class MaskedAutoencoder(VisionTransformer):
             target = (target - mean) / (var + 1.0e-6) ** 0.5
         return target
 
+    def per_patch_loss(self, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """(B, L) squared error of every patch, averaged over its values."""
+        return ((pred.float() - self.target(imgs).float()) ** 2).mean(dim=-1)
+
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error over the masked patches only."""
-        per_patch = ((pred.float() - self.target(imgs).float()) ** 2).mean(dim=-1)
-        return (per_patch * mask).sum() / mask.sum()
+        return (self.per_patch_loss(imgs, pred) * mask).sum() / mask.sum()
 
     def forward(
-        self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
+        self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None,
+        scores: torch.Tensor | None = None,
     ) -> MAEOutput:
+        """`noise`: the masking strategy's per-sample random draw (the data pipeline's), drawn here
+        when None; for random, block and filtered noise it is the mask's score, for informed
+        strategies it is combined with their signal. `scores`: a mask imposed whatever the strategy."""
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         if self.num_visible(ratio) >= self.num_patches:
             # The loss averages over masked patches: with none it would be 0/0 = NaN.
             raise ValueError(
                 f"mask_ratio {ratio} masks none of the {self.num_patches} patches; the loss needs one"
             )
-        latent, mask, ids_restore = self.forward_encoder(imgs, ratio, noise)
+        latent, mask, ids_restore, predicted_loss = self.encode(imgs, ratio, noise, scores)
         pred = self.forward_decoder(latent, ids_restore)
-        return MAEOutput(self.forward_loss(imgs, pred, mask), pred, mask)
+        per_patch = self.per_patch_loss(imgs, pred)
+        pixel = (per_patch * mask).sum() / mask.sum()
+        if predicted_loss is None:
+            return MAEOutput(pixel, pred, mask, pixel)
+        aux = self.decoder_loss_pred.loss(predicted_loss, per_patch, mask)
+        return MAEOutput(pixel + aux, pred, mask, pixel, aux)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         return unpatchify(x, self.patch_size, self.grid_size, self.in_chans)

@@ -1,24 +1,65 @@
 """Which patches the MAE encoder sees. A strategy scores every patch; the model keeps the
 lowest-scoring `len_keep` per sample (argsort), so every sample keeps exactly the same number of
-patches and a batch stays rectangular. Passing the scores as `noise` makes masking reproducible."""
+patches and a batch stays rectangular.
+
+Every strategy draws per-sample random scores with `strategy(batch, grid, num_masked, device)`.
+The data pipeline calls it once per sample under that sample's own seed (`mae_core.data`), so the
+draw is a function of (seed, epoch, sample) and resume stays exact; the model draws them itself
+only when called without `noise`.
+
+- Data-independent strategies (`random`, `block`, `filtered_noise`): the draw *is* the score.
+- Informed strategies (`hard_patches`, `salience`, `informed = True`): inside the model's forward,
+  `strategy.scores(noise, inputs)` combines the draw with a signal from the batch (`MaskingInputs`:
+  the images, the patch embeddings, the predicted per-patch loss, training progress). Only the order
+  of `noise` matters to them, as it does to argsort for the others. To impose a mask whatever the
+  strategy, pass final `scores=` to the model instead of `noise=`.
+
+A strategy that needs trained parameters returns them from `build_head(embed_dim)`; the model holds
+that module (so it is saved, optimised and restored with the model) and feeds its output in."""
 
 from __future__ import annotations
 
+import inspect
 import math
+from typing import NamedTuple
 
 import torch
+from torch import nn
+
+
+class MaskingInputs(NamedTuple):
+    """What an informed strategy may look at; nothing here carries gradients."""
+
+    imgs: torch.Tensor  # (B, C, H, W) the batch
+    # (B, L, D) patch embeddings *before* position embeddings: content only, so two identical patches
+    # at different places look identical (what salience from similarity needs).
+    tokens: torch.Tensor
+    predicted_loss: torch.Tensor | None  # (B, L) from the model's head, if the strategy built one
+    progress: float  # fraction of training done, in [0, 1]; set by the engine (`set_progress`)
+    num_masked: int
+
+
+def uniform_ranks(noise: torch.Tensor) -> torch.Tensor:
+    """`noise` replaced by its per-sample ranks, mapped to (0, 1): the same order, a known range."""
+    ranks = torch.argsort(torch.argsort(noise, dim=1), dim=1)
+    return (ranks.to(torch.float32) + 0.5) / noise.shape[1]
 
 
 class RandomMasking:
     """Uniform random masking, independently per sample (MAE default)."""
+
+    informed = False
 
     def __call__(
         self, batch: int, grid: tuple[int, int], num_masked: int, device: torch.device
     ) -> torch.Tensor:
         return torch.rand(batch, grid[0] * grid[1], device=device)
 
+    def build_head(self, embed_dim: int) -> nn.Module | None:
+        return None
 
-class BlockMasking:
+
+class BlockMasking(RandomMasking):
     """BEiT-style block-wise masking: rectangles of random area and aspect ratio are masked until
     `num_masked` patches are covered. Masked patches score in [1, 2), the rest in [0, 1), so the
     ranking tops up or trims the block mask at random to the exact count."""
@@ -58,10 +99,169 @@ class BlockMasking:
         return (blocks.float() + torch.rand(blocks.shape)).to(device)
 
 
-MASKING = {"random": RandomMasking, "block": BlockMasking}
+class FilteredNoiseMasking(RandomMasking):
+    """ColorMAE-style masks (Hinojosa et al. 2024): white noise on the patch grid, filtered, and the
+    highest values masked, so the mask's spatial spectrum follows the filter.
+
+    `band="band"` ("green" noise): a difference of Gaussians of sigma and 2 sigma patches; its gain
+    is above half its peak for frequencies 0.072 / sigma to 0.269 / sigma cycles per patch (periods
+    of 3.7 to 14 sigma patches, peak 6.5 sigma), so masked blobs of about 3 sigma patches alternate
+    evenly with visible ones. `band="low"` ("red" noise): a Gaussian of `sigma` patches, so large
+    blobs (ColorMAE found it worse). The noise is drawn on a grid padded by three outer
+    sigmas and cropped, so the FFT's wrap-around never joins opposite edges. No parameters, no
+    model-side cost: made in the data pipeline like random noise."""
+
+    BANDS = ("band", "low")
+
+    def __init__(self, sigma: float = 1.0, band: str = "band"):
+        if band not in self.BANDS:
+            raise ValueError(f"filtered_noise band must be one of {self.BANDS}, got {band!r}")
+        if not sigma > 0:
+            raise ValueError(f"filtered_noise sigma must be positive (patches), got {sigma}")
+        self.sigma = float(sigma)
+        self.band = band
+
+    def response(self, h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
+        """The filter's gain at each frequency of an (h, w) real FFT (rfft2 layout)."""
+        fy = torch.fft.fftfreq(h, device=device)[:, None]
+        fx = torch.fft.rfftfreq(w, device=device)[None, :]
+        f2 = fy**2 + fx**2
+
+        def gauss(s: float) -> torch.Tensor:  # Fourier transform of a Gaussian of s patches
+            return torch.exp(-2 * math.pi**2 * s**2 * f2)
+
+        if self.band == "low":
+            return gauss(self.sigma)
+        return gauss(self.sigma) - gauss(2 * self.sigma)
+
+    def __call__(
+        self, batch: int, grid: tuple[int, int], num_masked: int, device: torch.device
+    ) -> torch.Tensor:
+        outer = self.sigma if self.band == "low" else 2 * self.sigma
+        pad = math.ceil(3 * outer)
+        h, w = grid[0] + 2 * pad, grid[1] + 2 * pad
+        white = torch.randn(batch, h, w, device=device)
+        field = torch.fft.irfft2(torch.fft.rfft2(white) * self.response(h, w, device), s=(h, w))
+        return field[:, pad : pad + grid[0], pad : pad + grid[1]].flatten(1)
 
 
-def build_masking(name: str, **kwargs):
+class HardPatchesMasking(RandomMasking):
+    """Hard patches mining (HPM, Wang et al. 2023): a light head predicts each patch's
+    reconstruction loss; of the `num_masked` patches, the share `hard_share * progress` (0 at the
+    start of training, `hard_share` at the end) are those predicted hardest, the rest are drawn at
+    random among the others.
+
+    The head (`LossPredictor`, ~`hidden * (embed_dim + 3)` parameters, one small MLP per patch) reads
+    the encoder's input tokens, detached: it learns from its own auxiliary loss only and sends no
+    gradient into the patch embedding. Unlike the paper's predictor (a decoder branch on the visible
+    encoder tokens) it sees each patch alone, with its position: cheap, and enough to tell textured
+    from flat patches, but blind to context."""
+
+    informed = True
+
+    def __init__(self, hard_share: float = 0.5, loss_weight: float = 1.0, hidden: int = 64):
+        if not 0.0 <= hard_share <= 1.0:
+            raise ValueError(f"hard_patches hard_share must be in [0, 1], got {hard_share}")
+        self.hard_share = float(hard_share)
+        self.loss_weight = float(loss_weight)
+        self.hidden = int(hidden)
+
+    def build_head(self, embed_dim: int) -> nn.Module:
+        return LossPredictor(embed_dim, self.hidden, self.loss_weight)
+
+    def num_hard(self, num_masked: int, progress: float) -> int:
+        return round(self.hard_share * progress * num_masked)
+
+    def scores(self, noise: torch.Tensor, inputs: MaskingInputs) -> torch.Tensor:
+        if inputs.predicted_loss is None:
+            raise ValueError("hard_patches masking needs the predicted loss of its head; the model gave none")
+        scores = uniform_ranks(noise)
+        k = self.num_hard(inputs.num_masked, inputs.progress)
+        if k:  # the k hardest score above every other patch, so they are masked first
+            hardest = torch.topk(inputs.predicted_loss.float(), k, dim=1).indices
+            scores = scores.scatter_add(1, hardest, torch.ones_like(hardest, dtype=scores.dtype))
+        return scores
+
+
+class LossPredictor(nn.Module):
+    """HPM's loss head: per patch, LayerNorm -> Linear -> GELU -> Linear to one number, the
+    predicted reconstruction loss up to a per-image shift and scale (what ranking needs).
+
+    Trained on the detached true loss of the masked patches, standardised per image (mean 0, std 1
+    over its masked patches): a scale-free target that stays meaningful as the MAE loss falls."""
+
+    def __init__(self, embed_dim: int, hidden: int, loss_weight: float = 1.0):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(embed_dim), nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, 1)
+        )
+        self.loss_weight = loss_weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.net(tokens).squeeze(-1)
+
+    def loss(self, predicted: torch.Tensor, per_patch_loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`loss_weight` x MSE between prediction and standardised true loss on masked patches."""
+        target = per_patch_loss.detach().float()
+        count = mask.sum(dim=1, keepdim=True).clamp(min=1)
+        mean = (target * mask).sum(dim=1, keepdim=True) / count
+        std = (((target - mean) ** 2 * mask).sum(dim=1, keepdim=True) / count).sqrt()
+        standard = (target - mean) / (std + 1.0e-6)
+        error = (predicted.float() - standard) ** 2
+        return self.loss_weight * (error * mask).sum() / mask.sum()
+
+
+class SalienceMasking(RandomMasking):
+    """Salience from the patch embeddings (SBAM, Choi et al. 2024): with X the image's patch
+    embeddings, a patch's salience is its column sum of softmax(X Xᵀ / temperature) — how much
+    attention all patches would pay it. The masked set is drawn without replacement with
+    probability proportional to salience^strength (Gumbel-top-k on the per-sample `noise`), so the
+    most salient patches are the most likely to be masked and `strength=0` is random masking.
+
+    X is taken before position embeddings and centred per image (the mean patch embedding removed),
+    so salience is about content relative to the rest of the image: on a flat background, the many
+    identical background patches cancel and the object's patches stand out. One L x L product per
+    image, no parameters. `temperature=None` means sqrt(embedding width)."""
+
+    informed = True
+
+    def __init__(self, strength: float = 1.0, temperature: float | None = None):
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"salience temperature must be positive, got {temperature}")
+        self.strength = float(strength)
+        self.temperature = temperature
+
+    def salience(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) -> (B, L) column sums of the similarity softmax (each image's sums to L)."""
+        x = tokens.float()
+        x = x - x.mean(dim=1, keepdim=True)
+        temperature = self.temperature or math.sqrt(x.shape[-1])
+        attention = torch.softmax(x @ x.transpose(1, 2) / temperature, dim=-1)
+        return attention.sum(dim=1)
+
+    def scores(self, noise: torch.Tensor, inputs: MaskingInputs) -> torch.Tensor:
+        gumbel = -torch.log(-torch.log(uniform_ranks(noise)))
+        return self.strength * torch.log(self.salience(inputs.tokens)) + gumbel
+
+
+MASKING = {
+    "random": RandomMasking,
+    "block": BlockMasking,
+    "filtered_noise": FilteredNoiseMasking,
+    "hard_patches": HardPatchesMasking,
+    "salience": SalienceMasking,
+}
+
+
+def build_masking(name: str, **kwargs) -> RandomMasking:
+    """The strategy `name` with its parameters; an unknown name or parameter is an error naming it."""
     if name not in MASKING:
         raise KeyError(f"unknown masking {name!r}; known: {', '.join(MASKING)}")
+    accepted = list(inspect.signature(MASKING[name]).parameters)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"masking {name!r} has no parameter {', '.join(map(repr, unknown))}; it takes: "
+            f"{', '.join(accepted) or 'none'}"
+        )
     return MASKING[name](**kwargs)
