@@ -9,6 +9,7 @@ ViTMAE files into any toolkit ViT, adapting grid and patch size, and reports eve
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -23,6 +24,8 @@ from timm.layers import resample_patch_embed
 from torch import nn
 
 from .pos_embed import resample_pos_embed
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -312,6 +315,20 @@ class LoadReport:
         bad = self.missing + [k for k, _, _ in self.mismatched] + self.unexpected
         return [k for k in bad if ENCODER_KEYS.match(k)]
 
+    @property
+    def new_parts(self) -> list[str]:
+        """Model keys outside the MAE layout (a detector's relative position tables, a head): no
+        MAE checkpoint holds them, so they start from initialisation whatever the file."""
+        return [k for k in self.missing if not _in_mae_layout(k)]
+
+    @property
+    def problems(self) -> list[str]:
+        """What makes the load incomplete: model keys of the MAE layout the checkpoint lacks,
+        checkpoint keys unknown to the model, and keys of a shape that could not be adapted.
+        Resized keys (another grid, another patch size) count as loaded."""
+        missing = [k for k in self.missing if _in_mae_layout(k)]
+        return missing + self.unexpected + [k for k, _, _ in self.mismatched]
+
     def raise_if_encoder_missing(self) -> None:
         """For callers that need the whole pretrained encoder, not a partly random one."""
         if self.encoder_problems:
@@ -329,7 +346,9 @@ class LoadReport:
 
         section("resized", [f"{k} {list(old)} -> {list(new)}" for k, old, new in self.resized])
         section("ignored (not used by this model)", self.ignored)
-        section("MISSING from the checkpoint, left at initialisation", self.missing)
+        section("new in this model (no MAE checkpoint has them), left at initialisation", self.new_parts)
+        section("MISSING from the checkpoint, left at initialisation",
+                [k for k in self.missing if _in_mae_layout(k)])
         section("UNEXPECTED, unknown to this model", self.unexpected)
         section(
             "MISMATCHED shape, left at initialisation",
@@ -338,20 +357,37 @@ class LoadReport:
         return "\n".join(lines)
 
 
+class IncompleteLoadError(CheckpointError):
+    """A checkpoint that would load only partly; `report` says key by key what did not fit."""
+
+    def __init__(self, message: str, report: LoadReport):
+        super().__init__(message)
+        self.report = report
+
+
+def _in_mae_layout(key: str) -> bool:
+    return bool(ENCODER_KEYS.match(key)) or key.startswith(MAE_HEAD_PARTS)
+
+
 def _read_and_convert(source, allow_pickle: bool) -> tuple[str, ConvertedCheckpoint]:
     if isinstance(source, (str, os.PathLike)):
         return str(source), to_official_layout(read_checkpoint(source, allow_pickle), str(source))
     return "state dict", to_official_layout(source, "state dict")
 
 
-def load_pretrained(module: nn.Module, source, *, allow_pickle: bool = False) -> LoadReport:
+def load_pretrained(
+    module: nn.Module, source, *, allow_pickle: bool = False, allow_partial: bool = False
+) -> LoadReport:
     """Loads a checkpoint (path, loaded checkpoint or state dict; any layout `to_official_layout`
-    knows) into a toolkit `VisionTransformer`, `MaskedAutoencoder` or `ViTBackbone`.
+    knows) into a toolkit `VisionTransformer`, `MaskedAutoencoder` or `ViTBackbone`, completely or
+    not at all, and logs the report (logger `mae_core.checkpoint`, INFO) either way.
 
-    Position tables are resampled to the module's grid and the patch kernel to its patch size;
-    parts the module leaves out on purpose (cls token, final norm, decoder for a backbone) are
-    reported as ignored. Loading is non-strict, and the report names every key that was not
-    loaded, so print it (or call `raise_if_encoder_missing`)."""
+    Position tables are resampled to the module's grid and the patch kernel to its patch size
+    (these count as loaded); parts the module leaves out on purpose (cls token, final norm,
+    decoder for a backbone) are reported as ignored, and parts outside the MAE layout (a
+    detector's relative positions) as new. Anything else that does not fit (`LoadReport.problems`)
+    raises `IncompleteLoadError` naming the keys before the module is touched, unless the caller
+    opts in with `allow_partial=True`: then what fits is loaded and the report says what did not."""
     name, converted = _read_and_convert(source, allow_pickle)
     report = LoadReport(name, converted.source_format, ignored=list(converted.dropped))
     model_sd = module.state_dict()
@@ -368,9 +404,19 @@ def load_pretrained(module: nn.Module, source, *, allow_pickle: bool = False) ->
         if adapted is not value:
             report.resized.append((key, tuple(value.shape), tuple(adapted.shape)))
         to_load[key] = adapted
-    result = module.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
-    report.missing = [k for k in result.missing_keys if k not in {m[0] for m in report.mismatched}]
+    mismatched = {k for k, _, _ in report.mismatched}
+    report.missing = [k for k in model_sd if k not in to_load and k not in mismatched]
+    if report.problems and not allow_partial:
+        report.loaded = []
+        raise IncompleteLoadError(
+            f"{name} does not fit the model completely ({len(report.problems)} problem keys: "
+            f"{_few(report.problems, 10)}); nothing was loaded. Use a checkpoint of this architecture, "
+            f"or opt in to a partial load explicitly (allow_partial=True).\n{report}",
+            report,
+        )
+    module.load_state_dict(to_load, strict=False)
+    log.info("%s", report)
     return report
 
 

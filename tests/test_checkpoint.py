@@ -14,6 +14,7 @@ from mae_layout import official_mae_shapes, random_state_dict
 from mae_core.backbone import ViTBackbone
 from mae_core.checkpoint import (
     CheckpointError,
+    IncompleteLoadError,
     export_backbone,
     extract_state_dict,
     load_checkpoint_file,
@@ -50,13 +51,20 @@ def test_official_encoder_only_checkpoint_loads_without_missing_encoder_keys(tmp
     assert sorted(report.loaded) == sorted(sd)
     assert_loaded_exactly(vit, sd, sd)
 
-    # Into a full MAE: the encoder loads completely, every decoder key is named as missing.
+    # Into a full MAE: refused by default (the decoder would stay random), naming the decoder keys
+    # and touching nothing; with the explicit opt-in the encoder loads and the decoder is named.
     mae = MaskedAutoencoder(224, **VIT_B, decoder_embed_dim=512, decoder_depth=1, decoder_num_heads=16)
-    report = load_pretrained(mae, path)
-    report.raise_if_encoder_missing()
+    before = {k: v.clone() for k, v in mae.state_dict().items()}
     decoder_keys = [k for k in mae.state_dict() if k not in sd]
-    assert decoder_keys and sorted(report.missing) == sorted(decoder_keys)
+    with pytest.raises(IncompleteLoadError, match=r"mae_pretrain\.pth.*'mask_token'") as refused:
+        load_pretrained(mae, path)
+    assert decoder_keys and sorted(refused.value.report.problems) == sorted(decoder_keys)
+    assert all(torch.equal(v, before[k]) for k, v in mae.state_dict().items())
+    report = load_pretrained(mae, path, allow_partial=True)
+    report.raise_if_encoder_missing()
+    assert sorted(report.missing) == sorted(decoder_keys)
     assert all(k in str(report) for k in decoder_keys)
+    assert_loaded_exactly(mae, sd, sd)
 
 
 def test_official_checkpoint_with_decoder_loads_completely(tmp_path):
@@ -76,8 +84,9 @@ def test_backbone_reports_pretraining_parts_as_ignored(tmp_path):
     ]
     assert sorted(report.ignored) == sorted(pretraining_only)
     assert report.unexpected == [] and report.mismatched == []
-    # Relative positions are new in the backbone: named as missing, but the encoder is complete.
+    # Relative positions are new in the backbone (no MAE checkpoint has them): named, not an error.
     assert report.missing and all("rel_pos" in k for k in report.missing)
+    assert report.new_parts == report.missing and report.problems == []
     report.raise_if_encoder_missing()
     assert_loaded_exactly(
         backbone, sd, [k for k in sd if k.startswith(("blocks.", "patch_embed", "pos_embed"))]
@@ -254,7 +263,7 @@ def test_hugging_face_vitmae_model_without_prefix_loads_the_encoder():
     hf_encoder = ViTMAEModel(config).eval()
     assert not any(k.startswith("vit.") for k in hf_encoder.state_dict())
     mae = toolkit_mae_like(config)
-    report = load_pretrained(mae, hf_encoder.state_dict())
+    report = load_pretrained(mae, hf_encoder.state_dict(), allow_partial=True)
     report.raise_if_encoder_missing()
     assert report.missing and all(k.startswith(("decoder_", "mask_token")) for k in report.missing)
     imgs = torch.randn(2, 1, 24, 24)
@@ -270,14 +279,17 @@ def test_report_names_mismatched_keys_and_the_encoder_check_refuses_them():
     sd = vit.state_dict()
     sd["blocks.1.mlp.fc1.weight"] = torch.zeros(32, 16)  # mlp ratio 2 instead of 4
     sd["blocks.1.mlp.fc1.bias"] = torch.zeros(32)
-    before = vit.blocks[1].mlp.fc1.weight.detach().clone()
-    report = load_pretrained(vit, sd)
+    before = {k: v.clone() for k, v in vit.state_dict().items()}
+    with pytest.raises(IncompleteLoadError, match=r"2 problem keys: 'blocks\.1\.mlp\.fc1\.weight'"):
+        load_pretrained(vit, sd)
+    assert all(torch.equal(v, before[k]) for k, v in vit.state_dict().items())  # nothing loaded
+    report = load_pretrained(vit, sd, allow_partial=True)
     assert report.mismatched == [
         ("blocks.1.mlp.fc1.weight", (32, 16), (64, 16)),
         ("blocks.1.mlp.fc1.bias", (32,), (64,)),
     ]
     assert "blocks.1.mlp.fc1.weight checkpoint [32, 16] vs model [64, 16]" in str(report)
-    assert torch.equal(vit.blocks[1].mlp.fc1.weight, before)  # left as it was, and said so
+    assert torch.equal(vit.blocks[1].mlp.fc1.weight, before["blocks.1.mlp.fc1.weight"])  # left, and said so
     with pytest.raises(CheckpointError, match=r"blocks\.1\.mlp\.fc1\.weight"):
         report.raise_if_encoder_missing()
 
@@ -285,7 +297,9 @@ def test_report_names_mismatched_keys_and_the_encoder_check_refuses_them():
 def test_surplus_blocks_are_unexpected_and_fail_the_encoder_check():
     deep = VisionTransformer(32, patch_size=8, embed_dim=16, depth=3, num_heads=2)
     shallow = VisionTransformer(32, patch_size=8, embed_dim=16, depth=2, num_heads=2)
-    report = load_pretrained(shallow, deep.state_dict())
+    with pytest.raises(IncompleteLoadError, match=r"blocks\.2\."):
+        load_pretrained(shallow, deep.state_dict())
+    report = load_pretrained(shallow, deep.state_dict(), allow_partial=True)
     assert report.unexpected and all(k.startswith("blocks.2.") for k in report.unexpected)
     with pytest.raises(CheckpointError, match=r"blocks\.2\.attn\.qkv\.weight"):
         report.raise_if_encoder_missing()

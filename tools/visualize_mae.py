@@ -62,9 +62,10 @@ def load_mae(path: str | Path, arch: str | None = None, allow_pickle: bool = Fal
         model = create_mae(arch, **({} if norm_pix_loss is None else {"norm_pix_loss": norm_pix_loss}))
     else:
         raise CheckpointError(f"{path} does not record its MAE architecture; name it with --arch")
-    report = load_pretrained(model, ckpt)
-    if report.missing or report.unexpected or report.mismatched:
-        raise CheckpointError(f"{path} does not fit the model:\n{report}")
+    try:
+        load_pretrained(model, ckpt)  # completely or not at all
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     return model.eval(), ckpt
 
 
