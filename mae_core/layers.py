@@ -4,6 +4,8 @@ segmentation backbone. One Block class serves all three, so an MAE checkpoint's
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, Mlp, gen_relative_position_index
@@ -38,6 +40,16 @@ def resize_bias_table(
     return torch.cat([body.to(table.dtype), cls_entries])
 
 
+@functools.lru_cache(maxsize=8)
+def bias_index(grid: tuple[int, int], cls_token: bool, device: torch.device) -> torch.Tensor:
+    """BEiT's (N, N) index into the bias table (timm's `gen_relative_position_index`), cached so
+    that all blocks share one (8 MB at 32x32 tokens; 130 MB at 64x64, which a copy per block,
+    as MMSegmentation keeps, would multiply by the depth). Never an inference tensor, so a first
+    call under `torch.inference_mode` does not break later training."""
+    with torch.inference_mode(False):
+        return gen_relative_position_index(grid, class_token=cls_token, device=device)
+
+
 class RelPosBias(nn.Module):
     """BEiT's relative position bias, as MMSegmentation's `BEiT` and `MAE` backbones use it: one
     learned scalar per head for every 2-D offset between two patches, and with a cls token three
@@ -52,17 +64,12 @@ class RelPosBias(nn.Module):
         self.extra = 3 if cls_token else 0
         entries = (2 * grid[0] - 1) * (2 * grid[1] - 1) + self.extra
         self.relative_position_bias_table = nn.Parameter(torch.zeros(entries, num_heads))
-        # Derived from the grid, so not saved: a checkpoint's copy (MMSegmentation saves one) is not needed.
-        self.register_buffer("index", gen_relative_position_index(self.grid, class_token=cls_token), False)
 
     def forward(self, grid: tuple[int, int]) -> torch.Tensor:
         """(heads, N, N) additive attention bias for the tokens of a `grid` (cls first if any)."""
         grid = tuple(grid)
-        table, index = self.relative_position_bias_table, self.index
-        if grid != self.grid:
-            table = resize_bias_table(table, self.grid, grid, self.extra)
-            index = gen_relative_position_index(grid, class_token=self.cls_token, device=table.device)
-        return table[index].permute(2, 0, 1)
+        table = resize_bias_table(self.relative_position_bias_table, self.grid, grid, self.extra)
+        return table[bias_index(grid, self.cls_token, table.device)].permute(2, 0, 1)
 
 
 class Attention(nn.Module):
