@@ -23,6 +23,7 @@ import torch
 from timm.layers import resample_patch_embed
 from torch import nn
 
+from .layers import resize_bias_table
 from .pos_embed import resample_pos_embed
 
 log = logging.getLogger(__name__)
@@ -207,13 +208,77 @@ def _is_hugging_face(keys) -> bool:
     return any(HF_ENCODER_PREFIX.sub("", k).startswith("embeddings.patch_embeddings.") for k in keys)
 
 
+# MMSegmentation's `MAE` backbone (`mmseg.models.backbones.MAE`, BEiT's layer layout), alone or as the
+# `backbone.` of a whole segmentor checkpoint.
+MMSEG_BACKBONE_PREFIX = "backbone."
+MMSEG_TOP_LEVEL = {
+    "patch_embed.projection.weight": "patch_embed.proj.weight",
+    "patch_embed.projection.bias": "patch_embed.proj.bias",
+    "cls_token": "cls_token",
+    "pos_embed": "pos_embed",
+    "ln1.weight": "norm.weight",  # the final norm (final_norm=True)
+    "ln1.bias": "norm.bias",
+}
+MMSEG_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
+# Inside one layer: (mmseg name, toolkit name), matched as a prefix (parameter name follows).
+MMSEG_LAYER_PARTS = (
+    ("ln1.", "norm1."),
+    ("ln2.", "norm2."),
+    ("attn.qkv.", "attn.qkv."),
+    ("attn.proj.", "attn.proj."),
+    ("ffn.layers.0.0.", "mlp.fc1."),
+    ("ffn.layers.1.", "mlp.fc2."),
+    ("gamma_1", "ls1.gamma"),
+    ("gamma_2", "ls2.gamma"),
+    ("attn.relative_position_bias_table", "attn.rel_pos_bias.relative_position_bias_table"),
+)
+# Saved by mmseg but derived from the grid; the toolkit rebuilds it (`layers.RelPosBias`).
+MMSEG_DERIVED = re.compile(r"^layers\.\d+\.attn\.relative_position_index$")
+
+
+def _is_mmseg(keys) -> bool:
+    return any(k.removeprefix(MMSEG_BACKBONE_PREFIX) == "patch_embed.projection.weight" for k in keys)
+
+
+def _from_mmseg(sd: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """MMSegmentation `MAE` keys -> official layout (+ layer scale `ls1/ls2.gamma` and BEiT tables
+    `attn.rel_pos_bias.relative_position_bias_table`), and the keys dropped: a segmentor's neck and
+    heads, and the derived relative-position indices."""
+    dropped = []
+    if any(k.startswith(MMSEG_BACKBONE_PREFIX) for k in sd):
+        dropped = [k for k in sd if not k.startswith(MMSEG_BACKBONE_PREFIX)]
+        sd = {k.removeprefix(MMSEG_BACKBONE_PREFIX): v for k, v in sd.items() if k not in dropped}
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in sd.items():
+        if key in MMSEG_TOP_LEVEL:
+            out[MMSEG_TOP_LEVEL[key]] = value
+            continue
+        if MMSEG_DERIVED.match(key):
+            dropped.append(key)
+            continue
+        layer = MMSEG_LAYER.match(key)
+        part = layer[2] if layer else ""
+        target = next((new + part[len(old):] for old, new in MMSEG_LAYER_PARTS if part.startswith(old)), None)
+        if target is None:
+            unknown.append(key)
+        else:
+            out[f"blocks.{layer[1]}.{target}"] = value
+    if unknown:
+        raise CheckpointError(f"{source}: MMSegmentation MAE keys with no counterpart: {_few(unknown)}")
+    return out, dropped
+
+
 def to_official_layout(obj, source: str = "checkpoint") -> ConvertedCheckpoint:
     """Detects the layout of a loaded checkpoint (toolkit, official MAE / timm ViT, Hugging Face
-    ViTMAE) from its keys and converts it to the official MAE layout."""
+    ViTMAE, MMSegmentation MAE) from its keys and converts it to the official MAE layout."""
     arch = obj.get("arch") if isinstance(obj, Mapping) and isinstance(obj.get("arch"), Mapping) else None
     sd = extract_state_dict(obj, source)
     if _is_hugging_face(sd):
         return ConvertedCheckpoint(_from_hugging_face(sd, source), "Hugging Face ViTMAE", arch=arch)
+    if _is_mmseg(sd):
+        state_dict, dropped = _from_mmseg(sd, source)
+        return ConvertedCheckpoint(state_dict, "MMSegmentation MAE", dropped, arch=arch)
     if "patch_embed.proj.weight" in sd:
         dropped = [k for k in sd if CLASSIFIER_KEYS.match(k)]
         kept = {k: v for k, v in sd.items() if k not in dropped}
@@ -286,7 +351,20 @@ def _adapt(key: str, value: torch.Tensor, target: torch.Tensor, module, arch: di
             return resample_pos_embed(value, new_grid, old_grid, num_prefix_tokens=prefix).to(value.dtype)
     if key == "patch_embed.proj.weight" and value.ndim == 4 and value.shape[:2] == target.shape[:2]:
         return resize_patch_embed(value, tuple(target.shape[-2:]))
+    if key.endswith("rel_pos_bias.relative_position_bias_table") and value.shape[1:] == target.shape[1:]:
+        return _adapt_bias_table(value, module.get_submodule(key.rpartition(".")[0]))
     return None
+
+
+def _adapt_bias_table(value: torch.Tensor, bias) -> torch.Tensor | None:
+    """A BEiT table trained on another square grid, resampled to `bias.grid` (`layers.RelPosBias`);
+    None when its size does not fit a square grid with `bias.extra` cls entries (a table of the
+    other cls layout)."""
+    side = math.isqrt(max(value.shape[0] - bias.extra, 0))
+    if side * side != value.shape[0] - bias.extra or side % 2 == 0:
+        return None
+    old_grid = ((side + 1) // 2, (side + 1) // 2)
+    return resize_bias_table(value, old_grid, bias.grid, bias.extra)
 
 
 # --- Loading into a module -------------------------------------------------------------------------
