@@ -209,15 +209,21 @@ def _is_hugging_face(keys) -> bool:
 
 
 # MMSegmentation's `MAE` backbone (`mmseg.models.backbones.MAE`, BEiT's layer layout), alone or as the
-# `backbone.` of a whole segmentor checkpoint.
+# `backbone.` of a whole segmentor checkpoint, or an official MAE file run through MMSegmentation's
+# beit2mmseg.py (the pretrained file of its MAE recipe), which keeps `patch_embed.proj` beside
+# `patch_embed.projection` and leaves the final `norm` and a classifier's head as they were.
 MMSEG_BACKBONE_PREFIX = "backbone."
 MMSEG_TOP_LEVEL = {
     "patch_embed.projection.weight": "patch_embed.proj.weight",
     "patch_embed.projection.bias": "patch_embed.proj.bias",
+    "patch_embed.proj.weight": "patch_embed.proj.weight",
+    "patch_embed.proj.bias": "patch_embed.proj.bias",
     "cls_token": "cls_token",
     "pos_embed": "pos_embed",
     "ln1.weight": "norm.weight",  # the final norm (final_norm=True)
     "ln1.bias": "norm.bias",
+    "norm.weight": "norm.weight",
+    "norm.bias": "norm.bias",
 }
 MMSEG_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 # Inside one layer: (mmseg name, toolkit name), matched as a prefix (parameter name follows).
@@ -243,7 +249,7 @@ def _is_mmseg(keys) -> bool:
 def _from_mmseg(sd: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """MMSegmentation `MAE` keys -> official layout (+ layer scale `ls1/ls2.gamma` and BEiT tables
     `attn.rel_pos_bias.relative_position_bias_table`), and the keys dropped: a segmentor's neck and
-    heads, and the derived relative-position indices."""
+    heads, a classifier's head, and the derived relative-position indices."""
     dropped = []
     if any(k.startswith(MMSEG_BACKBONE_PREFIX) for k in sd):
         dropped = [k for k in sd if not k.startswith(MMSEG_BACKBONE_PREFIX)]
@@ -252,9 +258,12 @@ def _from_mmseg(sd: dict[str, torch.Tensor], source: str) -> tuple[dict[str, tor
     unknown = []
     for key, value in sd.items():
         if key in MMSEG_TOP_LEVEL:
-            out[MMSEG_TOP_LEVEL[key]] = value
+            name = MMSEG_TOP_LEVEL[key]
+            if name in out and not torch.equal(out[name], value):
+                raise CheckpointError(f"{source}: two different tensors for {name}, one of them {key!r}")
+            out[name] = value
             continue
-        if MMSEG_DERIVED.match(key):
+        if MMSEG_DERIVED.match(key) or CLASSIFIER_KEYS.match(key):
             dropped.append(key)
             continue
         layer = MMSEG_LAYER.match(key)
