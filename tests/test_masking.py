@@ -9,6 +9,7 @@ import torch
 from helpers_pretrain import require_fashion_mnist, toy_config
 from scipy import ndimage
 
+from mae_app.bench.masking import extra_parameters, pretrain_speed
 from mae_core.backbone import ViTBackbone
 from mae_core.checkpoint import load_pretrained, save_checkpoint
 from mae_core.config import ConfigError, ModelConfig, override
@@ -16,7 +17,6 @@ from mae_core.data import FashionMNIST, MaskedViews
 from mae_core.engine import mae_from_arch, model_arch, pretrain
 from mae_core.mae import create_mae
 from mae_core.masking import MASKING, FilteredNoiseMasking, LossPredictor, build_masking
-from mae_core.masking_bench import extra_parameters, pretrain_speed
 
 STRATEGIES = {
     "random": ("random", {}),
