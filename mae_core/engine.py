@@ -381,6 +381,9 @@ class _Pretrainer:
                 scalars = {"train/loss": losses[-1], "train/lr": lr}
                 if grad_norm is not None:
                     record["grad_norm"] = scalars["train/grad_norm"] = grad_norm.item()
+                if self.aux_loss is not None:  # loss = pixel_loss + aux_loss, the step's two parts
+                    record["aux_loss"] = scalars["train/aux_loss"] = self.aux_loss.item()
+                    record["pixel_loss"] = scalars["train/pixel_loss"] = losses[-1] - record["aux_loss"]
                 self.run_log.line(record, scalars, self.iteration)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.3g}", refresh=False)
         return losses
@@ -406,6 +409,7 @@ class _Pretrainer:
         over all processes and, when clipping, the gradient norm before clipping."""
         network = self.ddp or self.model
         total = torch.zeros((), device=self.device)
+        aux_total = torch.zeros((), device=self.device)
         for micro in range(self.accum):
             imgs, noise, skipped = next(batches)
             for message in skipped:
@@ -418,10 +422,15 @@ class _Pretrainer:
             with sync:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                     enabled=self.amp_dtype is not None):
-                    loss = network(imgs, noise=noise).loss
-                self.scaler.scale(loss / self.accum).backward()
-            total += loss.detach().float()
+                    out = network(imgs, noise=noise)
+                self.scaler.scale(out.loss / self.accum).backward()
+            total += out.loss.detach().float()
+            if out.aux_loss is not None:  # a masking head's own loss (hard_patches), logged apart
+                aux_total += out.aux_loss.detach().float()
         mean_loss = all_reduce_sum(total) / (self.accum * self.dist.world_size)
+        # This step's mean auxiliary loss (a device tensor, read at log lines); None without a head.
+        self.aux_loss = None if out.aux_loss is None else all_reduce_sum(aux_total) / (
+            self.accum * self.dist.world_size)
         grad_norm = None
         if self.cfg.optim.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)

@@ -4,6 +4,8 @@ kept out of the encoder, and each strategy's characteristic measured on what it 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from helpers_pretrain import require_fashion_mnist, toy_config
@@ -193,6 +195,14 @@ def test_resume_with_hard_patches_equals_the_uninterrupted_run(tmp_path):
         assert torch.allclose(resumed_state[name], value, atol=1e-6, rtol=0), name
     random_run = pretrain(toy_config(tmp_path / "random", {"epochs": 1}))
     assert random_run.losses != pytest.approx(straight.losses[:8], abs=1e-3)  # the strategy took part
+    # The log keeps the head's loss apart from the pixel loss (log_every=1: a record per step).
+    steps = [r for r in map(json.loads, (tmp_path / "straight/log.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert [r["loss"] for r in steps] == pytest.approx(straight.losses)
+    assert all(r["aux_loss"] > 0 and r["pixel_loss"] + r["aux_loss"] == pytest.approx(r["loss"])
+               for r in steps)
+    assert not any("aux_loss" in r or "pixel_loss" in r
+                   for r in map(json.loads, (tmp_path / "random/log.jsonl").read_text().splitlines()))
 
 
 # ---------------------------------------------------------------- hard patches: head and gradients
