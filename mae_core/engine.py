@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint_file, save_checkpoint
+from .checkpoint import load_checkpoint_file, save_checkpoint, write_atomically
 from .config import ConfigError, ModelConfig, PretrainConfig, from_dict, to_dict
 from .data import EpochSampler, MaskedViews, build_dataset, collate_views, pretrain_transform
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, close_distributed, init_distributed
@@ -39,7 +39,8 @@ LAST_CHECKPOINT = "last.pth"
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message says where and which checkpoint is good."""
+    """The loss, the gradient norm or the weights became NaN or infinite; the message says where
+    (iterations counted from 1, as in log.jsonl) and which checkpoint is good."""
 
 
 class EpochHook(Protocol):
@@ -155,6 +156,23 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def previous_checkpoints(output_dir: Path) -> list[Path]:
+    return sorted([*output_dir.glob(LAST_CHECKPOINT), *output_dir.glob("checkpoint-*.pth")])
+
+
+def non_finite_tensors(tree, prefix: str = "") -> list[str]:
+    """Dotted names of the floating tensors holding a NaN or infinity in nested dicts and lists
+    (a state dict, an optimizer state)."""
+    if isinstance(tree, torch.Tensor):
+        return [prefix] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
+    if isinstance(tree, dict):
+        items = tree.items()
+    else:
+        items = enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    return [name for key, value in items
+            for name in non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
 def instantiate_hooks(specs) -> list[EpochHook]:
     """`{"target": "package.module.Name", **kwargs}` -> `Name(**kwargs)`."""
     hooks = []
@@ -187,16 +205,29 @@ class PretrainResult:
 
 
 class _RunLog:
-    """TensorBoard scalars and JSON lines (log.jsonl), written by the main process only."""
+    """TensorBoard scalars and JSON lines (log.jsonl), written by the main process only. Records
+    past `start_iteration` (those of a killed run after its checkpoint, or of a failed run that
+    saved none) are dropped on opening, so every iteration appears once."""
 
-    def __init__(self, output_dir: Path, enabled: bool):
+    def __init__(self, output_dir: Path, enabled: bool, start_iteration: int = 0):
         self.enabled = enabled
         self.writer = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(output_dir / "tensorboard"))
+            self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_iteration + 1)
             self.jsonl = output_dir / "log.jsonl"
+            self.keep_until(start_iteration)
+
+    def keep_until(self, iteration: int) -> None:
+        if not self.jsonl.is_file():
+            return
+        lines = self.jsonl.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _record_iteration(line) <= iteration]
+        if len(kept) < len(lines):
+            log.info("%s: dropped %d records past iteration %d (written after the checkpoint this run "
+                     "starts from)", self.jsonl, len(lines) - len(kept), iteration)
+            write_atomically(self.jsonl, lambda f: f.write("".join(kept).encode()))
 
     def line(self, record: dict, scalars: dict[str, float], step: int) -> None:
         if not self.enabled:
@@ -211,14 +242,29 @@ class _RunLog:
             self.writer.close()
 
 
+def _record_iteration(line: str) -> float:
+    """The iteration of a log.jsonl line; infinite for a line cut off by a kill (dropped)."""
+    try:
+        return json.loads(line).get("iteration", 0)
+    except json.JSONDecodeError:
+        return math.inf
+
+
 def pretrain(
-    cfg: PretrainConfig, resume: str | Path | None = None, hooks: list[EpochHook] = ()
+    cfg: PretrainConfig,
+    resume: str | Path | None = None,
+    hooks: list[EpochHook] = (),
+    overwrite: bool = False,
 ) -> PretrainResult:
-    """Runs (or continues, from `resume`) pretraining as configured; one call per process."""
+    """Runs (or continues, from `resume`) pretraining as configured; one call per process.
+    `resume=LAST_CHECKPOINT` continues the output folder's own run if it has one and starts fresh
+    otherwise (a preemptible job can always pass it). A fresh run into a folder holding another
+    run's checkpoints is refused unless `overwrite` (which deletes them)."""
     joined_here = not torch.distributed.is_initialized()
     dist_info = init_distributed(cfg.device)
     try:
-        return _Pretrainer(cfg, dist_info, list(hooks) + instantiate_hooks(cfg.epoch_hooks)).run(resume)
+        pretrainer = _Pretrainer(cfg, dist_info, list(hooks) + instantiate_hooks(cfg.epoch_hooks))
+        return pretrainer.run(resume, overwrite)
     finally:
         if joined_here:  # a caller's own process group stays up
             close_distributed()
@@ -245,7 +291,10 @@ class _Pretrainer:
         # Same initial weights on every process and for every world size; then per-process RNG.
         torch.manual_seed(cfg.seed)
         self.arch = model_arch(cfg.model)
-        self.model = mae_from_arch(self.arch).to(self.device)
+        try:
+            self.model = mae_from_arch(self.arch).to(self.device)
+        except ValueError as exc:  # e.g. a mask ratio that leaves no visible patch, before any data is read
+            raise ConfigError(f"model: {exc}") from exc
         torch.manual_seed(cfg.seed + dist_info.rank)
 
         transform = pretrain_transform(cfg.data, self.model.img_size, cfg.model.in_chans)
@@ -295,6 +344,8 @@ class _Pretrainer:
         }
 
     def save(self) -> None:
+        """Writes last.pth (and a numbered checkpoint when due); the weights and optimizer state
+        were checked finite by `check_finite` first, so these names only ever hold a good state."""
         state = self.checkpoint()  # every process takes part (RNG gather)
         if self.dist.is_main:
             epoch_number = self.epoch + 1
@@ -303,11 +354,38 @@ class _Pretrainer:
             save_checkpoint(state, self.output_dir / LAST_CHECKPOINT)
         self.last_good = self.output_dir / LAST_CHECKPOINT
 
+    def check_finite(self, when: str) -> None:
+        """Every floating tensor of the model and the optimizer state finite, or `TrainingDiverged`
+        naming them, with nothing written under a real checkpoint name (a copy for debugging goes to
+        diverged-NNNNNN.pth). One pass over the weights: cheap beside an epoch. The loss check
+        cannot see this: the last step's update comes after its loss."""
+        bad = non_finite_tensors({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()})
+        if not bad:
+            return
+        kept = ""
+        if self.dist.is_main:
+            debug = self.output_dir / f"diverged-{self.iteration:06d}.pth"
+            save_checkpoint({"model": self.model.state_dict(), "arch": self.arch, "epoch": self.epoch,
+                             "iteration": self.iteration}, debug)
+            kept = f" (kept for debugging as {debug})"
+        good = (f"the last good checkpoint is {self.last_good}" if self.last_good
+                else "no checkpoint was written before it")
+        raise TrainingDiverged(
+            f"{len(bad)} tensors are NaN or infinite {when}, after iteration {self.iteration} (counted "
+            f"from 1, as in log.jsonl): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; nothing was "
+            f"saved under {LAST_CHECKPOINT}{kept}; training stopped, {good}. Lower the learning rate, "
+            "enable optim.clip_grad, or check the data."
+        )
+
     def restore(self, path: Path) -> None:
         state = load_checkpoint_file(path)
         missing = {"model", "optimizer", "scaler", "epoch", "iteration", "rng"} - set(state)
         if missing:
             raise ConfigError(f"{path} cannot be resumed from: it lacks {', '.join(sorted(missing))}")
+        bad = non_finite_tensors({"model": state["model"], "optimizer": state["optimizer"]})
+        if bad:
+            raise ConfigError(f"{path} cannot be resumed from: {len(bad)} tensors are NaN or infinite "
+                              f"({', '.join(bad[:5])})")
         if state.get("arch") not in (None, self.arch):
             raise ConfigError(f"{path} holds model {state['arch']}, but the config builds {self.arch}")
         saved_cfg = from_dict(PretrainConfig, state["config"]) if "config" in state else None
@@ -330,16 +408,44 @@ class _Pretrainer:
 
     # ------------------------------------------------------------ training
 
-    def run(self, resume: str | Path | None) -> PretrainResult:
+    def start_from(self, resume: str | Path | None, overwrite: bool) -> Path | None:
+        """The checkpoint to restore, if any, after making sure no other run's checkpoints in the
+        output folder get overwritten (see `pretrain`)."""
+        if resume is not None and overwrite:
+            raise ConfigError("--resume continues the run in the output folder, --overwrite replaces it: "
+                              "give one of them")
+        if str(resume) == LAST_CHECKPOINT:
+            resume = self.output_dir / LAST_CHECKPOINT
+            if not resume.is_file():
+                if self.dist.is_main:
+                    log.info("nothing to resume: %s does not exist; starting a fresh run", resume)
+                resume = None
+        resume = Path(resume) if resume is not None else None
+        others = [p for p in previous_checkpoints(self.output_dir)
+                  if resume is None or p.parent.resolve() != resume.parent.resolve()]
+        if others and not overwrite:
+            raise ConfigError(
+                f"{self.output_dir} holds another run's checkpoints ({', '.join(p.name for p in others)}); "
+                f"pass --resume to continue it, --overwrite to replace it, or choose another output_dir"
+            )
+        if others and self.dist.is_main:
+            for path in [*others, *self.output_dir.glob("diverged-*.pth")]:
+                path.unlink()
+            log.warning("--overwrite: deleted the previous run's %s", ", ".join(p.name for p in others))
+        return resume
+
+    def run(self, resume: str | Path | None, overwrite: bool = False) -> PretrainResult:
+        resume = self.start_from(resume, overwrite)
         if resume is not None:
-            self.restore(Path(resume))
+            self.restore(resume)
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2) + "\n")
+            if resume is None:  # a resumed run keeps the config.json of the run it continues
+                (self.output_dir / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2) + "\n")
             log.info("effective batch %d (%d per process x %d processes x %d accumulation), peak lr %.3g, "
                      "%d steps per epoch", self.effective_batch, self.cfg.batch_size, self.dist.world_size,
                      self.accum, self.schedule.peak, self.steps_per_epoch)
-        self.run_log = _RunLog(self.output_dir, self.dist.is_main)
+        self.run_log = _RunLog(self.output_dir, self.dist.is_main, self.iteration)
         losses: list[float] = []
         first_epoch, started = self.epoch + 1, time.monotonic()
         try:
@@ -366,6 +472,7 @@ class _Pretrainer:
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}", disable=not self.dist.is_main,
                    dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
         pending: list[torch.Tensor] = []  # losses still on the device, read once per log line
+        pending_norms: list[torch.Tensor] = []  # gradient norms, likewise (when clipping computes them)
         for step in bar:
             lr = self.schedule(self.iteration)
             for group in self.optimizer.param_groups:
@@ -374,9 +481,13 @@ class _Pretrainer:
             loss, grad_norm = self.train_step(batches)
             self.iteration += 1
             pending.append(loss)
+            if self.check_grad_norm:
+                pending_norms.append(grad_norm)
             if self.iteration % self.cfg.log_every == 0 or step == self.steps_per_epoch - 1:
-                losses += self.read_losses(pending, epoch, step)
-                pending = []
+                if pending_norms:
+                    self.check_values("gradient norm", pending_norms, epoch, step)
+                losses += self.check_values("loss", pending, epoch, step)
+                pending, pending_norms = [], []
                 record = {"epoch": epoch, "iteration": self.iteration, "loss": losses[-1], "lr": lr}
                 scalars = {"train/loss": losses[-1], "train/lr": lr}
                 if grad_norm is not None:
@@ -388,19 +499,28 @@ class _Pretrainer:
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.3g}", refresh=False)
         return losses
 
-    def read_losses(self, pending: list[torch.Tensor], epoch: int, step: int) -> list[float]:
-        """The losses of the last `len(pending)` steps, read from the device in one go (no host
-        synchronisation per step). A NaN or infinite one stops training before anything is saved."""
+    @property
+    def check_grad_norm(self) -> bool:
+        """Gradient norms are checked where clipping computes them anyway, except under fp16's grad
+        scaler, for which an infinite norm is routine (the step is skipped and the scale lowered).
+        Without clipping, bad gradients show in the next loss or in the weights at `check_finite`."""
+        return self.cfg.optim.clip_grad is not None and not self.scaler.is_enabled()
+
+    def check_values(self, what: str, pending: list[torch.Tensor], epoch: int, step: int) -> list[float]:
+        """The `what` of the last `len(pending)` steps (the current one is `step` of the epoch,
+        from 0), read from the device in one go (no host synchronisation per step). A NaN or
+        infinite one stops training before anything is saved, naming its iteration as log.jsonl does."""
         values = torch.stack(pending).tolist()
         for offset, value in enumerate(values):
             if not math.isfinite(value):
-                back = len(values) - offset  # steps from the bad one to the current one, inclusive
+                back = len(values) - 1 - offset  # steps from the bad one to the current one
                 good = (f"the last good checkpoint is {self.last_good}" if self.last_good
                         else "no checkpoint was written before it")
                 raise TrainingDiverged(
-                    f"loss is {value} at epoch {epoch}, iteration {self.iteration - back} (step "
-                    f"{step + 1 - back} of the epoch); training stopped, {good}. Lower the learning rate, "
-                    "enable optim.clip_grad, or check the data."
+                    f"{what} is {value} at epoch {epoch}, iteration {self.iteration - back} (counted from 1, "
+                    f"as in log.jsonl; step {step + 1 - back} of {self.steps_per_epoch} in the epoch); "
+                    f"training stopped, {good}. Lower the learning rate, enable optim.clip_grad, or check "
+                    "the data."
                 )
         return values
 
@@ -441,6 +561,9 @@ class _Pretrainer:
         return mean_loss, grad_norm
 
     def end_epoch(self, epoch: int, losses: list[float]) -> None:
+        """Checks the weights before anything else, so no monitor reports on (and no checkpoint
+        holds) a diverged model; then logs, runs the epoch hooks and saves."""
+        self.check_finite(f"at the end of epoch {epoch}")
         record = {"epoch": epoch, "iteration": self.iteration, "train_loss": sum(losses) / len(losses)}
         skipped = int(all_reduce_sum(torch.tensor(self.skipped, device=self.device)).item())
         if skipped or self.cfg.data.skip_bad_images:

@@ -75,6 +75,7 @@ class MaskedAutoencoder(VisionTransformer):
             img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
             drop_path_rate=drop_path_rate,
         )
+        self.check_mask_ratio(mask_ratio)
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         self.masking = masking or RandomMasking()
@@ -107,6 +108,18 @@ class MaskedAutoencoder(VisionTransformer):
 
     def num_visible(self, mask_ratio: float) -> int:
         return int(self.num_patches * (1 - mask_ratio))
+
+    def check_mask_ratio(self, mask_ratio: float) -> None:
+        """Refuses a ratio that leaves no visible patch (the encoder would see nothing) or no
+        masked one (the loss averages over masked patches: 0/0 = NaN), naming the grid and counts."""
+        visible = self.num_visible(mask_ratio)
+        if not 0 < visible < self.num_patches:
+            rows, cols = self.grid_size
+            raise ValueError(
+                f"mask_ratio {mask_ratio} on the {rows}x{cols} patch grid leaves {visible} visible and "
+                f"{self.num_patches - visible} masked of {self.num_patches} patches; both must be at least 1 "
+                f"(visible = int({self.num_patches} x (1 - mask_ratio)))"
+            )
 
     def set_progress(self, fraction: float) -> None:
         """Tells the masking how far training is (0 = start, 1 = end); hard_patches ramps with it.
@@ -224,11 +237,7 @@ class MaskedAutoencoder(VisionTransformer):
         when None; for random, block and filtered noise it is the mask's score, for informed
         strategies it is combined with their signal. `scores`: a mask imposed whatever the strategy."""
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        if self.num_visible(ratio) >= self.num_patches:
-            # The loss averages over masked patches: with none it would be 0/0 = NaN.
-            raise ValueError(
-                f"mask_ratio {ratio} masks none of the {self.num_patches} patches; the loss needs one"
-            )
+        self.check_mask_ratio(ratio)
         latent, mask, ids_restore, predicted_loss = self.encode(imgs, ratio, noise, scores)
         pred = self.forward_decoder(latent, ids_restore)
         per_patch = self.per_patch_loss(imgs, pred)

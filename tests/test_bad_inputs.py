@@ -8,6 +8,7 @@ A row is a function `(tmp_path) -> Case`, registered with `@bad_input`; it build
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +49,172 @@ def tool(name: str, *args) -> list[str]:
 
 
 # ---------------------------------------------------------------- rows: pretraining
+
+# A tiny pretraining run: 8 Fashion-MNIST images (one optimizer step of 8 per epoch), a one-block decoder.
+TOY_PRETRAIN = [
+    "data.limit=8", "data.num_workers=0", "batch_size=8", "effective_batch=8", "epochs=1", "log_every=1",
+    "save_every=1", "model.decoder_embed_dim=32", "model.decoder_depth=1", "model.decoder_num_heads=2",
+]
+TOY_CONFIG = "configs/pretrain/fashion_mnist_toy.py"
+INFINITE_LR = "optim.lr=1e309"  # inf: the first update makes every weight non-finite, deterministically
+
+
+def pretrain_cmd(out: Path, *args) -> list[str]:
+    from helpers_pretrain import require_fashion_mnist
+
+    require_fashion_mnist()
+    return tool("pretrain.py", "--config", TOY_CONFIG, f"output_dir={out}", *TOY_PRETRAIN, *args)
+
+
+def run_setup(cmd: list[str]) -> None:
+    """A command that builds the input of a row; it must succeed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"setup {cmd} failed:\n{(proc.stdout + proc.stderr)[-3000:]}"
+
+
+def log_records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def assert_checkpoints_finite(out: Path) -> list[Path]:
+    """Every checkpoint under a real name loads and holds finite weights and optimizer state."""
+    import torch
+
+    from mae_core.engine import non_finite_tensors, previous_checkpoints
+
+    paths = previous_checkpoints(out)
+    for path in paths:
+        state = torch.load(path, weights_only=True)
+        bad = non_finite_tensors({"model": state["model"], "optimizer": state["optimizer"]})
+        assert not bad, f"{path} holds {len(bad)} non-finite tensors: {bad[:5]}"
+    return paths
+
+
+@bad_input("pretrain_nan_loss_names_the_iteration_as_log_jsonl_counts")
+def _(tmp_path):
+    """Two steps: the first loss is finite (initial weights) and its update makes the weights
+    infinite, so the second loss is NaN: iteration 2 in log.jsonl's numbering."""
+    out = tmp_path / "run"
+
+    def check():
+        assert [r["iteration"] for r in log_records(out)] == [1]
+        assert assert_checkpoints_finite(out) == []
+
+    return Case(pretrain_cmd(out, "data.limit=16", INFINITE_LR), exit_code=1, check=check,
+                names=["loss is nan at epoch 0, iteration 2 (counted from 1, as in log.jsonl; step 2 of 2"])
+
+
+@bad_input("pretrain_nan_gradient_norm_names_the_iteration")
+def _(tmp_path):
+    """With clipping the gradient norm is computed anyway, and checked (before the loss)."""
+    return Case(pretrain_cmd(tmp_path / "run", "data.limit=16", "optim.clip_grad=1.0", INFINITE_LR),
+                exit_code=1, names=["gradient norm is nan at epoch 0, iteration 2 (counted from 1"])
+
+
+@bad_input("pretrain_divergence_on_an_epochs_last_step_keeps_last_pth_finite")
+def _(tmp_path):
+    """The issue's case: epoch 0 is good and saved; epoch 1's only (so last) step has a finite
+    loss, and its update makes the weights infinite. last.pth must stay epoch 0's."""
+    out = tmp_path / "run"
+    run_setup(pretrain_cmd(out))
+    good = (out / "last.pth").read_bytes()
+
+    def check():
+        assert (out / "last.pth").read_bytes() == good
+        assert [p.name for p in assert_checkpoints_finite(out)] == ["checkpoint-0001.pth", "last.pth"]
+        assert (out / "diverged-000002.pth").is_file()
+
+    return Case(pretrain_cmd(out, "--resume", "epochs=2", INFINITE_LR), exit_code=1, check=check,
+                names=["NaN or infinite at the end of epoch 1, after iteration 2 (counted from 1",
+                       "model.patch_embed.proj.weight", f"the last good checkpoint is {out / 'last.pth'}",
+                       "nothing was saved under last.pth"])
+
+
+@bad_input("pretrain_mask_ratio_leaving_no_visible_patch")
+def _(tmp_path):
+    out = tmp_path / "run"
+
+    def check():
+        assert not out.exists()  # refused at configuration time: nothing written
+
+    return Case(pretrain_cmd(out, "model.mask_ratio=0.99"), exit_code=1, check=check,
+                names=["mask_ratio 0.99 on the 7x7 patch grid leaves 0 visible and 49 masked"])
+
+
+@bad_input("visualize_mae_mask_ratio_leaving_no_masked_patch")
+def _(tmp_path):
+    from mae_core.checkpoint import save_checkpoint
+    from mae_core.config import ModelConfig
+    from mae_core.engine import mae_from_arch, model_arch
+
+    arch = model_arch(ModelConfig(arch="vit_toy_patch4", img_size=28, in_chans=1, decoder_embed_dim=32,
+                                  decoder_depth=1, decoder_num_heads=2))
+    ckpt = save_checkpoint({"model": mae_from_arch(arch).state_dict(), "arch": arch}, tmp_path / "mae.pth")
+    return Case(tool("visualize_mae.py", ckpt, "--mask-ratio", "0.0", "--output-dir", tmp_path / "pics"),
+                exit_code=1, names=["mask_ratio 0.0 on the 7x7 patch grid leaves 49 visible and 0 masked"])
+
+
+@bad_input("pretrain_into_a_folder_holding_another_runs_checkpoint")
+def _(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint-0004.pth").write_bytes(b"another run")
+    (out / "config.json").write_text('{"another": "run"}\n')
+
+    def check():
+        assert (out / "checkpoint-0004.pth").read_bytes() == b"another run"
+        assert (out / "config.json").read_text() == '{"another": "run"}\n'
+        assert sorted(p.name for p in out.iterdir()) == ["checkpoint-0004.pth", "config.json"]
+
+    return Case(pretrain_cmd(out), exit_code=1, check=check,
+                names=[f"{out} holds another run's checkpoints (checkpoint-0004.pth)", "--resume",
+                       "--overwrite"])
+
+
+@bad_input("pretrain_overwrite_replaces_the_previous_run")
+def _(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint-0004.pth").write_bytes(b"another run")
+    (out / "log.jsonl").write_text('{"epoch": 3, "iteration": 4, "loss": 0.5, "lr": 0.1}\n')
+
+    def check():
+        assert [p.name for p in assert_checkpoints_finite(out)] == ["checkpoint-0001.pth", "last.pth"]
+        assert [r["iteration"] for r in log_records(out)] == [1, 1]  # the step line and the epoch line
+
+    return Case(pretrain_cmd(out, "--overwrite"), exit_code=0, check=check,
+                names=["deleted the previous run's checkpoint-0004.pth"])
+
+
+@bad_input("pretrain_resume_with_nothing_to_resume_starts_fresh_and_says_so")
+def _(tmp_path):
+    """`--resume` before the key=value overrides (argparse would take the next one as its path)."""
+    out = tmp_path / "run"
+    from helpers_pretrain import require_fashion_mnist
+
+    require_fashion_mnist()
+    cmd = tool("pretrain.py", "--config", TOY_CONFIG, "--resume", f"output_dir={out}", *TOY_PRETRAIN)
+    return Case(cmd, exit_code=0, check=lambda: assert_checkpoints_finite(out),
+                names=[f"nothing to resume: {out / 'last.pth'} does not exist; starting a fresh run"])
+
+
+@bad_input("pretrain_resume_after_a_kill_logs_each_step_once")
+def _(tmp_path):
+    """A run killed after writing epoch 1's log lines but before its checkpoint: last.pth is epoch
+    0's. The resumed run must drop the killed run's lines past iteration 1, not repeat them."""
+    out = tmp_path / "run"
+    run_setup(pretrain_cmd(out, "epochs=2"))
+    (out / "last.pth").write_bytes((out / "checkpoint-0001.pth").read_bytes())
+    (out / "checkpoint-0002.pth").unlink()
+
+    def check():
+        records = log_records(out)
+        steps_and_epochs = [(r["iteration"], "loss" in r) for r in records]
+        assert steps_and_epochs == [(1, True), (1, False), (2, True), (2, False)]
+
+    return Case(pretrain_cmd(out, "--resume", "epochs=2"), exit_code=0, check=check,
+                names=["dropped 2 records past iteration 1"])
 
 
 # ---------------------------------------------------------------- rows: detection

@@ -179,7 +179,11 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp_p
     with pytest.raises(TrainingDiverged) as err:
         pretrain(diverging, resume=tmp_path / "last.pth")
     message = str(err.value)
-    assert "at epoch 1, iteration 9 (step 1 of the epoch)" in message
+    # Numbered as log.jsonl numbers iterations (from 1): epoch 0 was iterations 1-8, the first
+    # step of epoch 1 (iteration 9, finite loss) is logged, its successor is the bad one.
+    assert "at epoch 1, iteration 10 (counted from 1, as in log.jsonl; step 2 of 8 in the epoch)" in message
+    if log_every == 1:
+        assert read_log(tmp_path)[-1]["iteration"] == 9
     assert str(tmp_path / "last.pth") in message and ("nan" in message or "inf" in message)
     assert (tmp_path / "last.pth").read_bytes() == good
     assert not (tmp_path / "checkpoint-0002.pth").exists()

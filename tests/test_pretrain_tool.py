@@ -135,8 +135,11 @@ def test_pretrain_tool_writes_checkpoints_logs_and_tensorboard_and_resumes(tmp_p
 def test_pretrain_tool_reports_bad_overrides_and_missing_checkpoints(tmp_path):
     bad_key = run_tool("--config", CONFIGS / "fashion_mnist_toy.py", "optim.blrr=1")
     assert bad_key.returncode == 1 and "error: unknown config key 'optim.blrr'" in bad_key.stderr
-    no_ckpt = run_tool("--config", CONFIGS / "fashion_mnist_toy.py", "--output-dir", tmp_path, "--resume")
-    assert no_ckpt.returncode == 1 and f"checkpoint {tmp_path / 'last.pth'} does not exist" in no_ckpt.stderr
+    # A named checkpoint must exist (a bare --resume with nothing to resume starts fresh: test_bad_inputs).
+    missing = tmp_path / "nowhere.pth"
+    no_ckpt = run_tool("--config", CONFIGS / "fashion_mnist_toy.py", "--output-dir", tmp_path,
+                       "--resume", missing)
+    assert no_ckpt.returncode == 1 and f"checkpoint {missing} does not exist" in no_ckpt.stderr
 
 
 # ---------------------------------------------------------------- tools/visualize_mae.py

@@ -5,6 +5,8 @@
     torchrun --nproc_per_node=8 tools/pretrain.py --config configs/pretrain/mae_vit_large.py \\
         data.root=/data/imagenet/train
     python tools/pretrain.py --config ... --resume          # continue from <output_dir>/last.pth
+                                                            # (or start fresh when there is none)
+    python tools/pretrain.py --config ... --overwrite       # replace the run in output_dir
 """
 
 from __future__ import annotations
@@ -33,9 +35,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="a file assigning `config = PretrainConfig(...)`")
     parser.add_argument("--output-dir", help="where checkpoints and logs go (overrides output_dir)")
     parser.add_argument("--resume", nargs="?", const=LAST_CHECKPOINT, metavar="CHECKPOINT",
-                        help=f"continue a run; without a path, from <output_dir>/{LAST_CHECKPOINT}")
+                        help=f"continue a run; without a path, from <output_dir>/{LAST_CHECKPOINT} when it "
+                             "exists (a fresh run otherwise)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace another run's checkpoints in the output folder (refused otherwise)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="changes, e.g. optim.blr=1e-3")
-    return parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(argv[:-1]):  # `--resume key=value`: the path was left out, keep the override
+        if arg == "--resume" and "=" in argv[i + 1] and not argv[i + 1].startswith("-"):
+            argv[i] = f"--resume={LAST_CHECKPOINT}"
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv=None) -> int:
@@ -48,10 +57,7 @@ def main(argv=None) -> int:
         if args.output_dir:
             changes["output_dir"] = args.output_dir
         config = override(load_config(args.config), changes)
-        resume = args.resume
-        if resume == LAST_CHECKPOINT:
-            resume = Path(config.output_dir) / LAST_CHECKPOINT
-        result = pretrain(config, resume=resume)
+        result = pretrain(config, resume=args.resume, overwrite=args.overwrite)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

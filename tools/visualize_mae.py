@@ -156,6 +156,9 @@ def main(argv=None) -> int:
 
     try:
         model, ckpt = load_mae(args.checkpoint, args.arch, args.allow_pickle, args.norm_pix_loss)
+        if args.mask_ratio is not None:
+            model.check_mask_ratio(args.mask_ratio)  # before reading any image
+            model.mask_ratio = args.mask_ratio
         saved = ckpt.get("config") if isinstance(ckpt, dict) else None
         data_cfg = from_dict(PretrainConfig, saved).data if saved else DataConfig()
         transform = eval_transform(data_cfg, model.img_size, model.in_chans)
@@ -172,8 +175,6 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
-    if args.mask_ratio is not None:
-        model.mask_ratio = args.mask_ratio
     torch.manual_seed(args.seed)  # the model's own masking strategy draws the masks
     panels = reconstruct(model, imgs)
     out_dir = Path(args.output_dir)
