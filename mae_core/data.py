@@ -9,6 +9,7 @@ gradient accumulation, and a resumed run match an uninterrupted one."""
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import shutil
 import subprocess
@@ -22,6 +23,8 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 from .config import DataConfig
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -42,16 +45,79 @@ class DatasetNotFoundError(FileNotFoundError):
     """Data that is not where it should be; the message says how to get it."""
 
 
-def read_image(path: str | os.PathLike, in_chans: int) -> torch.Tensor:
-    """(C, H, W) uint8 tensor. Decoding problems become an `ImageReadError` naming the file."""
+# 16-bit grey (PNG, TIFF): PIL's convert() would clip every value above 255 to white.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# 32-bit integer and float grey: no standard scale to [0, 1], so refused rather than guessed.
+UNSCALED_MODES = {"I": "32-bit integer", "F": "32-bit float"}
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+GREY_MODES = ("1", "L", "LA", "La", "I", "F", *SIXTEEN_BIT_MODES)
+
+
+class ConversionNotes:
+    """Lossy conversions met while reading a data set, logged once per kind with the first file
+    and its mode, not once per image. Each data-loader worker holds its own copy (and may log the
+    same kind once)."""
+
+    def __init__(self, name: str = "images"):
+        self.name = name
+        self.seen: set[str] = set()
+
+    def note(self, path, mode: str, what: str) -> None:
+        if what not in self.seen:
+            self.seen.add(what)
+            log.warning("%s: %s (first such file: %s, mode %r); other images like it are converted the same "
+                        "way without a further message", self.name, what, path, mode)
+
+
+_DEFAULT_NOTES = ConversionNotes()
+
+
+def read_image(path: str | os.PathLike, in_chans: int, notes: ConversionNotes | None = None) -> torch.Tensor:
+    """(C, H, W) tensor: uint8, or float32 in [0, 1] for a 16-bit file (value / 65535, full
+    precision kept; the transforms take either). 32-bit integer or float files are refused, naming
+    the file and mode; conversions that lose information (alpha, palette transparency, CMYK, colour
+    to grey) are reported to `notes` (once per kind). Decoding problems become an `ImageReadError`
+    naming the file."""
     if in_chans not in PIL_MODES:
         raise ValueError(f"in_chans must be one of {sorted(PIL_MODES)} for image files, got {in_chans}")
     try:
         with Image.open(path) as img:
-            img = img.convert(PIL_MODES[in_chans])  # convert() decodes the whole file
+            img.load()
+            mode, lost = img.mode, _lost_in_conversion(img, in_chans)
+            if mode in UNSCALED_MODES:
+                raise ImageReadError(
+                    f"cannot read image {path}: mode {mode!r} ({UNSCALED_MODES[mode]} grey) has no standard "
+                    "scale to [0, 1]; save it as 8-bit or 16-bit PNG/TIFF"
+                )
+            if mode in SIXTEEN_BIT_MODES:
+                tensor = _sixteen_bit(np.asarray(img), in_chans)
+            else:
+                tensor = v2.functional.pil_to_tensor(img.convert(PIL_MODES[in_chans]))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
-    return v2.functional.pil_to_tensor(img)
+    if lost:
+        (notes or _DEFAULT_NOTES).note(path, mode, lost)
+    return tensor
+
+
+def _sixteen_bit(array: np.ndarray, in_chans: int) -> torch.Tensor:
+    """A 16-bit grey array as (in_chans, H, W) float32 in [0, 1]; an alpha channel is opaque."""
+    grey = torch.from_numpy(array.astype(np.float32) / 65535.0).unsqueeze(0)
+    channels = [grey] * min(in_chans, 3) + [torch.ones_like(grey)] * (in_chans == 4)
+    return torch.cat(channels)
+
+
+def _lost_in_conversion(img: Image.Image, in_chans: int) -> str | None:
+    """What converting `img` to `in_chans` channels throws away, or None."""
+    if img.mode in ALPHA_MODES and in_chans != 4:
+        return "alpha channel dropped"
+    if img.mode == "P" and "transparency" in img.info and in_chans != 4:
+        return "palette transparency dropped"
+    if img.mode == "CMYK":
+        return "CMYK converted to RGB without a colour profile (approximate colours)"
+    if in_chans == 1 and img.mode not in GREY_MODES:
+        return "colour converted to grey"
+    return None
 
 
 class ImageFolder(Dataset):
@@ -80,12 +146,13 @@ class ImageFolder(Dataset):
             self.labels = [-1] * len(self.paths)
         self.in_chans = in_chans
         self.transform = transform
+        self.notes = ConversionNotes(f"image folder {self.root}")
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img = read_image(self.paths[index], self.in_chans)
+        img = read_image(self.paths[index], self.in_chans, self.notes)
         return (self.transform(img) if self.transform else img), self.labels[index]
 
 

@@ -226,6 +226,50 @@ def _(tmp_path):
 # ---------------------------------------------------------------- rows: images and data
 
 
+def grey_folder(folder: Path, count: int, special: tuple[str, object] | None = None) -> Path:
+    """`count` 28x28 grey PNGs; `special` = (file name, PIL image) replaces the first one."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count - (special is not None)):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), "L").save(folder / f"img{i}.png")
+    if special is not None:
+        special[1].save(folder / special[0])
+    return folder
+
+
+def image_folder_pretrain(tmp_path: Path, folder: Path) -> list[str]:
+    return pretrain_cmd(tmp_path / "run", "data.dataset=image_folder", f"data.root={folder}")
+
+
+@bad_input("pretrain_image_of_32_bit_floats_is_refused_by_name")
+def _(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    depth = Image.fromarray(np.linspace(0, 40, 28 * 28, dtype=np.float32).reshape(28, 28), "F")
+    folder = grey_folder(tmp_path / "images", 8, ("depth.tif", depth))
+    return Case(image_folder_pretrain(tmp_path, folder), exit_code=1,
+                names=[str(folder / "depth.tif"), "mode 'F' (32-bit float grey) has no standard scale"])
+
+
+@bad_input("pretrain_images_with_alpha_say_once_that_it_is_dropped")
+def _(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        pixels = rng.integers(0, 256, (28, 28, 4), dtype=np.uint8)
+        Image.fromarray(pixels, "RGBA").save(folder / f"img{i}.png")
+    return Case(image_folder_pretrain(tmp_path, folder), exit_code=0,
+                names=["alpha channel dropped (first such file:", "mode 'RGBA'"])
+
+
 # ---------------------------------------------------------------- the test
 
 

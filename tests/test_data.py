@@ -3,9 +3,11 @@ clear errors for unreadable images, and per-sample seeding."""
 
 import gzip
 
+import numpy as np
 import pytest
 import torch
 from helpers_pretrain import FASHION_MNIST_STATS, require_fashion_mnist, write_corrupt_png, write_image
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from mae_core.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
@@ -19,9 +21,11 @@ from mae_core.data import (
     MaskedViews,
     build_dataset,
     collate_views,
+    eval_transform,
     find_fashion_mnist,
     pretrain_transform,
     read_idx,
+    read_image,
 )
 from mae_core.masking import BlockMasking, RandomMasking
 
@@ -172,3 +176,59 @@ def test_epoch_sampler_splits_one_permutation_between_processes():
     assert {epoch for epoch, _ in keys} == {4}
     assert sorted(keys) == sorted(list(parts[0]) + list(parts[1]))
     assert [i for _, i in keys][:8:2] == [i for _, i in parts[0]][:4]
+
+
+def test_sixteen_bit_images_keep_their_scale_and_precision(tmp_path):
+    """PIL's convert('L') clips 16-bit values above 255 to white (the issue: 99.6% of pixels at
+    255); read_image scales by 65535 instead, as float32, and the transforms take that."""
+    ramp = np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    with Image.open(tmp_path / "ramp16.png") as img:
+        assert img.mode in ("I;16", "I;16B", "I;16L")  # what makes convert() clip
+    expected = torch.from_numpy(ramp.astype(np.float32) / 65535).unsqueeze(0)
+    grey = read_image(tmp_path / "ramp16.png", 1)
+    assert grey.dtype == torch.float32
+    torch.testing.assert_close(grey, expected, rtol=0, atol=1e-7)
+    rgb = read_image(tmp_path / "ramp16.png", 3)
+    torch.testing.assert_close(rgb, expected.expand(3, -1, -1), rtol=0, atol=1e-7)
+    # Through MAE's normalisation the 16-bit ramp matches its 8-bit rendering to within 8-bit steps.
+    cfg = DataConfig(mean=(0.5,), std=(0.25,), min_scale=1.0, hflip=False)
+    eight_bit = torch.from_numpy((ramp / 257).round().astype(np.uint8)).unsqueeze(0)
+    normalise = eval_transform(cfg, 32, 1)
+    torch.testing.assert_close(normalise(grey), normalise(eight_bit), rtol=0, atol=1 / 255 / 0.25)
+
+
+@pytest.mark.parametrize(("mode", "array"), [
+    ("F", np.full((8, 8), 40.0, dtype=np.float32)),
+    ("I", np.full((8, 8), 70000, dtype=np.int32)),
+])
+def test_32_bit_images_are_refused_naming_file_and_mode(tmp_path, mode, array):
+    path = tmp_path / f"image_{mode}.tif"
+    Image.fromarray(array, mode).save(path)
+    with pytest.raises(ImageReadError, match=rf"image_{mode}\.tif: mode '{mode}' .* no standard scale"):
+        read_image(path, 1)
+
+
+def test_lossy_conversions_are_logged_once_per_dataset_naming_the_first_file(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "RGBA").save(tmp_path / f"a{i}.png")
+    palette = Image.fromarray(rng.integers(0, 4, (8, 8), dtype=np.uint8), "P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    palette.save(tmp_path / "b_palette.png", transparency=0)
+    Image.new("CMYK", (8, 8), (10, 20, 30, 40)).save(tmp_path / "c_cmyk.jpg")
+    write_image(tmp_path / "d_rgb.png", size=(8, 8))
+    folder = ImageFolder(tmp_path, in_chans=3)
+    with caplog.at_level("WARNING", logger="mae_core.data"):
+        images = [folder[i][0] for i in range(len(folder))] + [folder[0][0]]
+    assert all(img.shape == (3, 8, 8) and img.dtype == torch.uint8 for img in images)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3, messages  # one per kind, not one per image
+    assert f"alpha channel dropped (first such file: {tmp_path / 'a0.png'}, mode 'RGBA')" in messages[0]
+    assert "palette transparency dropped" in messages[1] and "b_palette.png" in messages[1]
+    assert "CMYK converted to RGB" in messages[2] and "c_cmyk.jpg" in messages[2]
+    # A second data set reports again: the note is per data set.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mae_core.data"):
+        ImageFolder(tmp_path, in_chans=3)[1]
+    assert len(caplog.records) == 1 and "a1.png" in caplog.records[0].getMessage()
