@@ -5,6 +5,11 @@ its command line).
     MAE encoder against random initialisation -> Mask R-CNN from MAE init and from random init ->
     UperNet from both -> comparison report (report.md, plots; the table printed at the end)
 
+Sweeps pretrain several MAEs that differ in one setting and probe each: `mask_ratio_sweep` the
+mask ratio (beside the main demo), `masking_sweep` the masking strategy (instead of it: every
+strategy at the same ratio and epochs, probes with three seeds, detection and segmentation with
+`sweep_transfer`, one picture of every strategy's masks). Both are a list of `Pretraining`s.
+
 Every step's files go under `out`; a finished step (a `.done` marker) is not run again, so an
 interrupted demo continues where it stopped. Each step runs a tool by its command line (its log in
 its folder): tools/make_demo_data.py, tools/pretrain.py, tools/visualize_mae.py, tools/eval_cls.py,
@@ -26,7 +31,7 @@ from pathlib import Path
 
 from mae_app.demo_data import DemoDataSpec
 from mae_app.jobs import execute_plan, thread_env
-from mae_app.report import write_report
+from mae_app.report import stack_pictures, write_report
 from mae_app.runs import load_run
 from mae_core.catalogue import get_entry
 from mae_core.config import IMAGENET_MEAN, IMAGENET_STD
@@ -37,7 +42,17 @@ PYTHON = sys.executable
 PRETRAIN_CONFIG = REPO / "configs/pretrain/fashion_mnist_toy.py"
 DET_CONFIG = REPO / "configs/detection/demo_mask_rcnn_vit_toy.py"
 SEG_CONFIG = REPO / "configs/segmentation/demo_upernet_vit_toy.py"
-SWEEP = (0.25, 0.5, 0.75, 0.9)
+RATIO_SWEEP = (0.25, 0.5, 0.75, 0.9)
+# The masking sweep: each strategy of mae_core.masking with its parameters for the demo's 16x16
+# patch grid (64 px images, patch 4).
+MASKING_SWEEP = {
+    "random": {},
+    "block": {},  # BEiT's blocks, at least 16 patches each
+    # ColorMAE's green noise: masked blobs of about 3 patches, 6.5 patches apart (2.5 periods across)
+    "filtered_noise": {"sigma": 1.0, "band": "band"},
+    "hard_patches": {},  # HPM: up to half of the masked patches the hardest predicted, loss head of 64
+    "salience": {"measure": "contrast"},  # the item's patches masked first (see docs/masking.md)
+}
 PYRAMID_CHANNELS = 128  # the demo configs' pyramid width (their heads are sized for it)
 
 
@@ -54,6 +69,7 @@ class Recipe:
     data: DemoDataSpec = field(default_factory=DemoDataSpec)
     arch: str = "vit_toy_patch4"
     pretrain_epochs: int = 15     # about 9 minutes on two cores
+    sweep_epochs: int = 8         # each of the masking sweep's pretrainings (docs/masking.md: its time)
     pretrain_batch: int = 128
     knn_every: int = 5
     det_iters: int = 500
@@ -64,8 +80,8 @@ class Recipe:
     def quick(cls) -> Recipe:
         data = DemoDataSpec(train_scenes=8, val_scenes=4, pretrain_images=128, cls_train_per_class=6,
                             cls_val_per_class=3)
-        return cls(data=data, pretrain_epochs=1, pretrain_batch=32, knn_every=1, det_iters=4, seg_iters=4,
-                   supervised_epochs=1)
+        return cls(data=data, pretrain_epochs=1, sweep_epochs=1, pretrain_batch=32, knn_every=1, det_iters=4,
+                   seg_iters=4, supervised_epochs=1)
 
     def vit_options(self) -> dict:
         """The ViT backbone of detection and segmentation, as the demo configs build it: ViTDet-style
@@ -79,9 +95,12 @@ class DemoOptions:
     """What the demo's command line chooses (tools/demo.py --help)."""
 
     out: Path
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] | None = None  # default: 0 1, and 0 1 2 for the masking sweep
     mask_ratio: float = 0.75
     mask_ratio_sweep: bool = False
+    masking_sweep: bool = False
+    sweep_transfer: bool = False
+    sweep_epochs: int | None = None
     jobs: int = 2
     data_seed: int = 0
     pretrain_seed: int = 0
@@ -98,9 +117,41 @@ class DemoOptions:
             get_entry(name)  # CatalogueError (a ValueError) names the unknown backbone
             if name in ("vit_mae", "vit_random"):
                 raise ValueError(f"--also: {name} is always compared")
-        if self.mask_ratio_sweep and self.mask_ratio not in SWEEP:
-            raise ValueError(f"--mask-ratio must be one of the sweep's ratios {SWEEP} "
+        if self.mask_ratio_sweep and self.mask_ratio not in RATIO_SWEEP:
+            raise ValueError(f"--mask-ratio must be one of the sweep's ratios {RATIO_SWEEP} "
                              "with --mask-ratio-sweep")
+        if self.mask_ratio_sweep and self.masking_sweep:
+            raise ValueError("--mask-ratio-sweep and --masking-sweep: one sweep at a time")
+        if (self.sweep_transfer or self.sweep_epochs is not None) and not self.masking_sweep:
+            raise ValueError("--sweep-transfer and --sweep-epochs belong to --masking-sweep")
+        if self.seeds is None:
+            self.seeds = [0, 1, 2] if self.masking_sweep else [0, 1]
+
+
+@dataclass(frozen=True)
+class Pretraining:
+    """One MAE pretraining of the demo (tools/pretrain.py overrides); a sweep is a list of them
+    differing in one field. Everything else is the recipe's."""
+
+    epochs: int
+    mask_ratio: float = 0.75
+    masking: str = "random"
+    masking_args: dict = field(default_factory=dict)
+
+    def folder_name(self, main_epochs: int) -> str:
+        """`mask75` for the main demo's; the strategy and the epochs are added where they differ
+        from it, so a finished run of other settings is never taken for this one."""
+        strategy = "" if self.masking == "random" else f"_{self.masking}"
+        epochs = "" if self.epochs == main_epochs else f"_{self.epochs}ep"
+        return f"mask{round(100 * self.mask_ratio)}{strategy}{epochs}"
+
+    def overrides(self) -> list[str]:
+        return [f"model.mask_ratio={self.mask_ratio}", f"model.masking={self.masking}",
+                f"model.masking_args={self.masking_args!r}", f"epochs={self.epochs}"]
+
+    def record(self) -> dict:
+        """What the run records of its probes and fine-tunings say about it (the report's sweeps)."""
+        return {"mask_ratio": self.mask_ratio, "masking": self.masking}
 
 
 def spec_argv(spec: DemoDataSpec) -> list[str]:
@@ -162,7 +213,17 @@ class Demo:
         # Every tool (also those the plan starts) imports the packages from the repository.
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         self.start = time.time()
-        self.ratios = SWEEP if options.mask_ratio_sweep else (options.mask_ratio,)
+        if options.sweep_epochs is not None:
+            self.recipe.sweep_epochs = options.sweep_epochs
+        self.main = Pretraining(self.recipe.pretrain_epochs, options.mask_ratio)
+        # Every pretraining, and those detection and segmentation start from.
+        self.pretrainings, self.transfer = [self.main], [self.main]
+        if options.mask_ratio_sweep:
+            self.pretrainings = [dataclasses.replace(self.main, mask_ratio=r) for r in RATIO_SWEEP]
+        if options.masking_sweep:
+            self.pretrainings = [Pretraining(self.recipe.sweep_epochs, options.mask_ratio, name, args)
+                                 for name, args in MASKING_SWEEP.items()]
+            self.transfer = self.pretrainings if options.sweep_transfer else []
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -209,70 +270,102 @@ class Demo:
         self.run([PYTHON, tool("make_demo_data"), "--out", str(self.data), *spec_argv(self.recipe.data)],
                  self.data / ".done")
 
-    def pretrain_dir(self, ratio: float) -> Path:
-        return self.out / "pretrain" / f"mask{round(100 * ratio)}"
+    def pretrain_dir(self, pretraining: Pretraining) -> Path:
+        return self.out / "pretrain" / pretraining.folder_name(self.recipe.pretrain_epochs)
 
-    def checkpoint(self, ratio: float) -> Path:
-        return self.pretrain_dir(ratio) / "last.pth"
+    def checkpoint(self, pretraining: Pretraining) -> Path:
+        return self.pretrain_dir(pretraining) / "last.pth"
+
+    def pretrain_command(self, p: Pretraining) -> list[str]:
+        """tools/pretrain.py on the demo's images; `log_every=2` puts log lines inside every epoch,
+        from which the report reads the pretraining's speed."""
+        r, size = self.recipe, self.recipe.data.image_size
+        hook = {"target": "mae_app.probe.KNNMonitorHook", "train_root": str(self.data / "cls/train"),
+                "val_root": str(self.data / "cls/val"), "img_size": size, "every": r.knn_every}
+        return [PYTHON, tool("pretrain"), "--config", str(PRETRAIN_CONFIG), "--output-dir",
+                str(self.pretrain_dir(p)), f"model.arch={r.arch}", f"model.img_size={size}",
+                "model.in_chans=3", "model.norm_pix_loss=True", *p.overrides(), "data.dataset=image_folder",
+                f"data.root={self.data / 'pretrain'}", f"data.mean={IMAGENET_MEAN}",
+                f"data.std={IMAGENET_STD}", "data.limit=None", "data.num_workers=0", "log_every=2",
+                f"batch_size={r.pretrain_batch}", f"effective_batch={r.pretrain_batch}",
+                f"seed={self.options.pretrain_seed}", f"epoch_hooks=({hook!r},)"]
 
     def pretrain(self) -> None:
-        r, size = self.recipe, self.recipe.data.image_size
-        for i, ratio in enumerate(self.ratios):
-            self.step(f"2/7 MAE pretraining ({i + 1}/{len(self.ratios)}): {r.arch}, mask ratio {ratio:.0%}, "
-                      f"{r.pretrain_epochs} epochs, k-NN monitor every {r.knn_every}")
-            hook = {"target": "mae_app.probe.KNNMonitorHook", "train_root": str(self.data / "cls/train"),
-                    "val_root": str(self.data / "cls/val"), "img_size": size, "every": r.knn_every}
-            folder = self.pretrain_dir(ratio)
-            self.run([PYTHON, tool("pretrain"), "--config", str(PRETRAIN_CONFIG), "--output-dir", str(folder),
-                      f"model.arch={r.arch}", f"model.img_size={size}", "model.in_chans=3",
-                      "model.norm_pix_loss=True", f"model.mask_ratio={ratio}", "data.dataset=image_folder",
-                      f"data.root={self.data / 'pretrain'}", f"data.mean={IMAGENET_MEAN}",
-                      f"data.std={IMAGENET_STD}",
-                      "data.limit=None", "data.num_workers=0", f"epochs={r.pretrain_epochs}",
-                      f"batch_size={r.pretrain_batch}", f"effective_batch={r.pretrain_batch}",
-                      f"seed={self.options.pretrain_seed}", f"epoch_hooks=({hook!r},)"], folder / ".done",
-                     threads=os.cpu_count() or 1)
+        for i, p in enumerate(self.pretrainings):
+            self.step(f"2/7 MAE pretraining ({i + 1}/{len(self.pretrainings)}): {self.recipe.arch}, "
+                      f"mask ratio {p.mask_ratio:.0%}, {p.masking} masking, {p.epochs} epochs, k-NN monitor "
+                      f"every {self.recipe.knn_every}")
+            self.run(self.pretrain_command(p), self.pretrain_dir(p) / ".done", threads=os.cpu_count() or 1)
 
     def pictures(self) -> None:
+        """tools/visualize_mae.py's pictures of the main MAE; for the masking sweep, of every
+        strategy's MAE on the same images with the same seed, stacked into one figure (a row per
+        strategy: original, its mask, reconstruction)."""
         self.step("3/7 reconstruction pictures")
         folder = self.out / "pictures"
-        self.run([PYTHON, tool("visualize_mae"), str(self.checkpoint(self.options.mask_ratio)),
-                  "--num-images", "4", "--output-dir", str(folder)], folder / ".done", folder / "log.txt")
-        print(f"    pictures in {folder}")
+        if not self.options.masking_sweep:
+            self.run([PYTHON, tool("visualize_mae"), str(self.checkpoint(self.main)),
+                      "--num-images", "4", "--output-dir", str(folder)], folder / ".done", folder / "log.txt")
+            print(f"    pictures in {folder}")
+            return
+        rows = {}
+        for p in self.pretrainings:
+            sub = folder / p.folder_name(self.recipe.pretrain_epochs)
+            self.run([PYTHON, tool("visualize_mae"), str(self.checkpoint(p)), "--num-images", "3",
+                      "--seed", "0", "--output-dir", str(sub)], sub / ".done", sub / "log.txt")
+            rows[p.masking] = sorted(sub.glob("*_mae.png"))
+        print(f"    pictures in {stack_pictures(rows, self.masking_figure)}")
+
+    @property
+    def masking_figure(self) -> Path:
+        return self.out / "pictures" / "masking_sweep.png"
 
     def plan(self) -> list[dict]:
         """Every probe, detection and segmentation run, as mae_app.jobs plan entries."""
         entries = []
         for seed in self.options.seeds:
-            for ratio in self.ratios:
-                entries.append(self.cls_entry("vit_mae", seed, ratio))
+            for p in self.pretrainings:
+                entries.append(self.cls_entry("vit_mae", seed, p))
             entries.append(self.cls_entry("vit_random", seed))
+        if not self.transfer:
+            return entries
         for task in ("det", "seg"):
             if task in self.options.skip:
                 continue
             for seed in self.options.seeds:
-                for backbone in ("vit_mae", "vit_random", *self.options.also):
+                for p in self.transfer:
+                    entries.append(self.dense_entry(task, "vit_mae", seed, p))
+                for backbone in ("vit_random", *self.options.also):
                     entries.append(self.dense_entry(task, backbone, seed))
         return entries
 
-    def cls_entry(self, backbone: str, seed: int, ratio: float | None = None) -> dict:
+    def mae_record(self, pretraining: Pretraining) -> dict:
+        return {**pretraining.record(), "pretrain_dir": str(self.pretrain_dir(pretraining))}
+
+    def cls_entry(self, backbone: str, seed: int, pretraining: Pretraining | None = None) -> dict:
         r = self.recipe
-        name = f"{backbone}" + (f"_mask{round(100 * ratio)}" if ratio is not None else "")
+        name = backbone + (f"_{pretraining.folder_name(r.pretrain_epochs)}" if pretraining else "")
         folder = self.out / "runs" / "cls" / f"{name}_s{seed}"
         command = [PYTHON, tool("eval_cls"), "--data", str(self.data / "cls"), "--backbone", backbone,
                    "--arch", r.arch, "--img-size", str(r.data.image_size), "--mode", "knn", "linear",
                    "--seed", str(seed), "--output", str(folder / "eval_cls.json")]
         run = {"task": "cls", "backbone": backbone, "seed": seed}
-        if ratio is not None:
-            command += ["--checkpoint", str(self.checkpoint(ratio))]
-            run["mask_ratio"] = ratio
+        if pretraining is not None:
+            command += ["--checkpoint", str(self.checkpoint(pretraining))]
+            run.update(self.mae_record(pretraining))
         return {"run": run, "output_dir": str(folder), "command": command}
 
-    def dense_entry(self, task: str, backbone: str, seed: int) -> dict:
+    def dense_entry(self, task: str, backbone: str, seed: int,
+                    pretraining: Pretraining | None = None) -> dict:
+        """One detection or segmentation run; a vit_mae one from `pretraining`'s checkpoint (its
+        folder named after it when several pretrainings are fine-tuned)."""
         r = self.recipe
-        folder = self.out / "runs" / task / f"{backbone.replace(':', '_')}_s{seed}"
-        checkpoint = {"vit_mae": self.checkpoint(self.options.mask_ratio),
-                      "vit_supervised": self.supervised_checkpoint}.get(backbone)
+        name = backbone.replace(":", "_")
+        if pretraining is not None and len(self.transfer) > 1:
+            name += f"_{pretraining.folder_name(r.pretrain_epochs)}"
+        folder = self.out / "runs" / task / f"{name}_s{seed}"
+        checkpoint = self.checkpoint(pretraining) if pretraining else {
+            "vit_supervised": self.supervised_checkpoint}.get(backbone)
         checkpoint = str(checkpoint) if checkpoint else None
         if task == "det":
             command = [PYTHON, tool("train_det"), "--config-file", str(DET_CONFIG),
@@ -283,7 +376,8 @@ class Demo:
         vit = r.vit_options() if backbone.startswith("vit_") else {}
         options = {"out_channels": PYRAMID_CHANNELS, **vit}
         run = {"task": task, "backbone": backbone, "seed": seed, "img_size": r.data.scene_size,
-               "batch_size": 2, "checkpoint": checkpoint, "backbone_kwargs": options}
+               "batch_size": 2, "checkpoint": checkpoint, "backbone_kwargs": options,
+               **(self.mae_record(pretraining) if pretraining else {})}
         return {"run": run, "output_dir": str(folder), "command": command}
 
     @property
@@ -293,7 +387,7 @@ class Demo:
     def supervised(self) -> None:
         """The catalogue's "ViT pretrained with labels": the same ViT trained from scratch on the
         demo's classification images, its backbone saved for detection and segmentation."""
-        if "vit_supervised" not in self.options.also:
+        if "vit_supervised" not in self.options.also or not self.transfer:
             return
         r = self.recipe
         self.step(f"2b/7 supervised ViT pretraining on the classification images "
@@ -315,14 +409,19 @@ class Demo:
         plan = self.plan()
         plan_file = self.out / "plan.json"
         plan_file.write_text(json.dumps(plan, indent=2))
-        self.step(f"4-6/7 k-NN and linear probes, Mask R-CNN and UperNet from MAE and random init: "
-                  f"{len(plan)} runs "
+        tasks = "k-NN and linear probes" + (", Mask R-CNN and UperNet" if self.transfer else "")
+        self.step(f"4-6/7 {tasks} from MAE and random init: {len(plan)} runs "
                   f"(seeds {', '.join(map(str, self.options.seeds))}); logs in {self.out / 'runs'}")
         folders = execute_plan(plan_file, jobs=self.options.jobs)
         self.step("7/7 comparison report")
         measured: dict = {}
         runs = [load_run(folder, cache=measured) for folder in folders]
-        report = write_report(runs, self.out / "report", "MAE toolkit demo: MAE vs random initialisation")
+        if self.options.masking_sweep:
+            title = "MAE toolkit demo: masking strategies"
+            figures = {"Masks and reconstructions, a row per strategy": self.masking_figure}
+        else:
+            title, figures = "MAE toolkit demo: MAE vs random initialisation", {}
+        report = write_report(runs, self.out / "report", title, figures=figures)
         print(report.read_text())
         print(f"report: {report}\npictures: {self.out / 'pictures'}\n"
               f"total time: {(time.time() - self.start) / 60:.1f} min")

@@ -1,15 +1,20 @@
 """The comparison report: runs (mae_app.runs) aggregated per backbone into markdown tables with
 mean ± sample standard deviation over seeds, verdicts of MAE against random initialisation beyond
-the seeds' spread, and PNG plots."""
+the seeds' spread, and PNG plots. Runs of pretrainings that differ in one setting (a `Sweep`: the
+mask ratio, the masking strategy) get a section of their own: a row per value with every metric,
+the pretraining's speed and extra parameters, verdicts against the reference value, and a plot."""
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from mae_app.runs import CLS_METRICS, COST_METRICS, DENSE_METRICS
+from mae_app.runs import CLS_METRICS, COST_METRICS, DENSE_METRICS, PRETRAIN_METRICS
 
 
 def spread(values: list[float]) -> tuple[float, float]:
@@ -24,7 +29,7 @@ def aggregate(runs: list[dict], key: str = "backbone") -> dict[str, dict]:
     for run in runs:
         row = table[run[key]]
         row["seeds"].add(run.get("seed", 0))
-        for metric, _, _ in DENSE_METRICS + COST_METRICS + CLS_METRICS:
+        for metric, _, _ in DENSE_METRICS + COST_METRICS + CLS_METRICS + PRETRAIN_METRICS:
             if run.get(metric) is not None:
                 row["values"][metric].append(float(run[metric]))
     return dict(table)
@@ -101,28 +106,103 @@ def plot_metrics(table: dict, metrics, path: Path) -> Path | None:
     return path
 
 
-def plot_sweep(runs: list[dict], path: Path) -> Path | None:
-    """Probe accuracy against the pretraining mask ratio (runs that record one)."""
+@dataclass(frozen=True)
+class Sweep:
+    """A run field that pretrainings vary (mae_app.demo's sweeps): its runs are compared value by
+    value, each against `reference`; a numeric field is plotted as lines over its values, another
+    as bars per value."""
+
+    key: str
+    title: str
+    column: str
+    reference: object
+    label: Callable[[object], str]
+    plot_file: str
+
+    @property
+    def numeric(self) -> bool:
+        return isinstance(self.reference, (int, float))
+
+
+SWEEPS = (
+    Sweep("mask_ratio", "Mask-ratio sweep", "mask ratio", 0.75, lambda v: f"{100 * v:.0f} %",
+          "mask_ratio_sweep.png"),
+    Sweep("masking", "Masking strategies", "masking", "random", str, "masking_sweep.png"),
+)
+PERCENT_METRICS = CLS_METRICS + DENSE_METRICS
+SPEED_RATIO = "pretrain_speed_ratio"  # a sweep row's pretraining img/s over the reference's
+
+
+def sweep_rows(runs: list[dict], sweep: Sweep) -> dict | None:
+    """MAE runs by the value of `sweep.key` (in order: numbers ascending, names as first seen),
+    aggregated like `aggregate`, and a "random init" row from vit_random runs; None unless the
+    runs hold at least two values."""
+    swept = [r for r in runs if r["backbone"] == "vit_mae" and r.get(sweep.key) is not None]
+    values = list(dict.fromkeys(r[sweep.key] for r in swept))
+    if len(values) < 2:
+        return None
+    if sweep.numeric:
+        values.sort()
+    table = aggregate(swept, key=sweep.key)
+    rows = {value: table[value] for value in values}
+    baseline = [r for r in runs if r["backbone"] == "vit_random"]
+    if baseline:
+        rows["random init"] = aggregate(baseline)["vit_random"]
+    reference = rows.get(sweep.reference, {}).get("values", {}).get("pretrain_img_per_s")
+    for value in values:
+        speed = rows[value]["values"].get("pretrain_img_per_s")
+        if speed and reference:
+            rows[value]["values"][SPEED_RATIO] = [statistics.fmean(speed) / statistics.fmean(reference)]
+    return rows
+
+
+def sweep_section(runs: list[dict], sweep: Sweep, out: Path) -> list[str]:
+    """The markdown of one sweep: table, verdicts against the reference value, plot."""
+    rows = sweep_rows(runs, sweep)
+    if rows is None:
+        return []
+    named = {sweep.label(v) if v != "random init" else v: row for v, row in rows.items()}
+    metrics = [m for m in PERCENT_METRICS if any(row["values"].get(m[0]) for row in named.values())]
+    speed = [*PRETRAIN_METRICS[:1], (SPEED_RATIO, f"img/s vs {sweep.label(sweep.reference)}", 2),
+             *PRETRAIN_METRICS[1:]]
+    lines = [f"## {sweep.title}", "",
+             "Mean ± std over the seeds listed (accuracy, AP and mIoU in %); one pretraining per row. "
+             "Pretraining img/s is read from each pretraining's own log (log lines within an epoch); "
+             "extra params are those its masking strategy adds (a loss head).", ""]
+    lines += render_table(named, metrics + speed, first=sweep.column) + [""]
+    reference = sweep.label(sweep.reference)
+    if reference in named:
+        for name in named:
+            if name in (reference, "random init"):
+                continue
+            for metric, title, _ in metrics:
+                text = verdict(named, name, reference, metric)
+                if text:
+                    lines.append(f"- **{title}**: {text}")
+        lines.append("")
+    path = out / sweep.plot_file
+    plotted = plot_sweep_lines(rows, metrics, path) if sweep.numeric else plot_metrics(named, metrics, path)
+    if plotted:
+        lines += [f"![{sweep.title}]({sweep.plot_file})", ""]
+    return lines
+
+
+def plot_sweep_lines(rows: dict, metrics, path: Path) -> Path | None:
+    """Each metric against the swept number (x 100: ratios in %), mean ± std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    swept = [r for r in runs if r["task"] == "cls" and r.get("mask_ratio") is not None]
-    if len({r["mask_ratio"] for r in swept}) < 2:
-        return None
+    values = [v for v in rows if v != "random init"]
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    for i, (metric, title, _) in enumerate(CLS_METRICS):
-        by_ratio = defaultdict(list)
-        for r in swept:
-            if r.get(metric) is not None:
-                by_ratio[r["mask_ratio"]].append(r[metric])
-        ratios = sorted(by_ratio)
-        stats = [spread(by_ratio[x]) for x in ratios]
-        ax.errorbar([100 * x for x in ratios], [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
+    for i, (metric, title, _) in enumerate(metrics):
+        xs = [x for x in values if rows[x]["values"].get(metric)]
+        stats = [spread(rows[x]["values"][metric]) for x in xs]
+        ax.errorbar([100 * x for x in xs], [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
                     capsize=4, color=f"C{i}", label=title)
     ax.set_xlabel("mask ratio (%)")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("%")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -131,12 +211,41 @@ def plot_sweep(runs: list[dict], path: Path) -> Path | None:
     return path
 
 
+def stack_pictures(rows: dict[str, list[Path]], path: Path) -> Path:
+    """One PNG: a row per key, its label on the left, then its pictures side by side (for the
+    masking sweep: each strategy's tools/visualize_mae.py panels of the same images)."""
+    from PIL import Image, ImageDraw
+
+    pictures = {label: [Image.open(p).convert("RGB") for p in paths] for label, paths in rows.items()}
+    if not all(pictures.values()):
+        raise FileNotFoundError(f"no pictures for {[k for k, v in pictures.items() if not v]}")
+    gap, label_width = 6, 110
+    row_height = max(im.height for ims in pictures.values() for im in ims)
+    width = label_width + max(sum(im.width + gap for im in ims) for ims in pictures.values())
+    canvas = Image.new("RGB", (width, len(pictures) * (row_height + gap) + gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, ims) in enumerate(pictures.items()):
+        top = gap + i * (row_height + gap)
+        draw.text((4, top + row_height // 2), label, fill="black")
+        left = label_width
+        for im in ims:
+            canvas.paste(im, (left, top))
+            left += im.width + gap
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
 def probe_row_name(run: dict) -> str:
-    ratio = run.get("mask_ratio")
-    return run["backbone"] + (f" (mask {100 * ratio:.0f}%)" if ratio is not None else "")
+    settings = [f"mask {100 * run['mask_ratio']:.0f}%"] if run.get("mask_ratio") is not None else []
+    if run.get("masking", "random") != "random":
+        settings.append(run["masking"])
+    return run["backbone"] + (f" ({', '.join(settings)})" if settings else "")
 
 
-def write_report(runs: list[dict], out: Path, title: str = "Backbone comparison") -> Path:
+def write_report(runs: list[dict], out: Path, title: str = "Backbone comparison",
+                 figures: dict[str, Path] | None = None) -> Path:
+    """report.md (and its plots, runs.json) in `out`; `figures` (title: picture) are shown at the end."""
     out.mkdir(parents=True, exist_ok=True)
     dense = [r for r in runs if r["task"] in ("det", "seg")]
     cls = [r for r in runs if r["task"] == "cls"]
@@ -178,8 +287,10 @@ def write_report(runs: list[dict], out: Path, title: str = "Backbone comparison"
                     if text:
                         lines.append(f"- **{title_}**: {text}")
             lines.append("")
-        if plot_sweep(cls, out / "mask_ratio_sweep.png"):
-            lines += ["![mask ratio sweep](mask_ratio_sweep.png)", ""]
+    for sweep in SWEEPS:
+        lines += sweep_section(runs, sweep, out)
+    for caption, picture in (figures or {}).items():
+        lines += [f"## {caption}", "", f"![{caption}]({os.path.relpath(picture, out)})", ""]
     lines += ["## Runs", "", "| task | backbone | seed | source | notes |", "|---|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['backbone']} | {r.get('seed', 0)} | {r['source']} | {r.get('notes', '')} |"
               for r in runs]

@@ -5,13 +5,15 @@
 A run is described by `run.json` in its folder:
     {"task": "det" | "seg" | "cls", "backbone": "vit_mae", "seed": 0,
      "backbone_kwargs": {...}, "checkpoint": "...", "img_size": 128, "batch_size": 2,
-     "mask_ratio": 0.75,                # optional, for pretraining sweeps
+     "mask_ratio": 0.75, "masking": "block",   # optional, for pretraining sweeps
+     "pretrain_dir": "...",             # optional: the MAE pretraining, for its speed and extra parameters
      "box_AP": ..., "mask_AP": ..., "mIoU": ..., "knn_acc": ..., "linear_acc": ...}
 Metrics that are absent are read from the folder; params, FLOPs and latency are measured on the
 catalogue backbone (mae_core/catalogue.py) at `img_size`."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
@@ -26,6 +28,8 @@ DENSE_METRICS = [("box_AP", "box AP", 1), ("mask_AP", "mask AP", 1), ("mIoU", "m
 COST_METRICS = [("params", "params (M)", 2), ("flops", "GFLOPs", 2), ("train_throughput", "train img/s", 2),
                 ("latency", "latency (ms)", 1)]
 CLS_METRICS = [("knn_acc", "k-NN acc", 1), ("linear_acc", "linear acc", 1)]
+# Of the MAE pretraining a run starts from (`pretrain_dir`), read by `pretraining_metrics`.
+PRETRAIN_METRICS = [("pretrain_img_per_s", "pretrain img/s", 0), ("extra_params", "extra params", 0)]
 
 
 class RunError(ValueError):
@@ -103,6 +107,45 @@ def classification_metrics(folder: Path) -> dict:
     return {k: 100 * data[k] for k, _, _ in CLS_METRICS if k in data}
 
 
+def pretraining_metrics(folder: Path) -> dict:
+    """Of a tools/pretrain.py output folder: images per second of training and the parameters
+    the masking strategy added (its loss head; mae_app.bench.masking.extra_parameters on the model
+    its checkpoint's arch record builds). The speed comes from the run's own TensorBoard loss
+    scalars: steps over wall time summed over consecutive log lines of one epoch, so epoch-end
+    monitors and checkpoint saves are left out and the data pipeline (masking noise included) is
+    counted in. Too few log lines within an epoch (log_every >= steps per epoch): no speed."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mae_app.bench.masking import extra_parameters
+    from mae_core.checkpoint import load_checkpoint_file
+    from mae_core.engine import LAST_CHECKPOINT, mae_from_arch
+
+    path = folder / LAST_CHECKPOINT
+    checkpoint = load_checkpoint_file(path)
+    for key in ("arch", "config", "rng"):
+        if key not in checkpoint:
+            raise RunError(f"{path}: missing {key!r} (not a checkpoint of tools/pretrain.py)")
+    out = {"extra_params": extra_parameters(mae_from_arch(checkpoint["arch"]))}
+    config = checkpoint["config"]
+    # images per optimizer step; one RNG state is saved per process
+    per_step = config.get("effective_batch") or config["batch_size"] * len(checkpoint["rng"])
+    events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    if "train/loss" not in tags:
+        raise RunError(f"{folder / 'tensorboard'}: no train/loss scalars")
+    ends = [e.step for e in events.Scalars("epoch/train_loss")] if "epoch/train_loss" in tags else []
+    lines = sorted(events.Scalars("train/loss"), key=lambda e: e.step)
+    steps = seconds = 0.0
+    for a, b in itertools.pairwise(lines):
+        if not any(a.step <= end < b.step for end in ends):
+            steps += b.step - a.step
+            seconds += b.wall_time - a.wall_time
+    if steps and seconds > 0:
+        out["pretrain_img_per_s"] = per_step * steps / seconds
+    return out
+
+
 def measure_backbone(backbone: str, input_size: int, repeats: int = 5, **kwargs) -> dict:
     """Parameters (millions), GFLOPs (mae_app.flops: 2 per multiply-accumulate, attention
     included; one image) and median latency (ms, one image, one thread as configured) of the
@@ -154,6 +197,8 @@ def load_run(path: Path, measure: bool = True, cache: dict | None = None) -> dic
     reader = {"det": detectron2_metrics, "seg": mmseg_metrics, "cls": classification_metrics}[run["task"]]
     found = reader(folder)
     run = {**found, **run}
+    if run.get("pretrain_dir"):
+        run = {**pretraining_metrics(Path(run["pretrain_dir"])), **run}
     if "train_throughput" not in run and "seconds_per_iter" in run and run.get("batch_size"):
         run["train_throughput"] = run["batch_size"] / run["seconds_per_iter"]
     if measure and run["task"] != "cls" and not all(k in run for k in ("params", "flops", "latency")):

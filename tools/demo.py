@@ -7,6 +7,7 @@
 
     python tools/demo.py                                # defaults: seeds 0 1, mask ratio 75%
     python tools/demo.py --seeds 0 1 2 --mask-ratio-sweep   # + pretrainings at 25/50/75/90% (probes)
+    python tools/demo.py --masking-sweep --out output/masking   # each masking strategy, probed (3 seeds)
     python tools/demo.py --quick                        # a smoke run of every step in a few minutes
 
 Every step's files go under --out; a finished step (a `.done` marker) is not run again, so an
@@ -20,17 +21,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from mae_app.demo import REPO, SWEEP, Demo, DemoOptions
+from mae_app.demo import MASKING_SWEEP, RATIO_SWEEP, REPO, Demo, DemoOptions
 
 
 def parse_args(argv=None) -> DemoOptions:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "output/demo", help="where everything goes")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="fine-tuning / probe seeds (>= 2 "
-                   "for a spread)")
+    p.add_argument("--seeds", type=int, nargs="+", help="fine-tuning / probe seeds (>= 2 for a spread; "
+                   "default 0 1, with --masking-sweep 0 1 2)")
     p.add_argument("--mask-ratio", type=float, default=0.75, help="the MAE used for detection / segmentation")
     p.add_argument("--mask-ratio-sweep", action="store_true",
-                   help=f"also pretrain at {', '.join(f'{x * 100:.0f}%%' for x in SWEEP)} and probe each")
+                   help=f"also pretrain at {', '.join(f'{x * 100:.0f}%%' for x in RATIO_SWEEP)} and probe "
+                        "each")
+    p.add_argument("--masking-sweep", action="store_true",
+                   help=f"instead of the main comparison, pretrain with each masking strategy "
+                        f"({', '.join(MASKING_SWEEP)}) at --mask-ratio for --sweep-epochs and probe each")
+    p.add_argument("--sweep-epochs", type=int, help="pretraining epochs of each strategy (default 8)")
+    p.add_argument("--sweep-transfer", action="store_true",
+                   help="with --masking-sweep: Mask R-CNN and UperNet from every strategy too")
     p.add_argument("--jobs", type=int, default=2, help="probe / fine-tuning runs at a time, one core each")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--pretrain-seed", type=int, default=0)
@@ -47,7 +55,7 @@ def parse_args(argv=None) -> DemoOptions:
     args = p.parse_args(argv)
     try:
         return DemoOptions(**vars(args))
-    except ValueError as exc:  # an unknown backbone, a ratio outside the sweep
+    except ValueError as exc:  # an unknown backbone, a ratio outside the sweep, two sweeps
         p.error(str(exc))
 
 

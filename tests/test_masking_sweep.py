@@ -1,0 +1,171 @@
+"""The masking sweep (tools/demo.py --masking-sweep; mae_app.demo, mae_app.report's sweep sections):
+its plan pretrains every strategy with equal epochs and mask ratio and probes each with three
+seeds; its report's table, verdicts and plot come from run folders holding real checkpoint records
+and TensorBoard logs written with known wall times; the speed read from a real pretraining's log."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from helpers_pretrain import toy_config
+from PIL import Image
+
+from mae_app.bench.masking import extra_parameters
+from mae_app.demo import MASKING_SWEEP, PRETRAIN_CONFIG, Demo, DemoOptions
+from mae_app.report import stack_pictures, write_report
+from mae_app.runs import RunError, load_run, pretraining_metrics
+from mae_core.checkpoint import save_checkpoint
+from mae_core.config import PretrainConfig, load_config, override, parse_overrides, to_dict
+from mae_core.engine import mae_from_arch, model_arch, pretrain
+
+
+def test_the_sweep_pretrains_each_strategy_alike_and_probes_it_with_three_seeds(tmp_path):
+    demo = Demo(DemoOptions(out=tmp_path, masking_sweep=True))
+    plan = demo.plan()
+    assert {e["run"]["task"] for e in plan} == {"cls"}  # detection and segmentation only when asked
+    mae = [e for e in plan if e["run"]["backbone"] == "vit_mae"]
+    assert sorted((e["run"]["masking"], e["run"]["seed"]) for e in mae) == sorted(
+        (name, seed) for name in MASKING_SWEEP for seed in (0, 1, 2))
+    assert sorted(e["run"]["seed"] for e in plan if e["run"]["backbone"] == "vit_random") == [0, 1, 2]
+    assert len({e["output_dir"] for e in plan}) == len(plan) == 18
+    probed = {e["run"]["masking"]: Path(e["command"][e["command"].index("--checkpoint") + 1]) for e in mae}
+
+    configs = {}
+    for p in demo.pretrainings:
+        command = demo.pretrain_command(p)
+        assert command[2:6] == ["--config", str(PRETRAIN_CONFIG), "--output-dir", str(demo.pretrain_dir(p))]
+        assert probed[p.masking] == demo.pretrain_dir(p) / "last.pth"
+        configs[p.masking] = cfg = override(load_config(PRETRAIN_CONFIG), parse_overrides(command[6:]))
+        mae_from_arch(model_arch(cfg.model))  # the strategy and its parameters build
+    assert list(configs) == list(MASKING_SWEEP) and len(set(probed.values())) == len(MASKING_SWEEP)
+    assert {(c.epochs, c.model.mask_ratio, c.batch_size, c.seed) for c in configs.values()} == {
+        (demo.recipe.sweep_epochs, 0.75, demo.recipe.pretrain_batch, 0)}
+    assert demo.recipe.sweep_epochs < demo.recipe.pretrain_epochs
+    assert {name: c.model.masking for name, c in configs.items()} == {name: name for name in MASKING_SWEEP}
+    assert configs["filtered_noise"].model.masking_args == {"sigma": 1.0, "band": "band"}
+    assert configs["salience"].model.masking_args == {"measure": "contrast"}
+    # The sweep's random run (fewer epochs) is never taken for the main demo's finished one.
+    assert demo.pretrain_dir(demo.pretrainings[0]).name == "mask75_8ep"
+    assert Demo(DemoOptions(out=tmp_path)).pretrain_dir(demo.main).name == "mask75"
+
+
+def test_sweep_transfer_fine_tunes_every_strategy_and_options_refuse_mixtures(tmp_path):
+    demo = Demo(DemoOptions(out=tmp_path, masking_sweep=True, sweep_transfer=True, seeds=[4], sweep_epochs=3))
+    dense = [e for e in demo.plan() if e["run"]["task"] != "cls"]
+    assert sorted((e["run"]["task"], e["run"].get("masking", "-")) for e in dense) == sorted(
+        [(task, name) for task in ("det", "seg") for name in MASKING_SWEEP] + [("det", "-"), ("seg", "-")])
+    assert len({e["output_dir"] for e in dense}) == len(dense) and {e["run"]["seed"] for e in dense} == {4}
+    for e in dense:
+        if e["run"]["backbone"] == "vit_mae":
+            assert e["run"]["checkpoint"] == str(demo.pretrain_dir(next(
+                p for p in demo.pretrainings if p.masking == e["run"]["masking"])) / "last.pth")
+            assert e["run"]["checkpoint"].split("/")[-2].endswith("_3ep")
+    with pytest.raises(ValueError, match="one sweep at a time"):
+        DemoOptions(out=tmp_path, masking_sweep=True, mask_ratio_sweep=True)
+    with pytest.raises(ValueError, match="belong to --masking-sweep"):
+        DemoOptions(out=tmp_path, sweep_transfer=True)
+
+
+BATCH = 16
+
+
+def write_pretraining(folder: Path, masking: str, seconds_per_step: float, steps=(2, 4, 6, 8)) -> dict:
+    """A tools/pretrain.py folder: last.pth with its arch, config and per-process RNG records (no
+    weights: nothing reads them), and TensorBoard loss scalars logged at `steps` every
+    `seconds_per_step`, two epochs of 4 steps, between which 100 s pass (the epoch-end monitor and
+    checkpoint) that the speed must not count."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    changes = {"model.arch": "vit_toy_patch4", "model.img_size": 16, "model.masking": masking,
+               "batch_size": BATCH, "effective_batch": BATCH}
+    cfg = override(PretrainConfig(), changes)
+    arch = model_arch(cfg.model)
+    folder.mkdir(parents=True)
+    save_checkpoint({"model": {}, "arch": arch, "config": to_dict(cfg), "rng": [{}]}, folder / "last.pth")
+    writer = SummaryWriter(str(folder / "tensorboard"))
+    for step in steps:
+        wall = 1000.0 + step * seconds_per_step + (100.0 if step > 4 else 0.0)
+        writer.add_scalar("train/loss", 1.0, step, walltime=wall)
+        if step in (4, 8):
+            writer.add_scalar("epoch/train_loss", 1.0, step, walltime=wall + 1)
+    writer.close()
+    return arch
+
+
+def write_probe(folder: Path, backbone: str, seed: int, knn: float, pretraining: Path | None, masking=None):
+    folder.mkdir(parents=True)
+    (folder / "eval_cls.json").write_text(json.dumps({"knn_acc": knn / 100, "linear_acc": (knn + 5) / 100}))
+    run = {"task": "cls", "backbone": backbone, "seed": seed}
+    if pretraining is not None:
+        run.update(mask_ratio=0.75, masking=masking, pretrain_dir=str(pretraining))
+    (folder / "run.json").write_text(json.dumps(run))
+    return folder
+
+
+def test_report_tables_each_strategy_with_its_speed_and_extra_parameters(tmp_path):
+    speeds = {"random": 0.5, "block": 0.5, "hard_patches": 1.0}  # seconds per step of BATCH images
+    knn = {"random": 41.0, "block": 31.0, "hard_patches": 42.0, None: 21.0}
+    folders, archs = [], {}
+    for masking, seconds in speeds.items():
+        archs[masking] = write_pretraining(tmp_path / "pretrain" / masking, masking, seconds)
+    for seed in (0, 1, 2):
+        for masking in [*speeds, None]:
+            backbone = "vit_random" if masking is None else "vit_mae"
+            pretraining = None if masking is None else tmp_path / "pretrain" / masking
+            folders.append(write_probe(tmp_path / "runs" / f"{masking}_{seed}", backbone, seed,
+                                       knn[masking] + seed - 1, pretraining, masking))
+    pictures = []
+    for i, colour in enumerate(("red", "blue")):
+        pictures.append(tmp_path / f"p{i}.png")
+        Image.new("RGB", (40, 20), colour).save(pictures[-1])
+    figure = stack_pictures({"random": pictures, "block": pictures[:1]}, tmp_path / "pictures" / "sweep.png")
+    assert Image.open(figure).size[1] > 2 * 20  # a row per strategy
+
+    out = tmp_path / "report"
+    report = write_report([load_run(f) for f in folders], out, "sweep", figures={"Masks": figure}).read_text()
+    section = report.split("## Masking strategies\n")[1]
+    table = section.split("\n\n")[1].splitlines()
+    assert table[0] == ("| masking | seeds | k-NN acc | linear acc | pretrain img/s | img/s vs random | "
+                        "extra params |")
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    rows = {row[0]: row[1:] for row in cells}
+    assert list(rows) == ["random", "block", "hard_patches", "random init"]
+    # batch 16 / 0.5 s; the 100 s between the epochs are left out
+    assert rows["random"] == ["0, 1, 2", "41.0 ± 1.0", "46.0 ± 1.0", "32", "1.00", "0"]
+    hard_extra = extra_parameters(mae_from_arch(archs["hard_patches"]))
+    assert hard_extra > 0 and rows["hard_patches"][3:] == ["16", "0.50", str(hard_extra)]
+    assert rows["random init"][1] == "21.0 ± 1.0" and rows["random init"][3:] == ["—", "—", "—"]
+    assert "- **k-NN acc**: block − random = -10.00" in section and "): no" in section
+    assert "- **k-NN acc**: hard_patches − random = +1.00" in section  # within the seeds' spread
+    assert "![Masking strategies](masking_sweep.png)" in section
+    assert (out / "masking_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Mask-ratio sweep" not in report  # one ratio: no sweep
+    assert "## Masks\n\n![Masks](../pictures/sweep.png)" in report
+    assert "| vit_mae (mask 75%, hard_patches) | 0, 1, 2 |" in report  # the probes' table names the strategy
+
+
+def test_speed_needs_log_lines_within_an_epoch(tmp_path):
+    write_pretraining(tmp_path / "ends", "random", 0.5, steps=(4, 8))  # logged only at epoch ends
+    assert pretraining_metrics(tmp_path / "ends") == {"extra_params": 0}
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(Exception, match="last.pth"):
+        pretraining_metrics(tmp_path / "bare")
+    folder = tmp_path / "no_log"
+    write_pretraining(folder, "random", 0.5, steps=())
+    with pytest.raises(RunError, match="no train/loss scalars"):
+        pretraining_metrics(folder)
+
+
+@pytest.mark.slow
+def test_speed_of_a_real_pretraining_is_read_from_its_own_log(tmp_path):
+    """16 steps of 8 images; the speed leaves out epoch ends and start-up, so it is at least the
+    images over the whole call's time."""
+    start = time.perf_counter()
+    pretrain(toy_config(tmp_path, {"log_every": 2, "model.masking": "hard_patches"}))
+    elapsed = time.perf_counter() - start
+    metrics = pretraining_metrics(tmp_path)
+    assert metrics["pretrain_img_per_s"] >= 16 * 8 / elapsed
+    assert metrics["extra_params"] > 0
