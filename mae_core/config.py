@@ -55,6 +55,10 @@ class DataConfig:
     limit: int | None = None  # use only the first N samples (quick runs)
     skip_bad_images: bool = False  # skip and count unreadable images instead of stopping
     num_workers: int = 8
+    # Crop, flip and normalise whole batches in two matrix products (mae_core.batch_augment): the
+    # same crops, flips and masks as the per-sample torchvision path, pixels within a few uint8 levels.
+    batched_augment: bool = False
+    cache_images: bool = False  # keep decoded images in memory (batched_augment only; small sets)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint_file, save_checkpoint, write_atomically
 from .config import ConfigError, ModelConfig, PretrainConfig, from_dict, to_dict
-from .data import EpochSampler, MaskedViews, build_dataset, collate_views, pretrain_transform
+from .batch_augment import pretrain_views
+from .data import EpochSampler, build_dataset
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, close_distributed, init_distributed
 from .layer_decay import param_groups
 from .mae import PAPER_DECODER, TOY_DECODERS, MaskedAutoencoder
@@ -297,22 +298,23 @@ class _Pretrainer:
             raise ConfigError(f"model: {exc}") from exc
         torch.manual_seed(cfg.seed + dist_info.rank)
 
-        transform = pretrain_transform(cfg.data, self.model.img_size, cfg.model.in_chans)
-        dataset = build_dataset(cfg.data, transform, cfg.model.in_chans)
         num_masked = self.model.num_patches - self.model.num_visible(self.model.mask_ratio)
-        views = MaskedViews(dataset, self.model.masking, self.model.grid_size, num_masked, cfg.seed,
-                            cfg.data.skip_bad_images)
+        views, collate = pretrain_views(
+            cfg.data, lambda transform: build_dataset(cfg.data, transform, cfg.model.in_chans),
+            self.model.masking, self.model.grid_size, num_masked, cfg.seed, self.model.img_size,
+            cfg.model.in_chans,
+        )
         self.sampler = EpochSampler(views, num_replicas=dist_info.world_size, rank=dist_info.rank,
                                     shuffle=True, seed=cfg.seed, drop_last=True)
         self.loader = DataLoader(
             views, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.data.num_workers,
-            collate_fn=collate_views, drop_last=True, pin_memory=self.device.type == "cuda",
+            collate_fn=collate, drop_last=True, pin_memory=self.device.type == "cuda",
             persistent_workers=cfg.data.num_workers > 0,
         )
         self.steps_per_epoch = len(self.loader) // self.accum
         if self.steps_per_epoch == 0:
             raise ConfigError(
-                f"{len(dataset)} images give no full optimizer step of {self.effective_batch} images "
+                f"{len(views)} images give no full optimizer step of {self.effective_batch} images "
                 f"per epoch; lower effective_batch / batch_size or use more data"
             )
         self.schedule = LRSchedule(
