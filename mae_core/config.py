@@ -83,6 +83,9 @@ class PretrainConfig:
     # difference to batch_size * world size. None: no accumulation.
     effective_batch: int | None = 4096
     amp: str = "bf16"  # "none", "bf16", or "fp16" (CUDA only, with a grad scaler)
+    # Keep freed host memory mapped between steps (glibc; mae_core.host_memory): small models at
+    # large batches otherwise page-fault their activations in every step.
+    retain_host_memory: bool = False
     seed: int = 0
     output_dir: str = "output/pretrain"
     save_every: int = 20  # epochs between numbered checkpoints; `last.pth` is written every epoch

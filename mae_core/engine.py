@@ -24,11 +24,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .batch_augment import pretrain_views
 from .checkpoint import load_checkpoint_file, save_checkpoint, write_atomically
 from .config import ConfigError, ModelConfig, PretrainConfig, from_dict, to_dict
-from .batch_augment import pretrain_views
 from .data import EpochSampler, build_dataset
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, close_distributed, init_distributed
+from .host_memory import retain_freed_memory
 from .layer_decay import param_groups
 from .mae import PAPER_DECODER, TOY_DECODERS, MaskedAutoencoder
 from .masking import build_masking
@@ -286,6 +287,8 @@ class _Pretrainer:
         self.device = dist_info.device
         self.output_dir = Path(cfg.output_dir)
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
+        if cfg.retain_host_memory:
+            retain_freed_memory()
         self.accum = accumulation_steps(cfg, dist_info.world_size)
         self.effective_batch = cfg.batch_size * dist_info.world_size * self.accum
 
