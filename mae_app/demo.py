@@ -215,11 +215,11 @@ class Demo:
         self.start = time.time()
         if options.sweep_epochs is not None:
             self.recipe.sweep_epochs = options.sweep_epochs
-        self.main = Pretraining(self.recipe.pretrain_epochs, options.mask_ratio)
+        self.main_pretraining = main = Pretraining(self.recipe.pretrain_epochs, options.mask_ratio)
         # Every pretraining, and those detection and segmentation start from.
-        self.pretrainings, self.transfer = [self.main], [self.main]
+        self.pretrainings, self.transfer = [main], [main]
         if options.mask_ratio_sweep:
-            self.pretrainings = [dataclasses.replace(self.main, mask_ratio=r) for r in RATIO_SWEEP]
+            self.pretrainings = [dataclasses.replace(main, mask_ratio=r) for r in RATIO_SWEEP]
         if options.masking_sweep:
             self.pretrainings = [Pretraining(self.recipe.sweep_epochs, options.mask_ratio, name, args)
                                  for name, args in MASKING_SWEEP.items()]
@@ -304,7 +304,7 @@ class Demo:
         self.step("3/7 reconstruction pictures")
         folder = self.out / "pictures"
         if not self.options.masking_sweep:
-            self.run([PYTHON, tool("visualize_mae"), str(self.checkpoint(self.main)),
+            self.run([PYTHON, tool("visualize_mae"), str(self.checkpoint(self.main_pretraining)),
                       "--num-images", "4", "--output-dir", str(folder)], folder / ".done", folder / "log.txt")
             print(f"    pictures in {folder}")
             return
