@@ -49,7 +49,7 @@ def test_the_sweep_pretrains_each_strategy_alike_and_probes_it_with_three_seeds(
     assert configs["salience"].model.masking_args == {"measure": "contrast"}
     # The sweep's random run (fewer epochs) is never taken for the main demo's finished one.
     assert demo.pretrain_dir(demo.pretrainings[0]).name == "mask75_8ep"
-    assert Demo(DemoOptions(out=tmp_path)).pretrain_dir(demo.main).name == "mask75"
+    assert Demo(DemoOptions(out=tmp_path)).pretrain_dir(demo.main_pretraining).name == "mask75"
 
 
 def test_sweep_transfer_fine_tunes_every_strategy_and_options_refuse_mixtures(tmp_path):

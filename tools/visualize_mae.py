@@ -66,6 +66,9 @@ def load_mae(path: str | Path, arch: str | None = None, allow_pickle: bool = Fal
         load_pretrained(model, ckpt)  # completely or not at all
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
+    saved = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if saved and "epoch" in ckpt:  # informed masks as at that point of training (hard_patches' ramp)
+        model.set_progress(min(1.0, (ckpt["epoch"] + 1) / saved["epochs"]))
     return model.eval(), ckpt
 
 
