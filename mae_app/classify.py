@@ -112,7 +112,8 @@ def tuned_protocol(ev: ClsEval, partial: bool, results: dict) -> None:
     results["partial_history" if partial else "finetune_history"] = result.history
     if not partial and ev.save_backbone:
         net = trunk.net
-        export_backbone(net.state_dict(), ev.save_backbone, arch={"num_heads": net.blocks[0].attn.num_heads})
+        heads = {"num_heads": net.blocks[0].attn.num_heads}
+        export_backbone(net.state_dict(), ev.save_backbone, arch_record=heads)
         results["saved_backbone"] = str(ev.save_backbone)
 
 

@@ -118,14 +118,14 @@ def pretraining_metrics(folder: Path) -> dict:
 
     from mae_app.bench.masking import extra_parameters
     from mae_core.checkpoint import load_checkpoint_file
-    from mae_core.engine import LAST_CHECKPOINT, mae_from_arch
+    from mae_core.engine import LAST_CHECKPOINT, mae_from_record
 
     path = folder / LAST_CHECKPOINT
     checkpoint = load_checkpoint_file(path)
     for key in ("arch", "config", "rng"):
         if key not in checkpoint:
             raise RunError(f"{path}: missing {key!r} (not a checkpoint of tools/pretrain.py)")
-    out = {"extra_params": extra_parameters(mae_from_arch(checkpoint["arch"]))}
+    out = {"extra_params": extra_parameters(mae_from_record(checkpoint["arch"]))}
     config = checkpoint["config"]
     # images per optimizer step; one RNG state is saved per process
     per_step = config.get("effective_batch") or config["batch_size"] * len(checkpoint["rng"])

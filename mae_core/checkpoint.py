@@ -124,12 +124,12 @@ def extract_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tenso
 @dataclass
 class ConvertedCheckpoint:
     """A state dict in the official MAE layout, the layout it came in, the classifier keys that
-    were dropped, and the toolkit's `arch` record when the file had one."""
+    were dropped, and the toolkit's architecture record (its "arch" key) when the file had one."""
 
     state_dict: dict[str, torch.Tensor]
     source_format: str
     dropped: list[str] = field(default_factory=list)
-    arch: dict | None = None
+    arch_record: dict | None = None
 
 
 HF_ENCODER_PREFIX = re.compile(r"^vit\.")
@@ -281,18 +281,18 @@ def _from_mmseg(sd: dict[str, torch.Tensor], source: str) -> tuple[dict[str, tor
 def to_official_layout(obj, source: str = "checkpoint") -> ConvertedCheckpoint:
     """Detects the layout of a loaded checkpoint (toolkit, official MAE / timm ViT, Hugging Face
     ViTMAE, MMSegmentation MAE) from its keys and converts it to the official MAE layout."""
-    arch = obj.get("arch") if isinstance(obj, Mapping) and isinstance(obj.get("arch"), Mapping) else None
+    record = obj.get("arch") if isinstance(obj, Mapping) and isinstance(obj.get("arch"), Mapping) else None
     sd = extract_state_dict(obj, source)
     if _is_hugging_face(sd):
-        return ConvertedCheckpoint(_from_hugging_face(sd, source), "Hugging Face ViTMAE", arch=arch)
+        return ConvertedCheckpoint(_from_hugging_face(sd, source), "Hugging Face ViTMAE", arch_record=record)
     if _is_mmseg(sd):
         state_dict, dropped = _from_mmseg(sd, source)
-        return ConvertedCheckpoint(state_dict, "MMSegmentation MAE", dropped, arch=arch)
+        return ConvertedCheckpoint(state_dict, "MMSegmentation MAE", dropped, arch_record=record)
     if "patch_embed.proj.weight" in sd:
         dropped = [k for k in sd if CLASSIFIER_KEYS.match(k)]
         kept = {k: v for k, v in sd.items() if k not in dropped}
-        fmt = "toolkit" if arch is not None else "official MAE / timm ViT"
-        return ConvertedCheckpoint(kept, fmt, dropped, dict(arch) if arch is not None else None)
+        fmt = "toolkit" if record is not None else "official MAE / timm ViT"
+        return ConvertedCheckpoint(kept, fmt, dropped, dict(record) if record is not None else None)
     raise CheckpointError(
         f"{source}: unrecognised checkpoint layout (neither official MAE / timm ViT, whose keys include "
         f"'patch_embed.proj.weight', nor Hugging Face ViTMAE); keys include {_few(list(sd))}"
@@ -335,19 +335,19 @@ def _square_grid(tokens: int) -> tuple[int, int] | None:
     return (side, side) if side * side == tokens else None
 
 
-def _checkpoint_grid(tokens: int, arch: dict | None) -> tuple[int, int] | None:
-    """The token grid a checkpoint's position table was trained on: from the toolkit's `arch`
+def _checkpoint_grid(tokens: int, arch_record: dict | None) -> tuple[int, int] | None:
+    """The token grid a checkpoint's position table was trained on: from the toolkit's architecture
     record when it names the image size, otherwise square."""
-    if arch and arch.get("img_size") and arch.get("patch_size"):
-        size = arch["img_size"]
+    if arch_record and arch_record.get("img_size") and arch_record.get("patch_size"):
+        size = arch_record["img_size"]
         h, w = (size, size) if isinstance(size, int) else size
-        grid = (h // arch["patch_size"], w // arch["patch_size"])
+        grid = (h // arch_record["patch_size"], w // arch_record["patch_size"])
         if grid[0] * grid[1] == tokens:
             return grid
     return _square_grid(tokens)
 
 
-def _adapt(key: str, value: torch.Tensor, target: torch.Tensor, module, arch: dict | None):
+def _adapt(key: str, value: torch.Tensor, target: torch.Tensor, module, arch_record: dict | None):
     """`value` reshaped to `target`'s shape where the layout allows it (position table on another
     grid, patch kernel of another size); None where it does not."""
     if value.shape == target.shape:
@@ -355,7 +355,7 @@ def _adapt(key: str, value: torch.Tensor, target: torch.Tensor, module, arch: di
     if key in ("pos_embed", "decoder_pos_embed") and value.ndim == 3 and value.shape[-1] == target.shape[-1]:
         new_grid = getattr(module, "grid_size", None) or _square_grid(target.shape[1] - 1)
         prefix = target.shape[1] - math.prod(new_grid) if new_grid else -1
-        old_grid = _checkpoint_grid(value.shape[1] - prefix, arch) if prefix >= 0 else None
+        old_grid = _checkpoint_grid(value.shape[1] - prefix, arch_record) if prefix >= 0 else None
         if old_grid:
             return resample_pos_embed(value, new_grid, old_grid, num_prefix_tokens=prefix).to(value.dtype)
     if key == "patch_embed.proj.weight" and value.ndim == 4 and value.shape[:2] == target.shape[:2]:
@@ -484,7 +484,7 @@ def load_pretrained(
             (report.ignored if key.startswith(PRETRAINING_ONLY) else report.unexpected).append(key)
             continue
         target = model_sd[key]
-        adapted = _adapt(key, value, target, module, converted.arch)
+        adapted = _adapt(key, value, target, module, converted.arch_record)
         if adapted is None:
             report.mismatched.append((key, tuple(value.shape), tuple(target.shape)))
             continue
@@ -507,26 +507,28 @@ def load_pretrained(
     return report
 
 
-def export_backbone(source, path: str | os.PathLike, *, allow_pickle: bool = False, arch: dict | None = None):
+def export_backbone(
+    source, path: str | os.PathLike, *, allow_pickle: bool = False, arch_record: dict | None = None
+):
     """Writes the encoder of any readable checkpoint (no decoder, no classifier) as a toolkit
-    checkpoint {"model", "arch", "source_format"}, atomically. `arch` completes or overrides
-    what can be read off the weights (the head count cannot)."""
+    checkpoint {"model", "arch", "source_format"}, atomically. `arch_record` completes or overrides
+    the architecture record read off the weights (the head count cannot be)."""
     _, converted = _read_and_convert(source, allow_pickle)
     encoder = {k: v for k, v in converted.state_dict.items() if not k.startswith(MAE_HEAD_PARTS)}
-    record = {**_arch_from_weights(encoder), **(converted.arch or {}), **(arch or {})}
+    record = {**_arch_record_from_weights(encoder), **(converted.arch_record or {}), **(arch_record or {})}
     record = {k: v for k, v in record.items() if k in ENCODER_ARCH_FIELDS}
     return save_checkpoint({"model": encoder, "arch": record, "source_format": converted.source_format}, path)
 
 
-def _arch_from_weights(sd: dict[str, torch.Tensor]) -> dict:
+def _arch_record_from_weights(sd: dict[str, torch.Tensor]) -> dict:
     embed_dim, in_chans, patch_size, _ = sd["patch_embed.proj.weight"].shape
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-    arch = {"patch_size": patch_size, "embed_dim": embed_dim, "depth": depth, "in_chans": in_chans}
+    record = {"patch_size": patch_size, "embed_dim": embed_dim, "depth": depth, "in_chans": in_chans}
     if "blocks.0.mlp.fc1.weight" in sd:
-        arch["mlp_ratio"] = sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
+        record["mlp_ratio"] = sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
     if "pos_embed" in sd and (grid := _square_grid(sd["pos_embed"].shape[1] - 1)):
-        arch["img_size"] = [grid[0] * patch_size, grid[1] * patch_size]
-    return arch
+        record["img_size"] = [grid[0] * patch_size, grid[1] * patch_size]
+    return record
 
 
 def _few(keys: list[str], n: int = 5) -> str:

@@ -31,7 +31,7 @@ from .data import EpochSampler, build_dataset
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, close_distributed, init_distributed
 from .host_memory import retain_freed_memory
 from .layer_decay import param_groups
-from .mae import PAPER_DECODER, TOY_DECODERS, MaskedAutoencoder
+from .mae import MaskedAutoencoder, decoder_preset
 from .masking import build_masking
 from .vit import get_arch
 
@@ -55,10 +55,10 @@ class EpochHook(Protocol):
 # ---------------------------------------------------------------- model
 
 
-def model_arch(cfg: ModelConfig) -> dict:
-    """Every constructor argument of the MAE, as plain values: stored in checkpoints as "arch"
-    so a checkpoint rebuilds its own model (`mae_from_arch`)."""
-    decoder = dict(TOY_DECODERS.get(cfg.arch, PAPER_DECODER))
+def model_record(cfg: ModelConfig) -> dict:
+    """Every constructor argument of the MAE, as plain values: stored in checkpoints under the key
+    "arch" (kept for existing files) so a checkpoint rebuilds its own model (`mae_from_record`)."""
+    decoder = decoder_preset(cfg.arch)
     for key in decoder:
         if getattr(cfg, key) is not None:
             decoder[key] = getattr(cfg, key)
@@ -78,8 +78,9 @@ def model_arch(cfg: ModelConfig) -> dict:
     }
 
 
-def mae_from_arch(arch: dict) -> MaskedAutoencoder:
-    kwargs = dict(arch)
+def mae_from_record(record: dict) -> MaskedAutoencoder:
+    """The MAE a checkpoint's "arch" record (`model_record`) describes, freshly initialised."""
+    kwargs = dict(record)
     kwargs.pop("name", None)
     kwargs["img_size"] = tuple(kwargs["img_size"])
     kwargs["masking"] = build_masking(kwargs.pop("masking", "random"), **kwargs.pop("masking_args", {}))
@@ -294,9 +295,9 @@ class _Pretrainer:
 
         # Same initial weights on every process and for every world size; then per-process RNG.
         torch.manual_seed(cfg.seed)
-        self.arch = model_arch(cfg.model)
+        self.model_record = model_record(cfg.model)
         try:
-            self.model = mae_from_arch(self.arch).to(self.device)
+            self.model = mae_from_record(self.model_record).to(self.device)
         except ValueError as exc:  # e.g. a mask ratio that leaves no visible patch, before any data is read
             raise ConfigError(f"model: {exc}") from exc
         torch.manual_seed(cfg.seed + dist_info.rank)
@@ -339,7 +340,7 @@ class _Pretrainer:
     def checkpoint(self) -> dict:
         return {
             "model": self.model.state_dict(),
-            "arch": self.arch,
+            "arch": self.model_record,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
@@ -370,7 +371,7 @@ class _Pretrainer:
         kept = ""
         if self.dist.is_main:
             debug = self.output_dir / f"diverged-{self.iteration:06d}.pth"
-            save_checkpoint({"model": self.model.state_dict(), "arch": self.arch, "epoch": self.epoch,
+            save_checkpoint({"model": self.model.state_dict(), "arch": self.model_record, "epoch": self.epoch,
                              "iteration": self.iteration}, debug)
             kept = f" (kept for debugging as {debug})"
         good = (f"the last good checkpoint is {self.last_good}" if self.last_good
@@ -391,8 +392,10 @@ class _Pretrainer:
         if bad:
             raise ConfigError(f"{path} cannot be resumed from: {len(bad)} tensors are NaN or infinite "
                               f"({', '.join(bad[:5])})")
-        if state.get("arch") not in (None, self.arch):
-            raise ConfigError(f"{path} holds model {state['arch']}, but the config builds {self.arch}")
+        if state.get("arch") not in (None, self.model_record):
+            raise ConfigError(
+                f"{path} holds model {state['arch']}, but the config builds {self.model_record}"
+            )
         saved_cfg = from_dict(PretrainConfig, state["config"]) if "config" in state else None
         if saved_cfg is not None and saved_cfg != self.cfg and self.dist.is_main:
             changed = [k for k, v in to_dict(self.cfg).items() if to_dict(saved_cfg).get(k) != v]

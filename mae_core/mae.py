@@ -18,6 +18,14 @@ from .pos_embed import sincos_2d
 from .vit import VisionTransformer, get_arch, layer_norm
 
 
+def patch_statistics(patches: torch.Tensor, eps: float = 1.0e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of every patch of `patchify`'s output (B, L, P): the norm-pix
+    target is `(patch - mean) / std`, and a reconstruction is brought back with `pred * std + mean`.
+    `eps` keeps flat patches finite."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    return mean, (patches.var(dim=-1, keepdim=True) + eps) ** 0.5
+
+
 def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, gh*gw, p*p*C); values inside a patch ordered (row, column, channel) as in
     the official MAE, so its `decoder_pred` weights mean the same here."""
@@ -216,9 +224,8 @@ class MaskedAutoencoder(VisionTransformer):
         """Per-patch pixels, normalised per patch when `norm_pix_loss` (MAE's better target)."""
         target = patchify(imgs, self.patch_size)
         if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1.0e-6) ** 0.5
+            mean, std = patch_statistics(target)
+            target = (target - mean) / std
         return target
 
     def per_patch_loss(self, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -266,7 +273,11 @@ TOY_DECODERS = {
 }
 
 
+def decoder_preset(arch: str) -> dict:
+    """The decoder of the size preset `arch`: a toy size's lighter one, else the paper's."""
+    return dict(TOY_DECODERS.get(arch, PAPER_DECODER))
+
+
 def create_mae(arch: str, **kwargs) -> MaskedAutoencoder:
     """`create_mae("vit_base_patch16", norm_pix_loss=True)`; keyword arguments override the preset."""
-    decoder = TOY_DECODERS.get(arch, PAPER_DECODER)
-    return MaskedAutoencoder(**{**get_arch(arch).to_dict(), **decoder, **kwargs})
+    return MaskedAutoencoder(**{**get_arch(arch).to_dict(), **decoder_preset(arch), **kwargs})

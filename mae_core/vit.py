@@ -149,9 +149,9 @@ def _init_linear_and_norm(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def vit_from_arch(arch: str | ViTArch, **kwargs) -> VisionTransformer:
-    arch = get_arch(arch) if isinstance(arch, str) else arch
-    return VisionTransformer(**arch.to_dict(), **kwargs)
+def vit_from_arch(arch: str, **kwargs) -> VisionTransformer:
+    """The encoder of size preset `arch` (a name in VIT_ARCHS); keyword arguments add to it."""
+    return VisionTransformer(**get_arch(arch).to_dict(), **kwargs)
 
 
 __all__ = ["VIT_ARCHS", "ViTArch", "VisionTransformer", "get_arch", "layer_norm", "vit_from_arch"]

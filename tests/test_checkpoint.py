@@ -322,7 +322,7 @@ def test_extract_state_dict_unwraps_and_strips_the_ddp_prefix():
 
 def test_export_backbone_writes_the_encoder_only(tmp_path):
     path, sd = official_checkpoint(tmp_path, with_decoder=True, **{"head.weight": torch.zeros(10, 768)})
-    out = export_backbone(path, tmp_path / "encoder.pth", arch={"num_heads": 12})
+    out = export_backbone(path, tmp_path / "encoder.pth", arch_record={"num_heads": 12})
     saved = load_checkpoint_file(out)
     assert sorted(saved["model"]) == sorted(k for k in sd if not k.startswith(("decoder_", "mask_token")))
     assert saved["arch"] == {

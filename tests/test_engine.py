@@ -20,8 +20,8 @@ from mae_core.engine import (
     TrainingDiverged,
     accumulation_steps,
     build_optimizer,
-    mae_from_arch,
-    model_arch,
+    mae_from_record,
+    model_record,
     peak_lr,
     pretrain,
 )
@@ -60,7 +60,7 @@ def test_lr_scales_with_the_effective_batch_and_accumulation_fills_it():
 
 
 def test_weight_decay_spares_norms_biases_position_tables_and_tokens():
-    model = mae_from_arch(model_arch(ModelConfig(arch="vit_toy_patch4", img_size=28, in_chans=1)))
+    model = mae_from_record(model_record(ModelConfig(arch="vit_toy_patch4", img_size=28, in_chans=1)))
     optimizer = build_optimizer(model, PretrainConfig())
     assert optimizer.defaults["betas"] == (0.9, 0.95)
     decay = {n for g in optimizer.param_groups if g["weight_decay"] == 0.05 for n in g["param_names"]}
@@ -77,11 +77,11 @@ def test_weight_decay_spares_norms_biases_position_tables_and_tokens():
 def test_arch_record_rebuilds_the_same_model_for_non_square_input():
     cfg = ModelConfig(arch="vit_toy_patch4", img_size=(16, 24), in_chans=3, norm_pix_loss=True,
                       masking="block", decoder_depth=1)
-    arch = model_arch(cfg)
-    assert json.loads(json.dumps(arch)) == arch  # plain values only
-    model = mae_from_arch(arch)
+    record = model_record(cfg)
+    assert json.loads(json.dumps(record)) == record  # plain values only
+    model = mae_from_record(record)
     assert model.grid_size == (4, 6) and model.norm_pix_loss and len(model.decoder_blocks) == 1
-    copy = mae_from_arch(arch)
+    copy = mae_from_record(record)
     copy.load_state_dict(model.state_dict())
     out = copy(torch.randn(2, 3, 16, 24))
     assert out.pred.shape == (2, 24, 48)
@@ -108,7 +108,7 @@ def test_checkpoint_loads_safely_and_holds_the_whole_state(tmp_path):
     assert set(state) == {"model", "arch", "optimizer", "scaler", "epoch", "iteration", "rng", "config"}
     assert state["epoch"] == 0 and state["iteration"] == 2 == result.iteration
     assert from_dict(PretrainConfig, state["config"]) == cfg
-    assert state["arch"] == model_arch(cfg.model)
+    assert state["arch"] == model_record(cfg.model)
     assert isinstance(state["rng"][0]["torch"], torch.Tensor)
     assert state["optimizer"]["state"]  # Adam moments are there
     for name, value in result.model.state_dict().items():

@@ -16,7 +16,7 @@ from mae_core.backbone import ViTBackbone
 from mae_core.checkpoint import load_pretrained, save_checkpoint
 from mae_core.config import ConfigError, ModelConfig, override
 from mae_core.data import FashionMNIST, MaskedViews
-from mae_core.engine import mae_from_arch, model_arch, pretrain
+from mae_core.engine import mae_from_record, model_record, pretrain
 from mae_core.mae import create_mae
 from mae_core.masking import MASKING, FilteredNoiseMasking, LossPredictor, build_masking
 
@@ -103,26 +103,26 @@ def test_noise_is_the_informed_strategys_random_part_and_scores_impose_a_mask():
 def test_strategies_and_their_parameters_come_from_the_config_and_rebuild_from_the_arch(tmp_path):
     cfg = ModelConfig(arch="vit_toy_patch4", img_size=(16, 24), in_chans=1, masking="hard_patches",
                       masking_args={"hidden": 16, "hard_share": 0.25})
-    arch = model_arch(cfg)
-    assert arch["masking_args"] == {"hidden": 16, "hard_share": 0.25}
-    model = mae_from_arch(arch)
+    record = model_record(cfg)
+    assert record["masking_args"] == {"hidden": 16, "hard_share": 0.25}
+    model = mae_from_record(record)
     assert model.masking.hard_share == 0.25 and extra_parameters(model) > 0
-    copy = mae_from_arch(arch)
+    copy = mae_from_record(record)
     copy.load_state_dict(model.state_dict())  # the head's weights are part of the model
     # The head is a pretraining-only part, named like the decoder: a backbone ignores it on loading.
-    save_checkpoint({"model": model.state_dict(), "arch": arch}, tmp_path / "hpm.pth")
+    save_checkpoint({"model": model.state_dict(), "arch": record}, tmp_path / "hpm.pth")
     backbone = ViTBackbone(img_size=(16, 24), pretrain_img_size=(16, 24), patch_size=4, in_chans=1,
                            embed_dim=model.embed_dim, depth=len(model.blocks),
                            num_heads=model.blocks[0].attn.num_heads)
     report = load_pretrained(backbone, tmp_path / "hpm.pth")
     head_keys = [key for key in model.state_dict() if key.startswith("decoder_loss_pred.")]
     assert head_keys and set(head_keys) <= set(report.ignored) and not report.unexpected
-    assert "masking_args" not in model_arch(ModelConfig())  # records of earlier runs stay equal
+    assert "masking_args" not in model_record(ModelConfig())  # records of earlier runs stay equal
     assert override(ModelConfig(), {"masking_args": {"sigma": 2.0}}).masking_args == {"sigma": 2.0}
     with pytest.raises(ConfigError, match="'masking_args' expects dict"):
         override(ModelConfig(), {"masking_args": 2.0})
     with pytest.raises(ValueError, match=r"'filtered_noise' has no parameter 'sigmaa'; it takes: sigma, ba"):
-        mae_from_arch(model_arch(ModelConfig(arch="vit_toy_patch4", masking="filtered_noise",
+        mae_from_record(model_record(ModelConfig(arch="vit_toy_patch4", masking="filtered_noise",
                                              masking_args={"sigmaa": 2.0})))
     with pytest.raises(ValueError, match="band must be one of"):
         build_masking("filtered_noise", band="green")

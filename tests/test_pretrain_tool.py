@@ -23,7 +23,7 @@ from mae_core.config import (
     parse_overrides,
     to_dict,
 )
-from mae_core.engine import mae_from_arch, model_arch, pretrain
+from mae_core.engine import mae_from_record, model_record, pretrain
 from mae_core.mae import MAEOutput, MaskedAutoencoder, create_mae
 
 CONFIGS = REPO / "configs" / "pretrain"
@@ -189,9 +189,9 @@ def test_reconstruction_undoes_norm_pix_with_each_patch_statistics():
 
 def test_visualize_refuses_checkpoints_without_decoder_or_arch(tmp_path):
     visualize = load_tool("visualize_mae")
-    arch = model_arch(toy_config(tmp_path).model)
-    model = mae_from_arch(arch)
-    encoder_only = export_backbone({"model": model.state_dict(), "arch": arch}, tmp_path / "encoder.pth")
+    record = model_record(toy_config(tmp_path).model)
+    model = mae_from_record(record)
+    encoder_only = export_backbone({"model": model.state_dict(), "arch": record}, tmp_path / "encoder.pth")
     with pytest.raises(CheckpointError, match="no decoder weights"):
         visualize.load_mae(encoder_only)
     official = tmp_path / "official.pth"

@@ -12,9 +12,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mae_core.catalogue import build_trunk
-from mae_core.data import FashionMNIST
-from mae_core.mae import create_mae
 from mae_app.probe import (
     Classifier,
     KNNMonitor,
@@ -26,6 +23,9 @@ from mae_app.probe import (
     train_linear_probe,
     vit_token_features,
 )
+from mae_core.catalogue import build_trunk
+from mae_core.data import FashionMNIST
+from mae_core.mae import create_mae
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,14 +118,6 @@ def test_fine_tuning_learns_a_real_two_class_task(fmnist_split, partial):
     assert "features.backbone.net.blocks.1.attn.qkv.weight" in changed
 
 
-class Wrapped(torch.nn.Module):
-    """Stands for DistributedDataParallel: the model under `.module`."""
-
-    def __init__(self, module):
-        super().__init__()
-        self.module = module
-
-
 def test_knn_monitor_runs_on_schedule_without_touching_training_state(fmnist_split):
     x_train, y_train, x_val, y_val = fmnist_split
     mae = create_mae("vit_toy_patch4", img_size=28, in_chans=1)
@@ -134,8 +126,9 @@ def test_knn_monitor_runs_on_schedule_without_touching_training_state(fmnist_spl
     monitor = KNNMonitor(train, val, num_classes=10, every=2)
     mae.train()
     rng = torch.get_rng_state()
-    assert monitor(Wrapped(mae), epoch=0) is None
-    result = monitor(Wrapped(mae), epoch=1)
+    wrapped = torch.nn.DataParallel(mae)  # as the engine hands it over (DDP): the model under `.module`
+    assert monitor(wrapped, epoch=0) is None
+    result = monitor(wrapped, epoch=1)
     assert set(result) == {"knn_acc"} and 0.2 < result["knn_acc"] <= 1.0  # random ViT features of real items
     assert mae.training
     assert torch.equal(torch.get_rng_state(), rng)
