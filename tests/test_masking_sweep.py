@@ -19,7 +19,7 @@ from mae_app.report import stack_pictures, write_report
 from mae_app.runs import RunError, load_run, pretraining_metrics
 from mae_core.checkpoint import save_checkpoint
 from mae_core.config import PretrainConfig, load_config, override, parse_overrides, to_dict
-from mae_core.engine import mae_from_arch, model_arch, pretrain
+from mae_core.engine import mae_from_record, model_record, pretrain
 
 
 def test_the_sweep_pretrains_each_strategy_alike_and_probes_it_with_three_seeds(tmp_path):
@@ -39,7 +39,7 @@ def test_the_sweep_pretrains_each_strategy_alike_and_probes_it_with_three_seeds(
         assert command[2:6] == ["--config", str(PRETRAIN_CONFIG), "--output-dir", str(demo.pretrain_dir(p))]
         assert probed[p.masking] == demo.pretrain_dir(p) / "last.pth"
         configs[p.masking] = cfg = override(load_config(PRETRAIN_CONFIG), parse_overrides(command[6:]))
-        mae_from_arch(model_arch(cfg.model))  # the strategy and its parameters build
+        mae_from_record(model_record(cfg.model))  # the strategy and its parameters build
     assert list(configs) == list(MASKING_SWEEP) and len(set(probed.values())) == len(MASKING_SWEEP)
     assert {(c.epochs, c.model.mask_ratio, c.batch_size, c.seed) for c in configs.values()} == {
         (demo.recipe.sweep_epochs, 0.75, demo.recipe.pretrain_batch, 0)}
@@ -82,7 +82,7 @@ def write_pretraining(folder: Path, masking: str, seconds_per_step: float, steps
     changes = {"model.arch": "vit_toy_patch4", "model.img_size": 16, "model.masking": masking,
                "batch_size": BATCH, "effective_batch": BATCH}
     cfg = override(PretrainConfig(), changes)
-    arch = model_arch(cfg.model)
+    arch = model_record(cfg.model)
     folder.mkdir(parents=True)
     save_checkpoint({"model": {}, "arch": arch, "config": to_dict(cfg), "rng": [{}]}, folder / "last.pth")
     writer = SummaryWriter(str(folder / "tensorboard"))
@@ -135,7 +135,7 @@ def test_report_tables_each_strategy_with_its_speed_and_extra_parameters(tmp_pat
     assert list(rows) == ["random", "block", "hard_patches", "random init"]
     # batch 16 / 0.5 s; the 100 s between the epochs are left out
     assert rows["random"] == ["0, 1, 2", "41.0 ± 1.0", "46.0 ± 1.0", "32", "1.00", "0"]
-    hard_extra = extra_parameters(mae_from_arch(archs["hard_patches"]))
+    hard_extra = extra_parameters(mae_from_record(archs["hard_patches"]))
     assert hard_extra > 0 and rows["hard_patches"][3:] == ["16", "0.50", str(hard_extra)]
     assert rows["random init"][1] == "21.0 ± 1.0" and rows["random init"][3:] == ["—", "—", "—"]
     assert "- **k-NN acc**: block − random = -10.00" in section and "): no" in section
