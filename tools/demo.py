@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mae_app.demo import MASKING_SWEEP, RATIO_SWEEP, REPO, Demo, DemoOptions
+from mae_app.demo import MASKING_SWEEP, RATIO_SWEEP, REPO, Demo, DemoOptions, Recipe
 
 
 def parse_args(argv=None) -> DemoOptions:
@@ -36,7 +36,8 @@ def parse_args(argv=None) -> DemoOptions:
     p.add_argument("--masking-sweep", action="store_true",
                    help=f"instead of the main comparison, pretrain with each masking strategy "
                         f"({', '.join(MASKING_SWEEP)}) at --mask-ratio for --sweep-epochs and probe each")
-    p.add_argument("--sweep-epochs", type=int, help="pretraining epochs of each strategy (default 8)")
+    p.add_argument("--sweep-epochs", type=int,
+                   help=f"pretraining epochs of each strategy (default {Recipe().sweep_epochs})")
     p.add_argument("--sweep-transfer", action="store_true",
                    help="with --masking-sweep: Mask R-CNN and UperNet from every strategy too")
     p.add_argument("--jobs", type=int, default=2, help="probe / fine-tuning runs at a time, one core each")
