@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +120,24 @@ def _lost_in_conversion(img: Image.Image, in_chans: int) -> str | None:
     return None
 
 
+def list_images_recursively(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Image files as given, and each folder expanded to every image at any depth under it
+    (suffix in IMAGE_EXTENSIONS, any case), sorted per folder: the one way the toolkit lists images.
+    A path that does not exist, or a folder without images, is refused naming it."""
+    images = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            if not found:
+                raise DatasetNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {item}")
+            images += found
+        elif item.is_file():
+            images.append(item)
+        else:
+            raise DatasetNotFoundError(f"image {item} does not exist (neither an image file nor a folder)")
+    return images
+
+
 class ImageFolder(Dataset):
     """Every image under `root`, found recursively and sorted. When all images sit in
     sub-folders of `root`, the top-level sub-folder names are the classes (ImageNet's layout);
@@ -129,13 +147,7 @@ class ImageFolder(Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"image folder {self.root} does not exist")
-        self.paths = sorted(
-            p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
-        if not self.paths:
-            raise DatasetNotFoundError(
-                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {self.root}"
-            )
+        self.paths = list_images_recursively([self.root])
         top = [p.relative_to(self.root).parts for p in self.paths]
         if all(len(parts) > 1 for parts in top):
             self.classes = sorted({parts[0] for parts in top})

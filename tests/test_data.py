@@ -23,6 +23,7 @@ from mae_core.data import (
     collate_views,
     eval_transform,
     find_fashion_mnist,
+    list_images_recursively,
     pretrain_transform,
     read_idx,
     read_image,
@@ -72,6 +73,20 @@ def test_image_folder_with_class_subfolders_and_recursive(tmp_path):
     flat = ImageFolder(tmp_path / "flat", in_chans=1)
     assert len(flat) == 2 and flat.labels == [-1, -1]
     assert flat[0][0].shape == (1, 16, 20)
+
+
+def test_image_listing_keeps_files_and_searches_folders_at_any_depth(tmp_path):
+    write_image(tmp_path / "set" / "b.PNG")
+    write_image(tmp_path / "set" / "sub" / "deeper" / "a.jpg")
+    (tmp_path / "set" / "notes.txt").write_text("not an image")
+    write_image(tmp_path / "single.png")
+    assert list_images_recursively([tmp_path / "single.png", str(tmp_path / "set")]) == [
+        tmp_path / "single.png", tmp_path / "set" / "b.PNG", tmp_path / "set" / "sub" / "deeper" / "a.jpg"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=r"no images .* found under .*empty"):
+        list_images_recursively([tmp_path / "empty"])
+    with pytest.raises(DatasetNotFoundError, match=r"image .*nope\.png does not exist"):
+        list_images_recursively([tmp_path / "nope.png"])
 
 
 def test_empty_or_missing_folder_is_an_error(tmp_path):

@@ -1,6 +1,6 @@
-"""Config files and overrides, tools/pretrain.py end to end, and tools/visualize_mae.py."""
+"""Config files and overrides, tools/pretrain.py end to end, and tools/visualize_mae.py (its
+library, mae_app.visualize, and the tool end to end)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +12,7 @@ import torch
 from helpers_pretrain import REPO, require_fashion_mnist, toy_config
 from PIL import Image
 
+from mae_app import visualize
 from mae_core.checkpoint import CheckpointError, export_backbone
 from mae_core.config import (
     ConfigError,
@@ -27,13 +28,6 @@ from mae_core.engine import mae_from_record, model_record, pretrain
 from mae_core.mae import MAEOutput, MaskedAutoencoder, create_mae
 
 CONFIGS = REPO / "configs" / "pretrain"
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---------------------------------------------------------------- configs
@@ -96,9 +90,9 @@ def test_config_file_without_config_is_refused(tmp_path):
 # ---------------------------------------------------------------- tools/pretrain.py
 
 
-def run_tool(*args, timeout=300):
+def run_tool(*args, timeout=300, tool="pretrain.py"):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "tools" / "pretrain.py"), *map(str, args)],
+    return subprocess.run([sys.executable, str(REPO / "tools" / tool), *map(str, args)],
                           env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
@@ -153,10 +147,11 @@ def toy_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_visualize_writes_one_four_panel_png_per_image(toy_checkpoint, tmp_path, capsys):
-    visualize = load_tool("visualize_mae")
-    assert visualize.main([str(toy_checkpoint), "--num-images", "2", "--output-dir", str(tmp_path)]) == 0
+def test_visualize_writes_one_four_panel_png_per_image(toy_checkpoint, tmp_path):
+    proc = run_tool(toy_checkpoint, "--num-images", "2", "--output-dir", tmp_path, tool="visualize_mae.py")
+    assert proc.returncode == 0, proc.stderr
     pictures = sorted(tmp_path.glob("*.png"))
+    assert proc.stdout.split() == [str(p) for p in pictures]
     assert [p.name for p in pictures] == ["sample0000_mae.png", "sample0001_mae.png"]
     picture = Image.open(pictures[0])
     # 28 px images enlarged 4x: four 112 px panels, 4 px gaps, a 14 px title strip.
@@ -169,7 +164,6 @@ def test_visualize_writes_one_four_panel_png_per_image(toy_checkpoint, tmp_path,
 
 def test_reconstruction_undoes_norm_pix_with_each_patch_statistics():
     """A model whose predictions equal its norm-pix targets must reconstruct the image exactly."""
-    visualize = load_tool("visualize_mae")
 
     class PerfectMAE(MaskedAutoencoder):
         def forward(self, imgs, mask_ratio=None, noise=None):
@@ -188,7 +182,6 @@ def test_reconstruction_undoes_norm_pix_with_each_patch_statistics():
 
 
 def test_visualize_refuses_checkpoints_without_decoder_or_arch(tmp_path):
-    visualize = load_tool("visualize_mae")
     record = model_record(toy_config(tmp_path).model)
     model = mae_from_record(record)
     encoder_only = export_backbone({"model": model.state_dict(), "arch": record}, tmp_path / "encoder.pth")
@@ -205,7 +198,6 @@ def test_visualize_refuses_checkpoints_without_decoder_or_arch(tmp_path):
     assert torch.equal(rebuilt.decoder_pred.weight, paper_layout.decoder_pred.weight)
 
 
-def test_visualize_main_prints_errors(tmp_path, capsys):
-    visualize = load_tool("visualize_mae")
-    assert visualize.main([str(tmp_path / "none.pth")]) == 1
-    assert "does not exist" in capsys.readouterr().err
+def test_visualize_tool_prints_errors(tmp_path):
+    proc = run_tool(tmp_path / "none.pth", tool="visualize_mae.py")
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
