@@ -1,6 +1,6 @@
 """Pretraining configuration: dataclasses written as small Python files.
 
-A config file assigns `config = PretrainConfig(...)`; a variant loads its base with `load_config`
+A config file assigns `config = PretrainConfig(...)`; a variant loads its base with `load_pretrain_config`
 and changes a few fields with `override`, the same function that applies command-line
 `key=value` pairs, so files and command lines cannot drift apart. This mirrors Detectron2's
 LazyConfig on the detection side: plain Python files, variants override fields of a base."""
@@ -120,7 +120,7 @@ def _flatten(node, values: dict, prefix: str = "") -> dict:
     return flat
 
 
-def load_config(path: str | Path) -> PretrainConfig:
+def load_pretrain_config(path: str | Path) -> PretrainConfig:
     """Runs a config file and returns its `config` variable."""
     path = Path(path)
     if not path.is_file():

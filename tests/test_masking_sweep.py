@@ -18,7 +18,7 @@ from mae_app.demo import MASKING_SWEEP, PRETRAIN_CONFIG, Demo, DemoOptions
 from mae_app.report import stack_pictures, write_report
 from mae_app.runs import RunError, load_run, pretraining_metrics
 from mae_core.checkpoint import save_checkpoint
-from mae_core.config import PretrainConfig, load_config, override, parse_overrides, to_dict
+from mae_core.config import PretrainConfig, load_pretrain_config, override, parse_overrides, to_dict
 from mae_core.engine import mae_from_record, model_record, pretrain
 
 
@@ -38,7 +38,8 @@ def test_the_sweep_pretrains_each_strategy_alike_and_probes_it_with_three_seeds(
         command = demo.pretrain_command(p)
         assert command[2:6] == ["--config", str(PRETRAIN_CONFIG), "--output-dir", str(demo.pretrain_dir(p))]
         assert probed[p.masking] == demo.pretrain_dir(p) / "last.pth"
-        configs[p.masking] = cfg = override(load_config(PRETRAIN_CONFIG), parse_overrides(command[6:]))
+        cfg = override(load_pretrain_config(PRETRAIN_CONFIG), parse_overrides(command[6:]))
+        configs[p.masking] = cfg
         mae_from_record(model_record(cfg.model))  # the strategy and its parameters build
     assert list(configs) == list(MASKING_SWEEP) and len(set(probed.values())) == len(MASKING_SWEEP)
     assert {(c.epochs, c.model.mask_ratio, c.batch_size, c.seed) for c in configs.values()} == {

@@ -19,7 +19,7 @@ from mae_core.config import (
     DataConfig,
     PretrainConfig,
     from_dict,
-    load_config,
+    load_pretrain_config,
     override,
     parse_overrides,
     to_dict,
@@ -41,19 +41,19 @@ CONFIGS = REPO / "configs" / "pretrain"
     ("mae_vit_huge_1600ep", "vit_huge_patch14", 1600),
 ])
 def test_paper_recipes(name, arch, epochs):
-    cfg = load_config(CONFIGS / f"{name}.py")
+    cfg = load_pretrain_config(CONFIGS / f"{name}.py")
     assert (cfg.model.arch, cfg.epochs) == (arch, epochs)
     assert cfg.optim.blr == 1.5e-4 and cfg.effective_batch == 4096 and cfg.optim.warmup_epochs == 40
     assert cfg.optim.betas == (0.9, 0.95) and cfg.optim.weight_decay == 0.05
     assert cfg.model.norm_pix_loss and cfg.model.mask_ratio == 0.75 and cfg.model.img_size == 224
     assert cfg.data.min_scale == 0.2 and cfg.data.hflip and cfg.output_dir.endswith(name)
     # A variant differs from its base only in the fields it names.
-    base = load_config(CONFIGS / "base.py")
+    base = load_pretrain_config(CONFIGS / "base.py")
     assert override(base, {"model.arch": arch, "epochs": epochs, "output_dir": cfg.output_dir}) == cfg
 
 
 def test_toy_config_is_grayscale_fashion_mnist_on_cpu():
-    cfg = load_config(CONFIGS / "fashion_mnist_toy.py")
+    cfg = load_pretrain_config(CONFIGS / "fashion_mnist_toy.py")
     assert cfg.model.arch == "vit_toy_patch4" and cfg.model.img_size == 28 and cfg.model.in_chans == 1
     assert cfg.data.dataset == "fashion_mnist" and len(cfg.data.mean) == 1 and cfg.device == "cpu"
 
@@ -82,9 +82,9 @@ def test_config_file_without_config_is_refused(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("cfg = 1\n")
     with pytest.raises(ConfigError, match="must assign `config = PretrainConfig"):
-        load_config(bad)
+        load_pretrain_config(bad)
     with pytest.raises(ConfigError, match="does not exist"):
-        load_config(tmp_path / "missing.py")
+        load_pretrain_config(tmp_path / "missing.py")
 
 
 # ---------------------------------------------------------------- tools/pretrain.py

@@ -15,14 +15,11 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mae_core.checkpoint import CheckpointError  # noqa: E402
-from mae_core.config import ConfigError, load_config, override, parse_overrides  # noqa: E402
-from mae_core.data import DatasetNotFoundError, ImageReadError  # noqa: E402
-from mae_core.engine import LAST_CHECKPOINT, TrainingDiverged, pretrain  # noqa: E402
+from mae_core.checkpoint import CheckpointError
+from mae_core.config import ConfigError, load_pretrain_config, override, parse_overrides
+from mae_core.data import DatasetNotFoundError, ImageReadError
+from mae_core.engine import LAST_CHECKPOINT, TrainingDiverged, pretrain
 
 # Errors whose message says everything; anything else keeps its traceback.
 USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, ImageReadError, TrainingDiverged)
@@ -56,7 +53,7 @@ def main(argv=None) -> int:
         changes = parse_overrides(args.overrides)
         if args.output_dir:
             changes["output_dir"] = args.output_dir
-        config = override(load_config(args.config), changes)
+        config = override(load_pretrain_config(args.config), changes)
         result = pretrain(config, resume=args.resume, overwrite=args.overwrite)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)

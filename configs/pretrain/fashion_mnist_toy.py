@@ -5,9 +5,9 @@ the 4x4 background patches are flat, and dividing by their tiny spread only ampl
 
 from pathlib import Path
 
-from mae_core.config import DataConfig, ModelConfig, OptimConfig, load_config, override
+from mae_core.config import DataConfig, ModelConfig, OptimConfig, load_pretrain_config, override
 
-base = load_config(Path(__file__).with_name("base.py"))
+base = load_pretrain_config(Path(__file__).with_name("base.py"))
 config = override(base, {
     "model": ModelConfig(arch="vit_toy_patch4", img_size=28, in_chans=1, norm_pix_loss=False),
     # Fashion-MNIST's own pixel mean and spread (train split).

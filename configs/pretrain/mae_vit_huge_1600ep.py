@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from mae_core.config import load_config, override
+from mae_core.config import load_pretrain_config, override
 
-config = override(load_config(Path(__file__).with_name("mae_vit_huge.py")), {
+config = override(load_pretrain_config(Path(__file__).with_name("mae_vit_huge.py")), {
     "epochs": 1600,
     "output_dir": "output/pretrain/mae_vit_huge_1600ep",
 })

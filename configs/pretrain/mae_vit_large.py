@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from mae_core.config import load_config, override
+from mae_core.config import load_pretrain_config, override
 
-config = override(load_config(Path(__file__).with_name("base.py")), {
+config = override(load_pretrain_config(Path(__file__).with_name("base.py")), {
     "model.arch": "vit_large_patch16",
     "output_dir": "output/pretrain/mae_vit_large",
 })
