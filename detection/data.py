@@ -13,13 +13,21 @@ false positives). Crowd annotations are kept and ignored by training as usual.""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
 
 import detectron2.data.transforms as T
-from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.data.datasets import load_coco_json
+from detectron2.data.samplers import TrainingSampler
+from detectron2.utils import comm
 
 
 class CocoDatasetError(ValueError):
@@ -29,7 +37,8 @@ class CocoDatasetError(ValueError):
 def check_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLike) -> dict:
     """Reads and checks a COCO instances json; returns it. Raises `CocoDatasetError` naming the
     image or annotation at fault: a missing image file, an annotation of an unknown image or
-    category, a polygon with fewer than three points, a box that is not [x, y, w, h]."""
+    category, a polygon with fewer than three points, an empty or missing segmentation (Detectron2
+    drops it and the mask head then fails in a data-loader worker), a box that is not [x, y, w, h]."""
     json_file, image_root = Path(json_file), Path(image_root)
     if not json_file.is_file():
         raise CocoDatasetError(f"COCO annotation file {json_file} does not exist")
@@ -43,18 +52,21 @@ def check_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLike)
     if not coco["categories"]:
         raise CocoDatasetError(f"{json_file}: 'categories' is empty")
 
-    image_ids = set()
+    image_files = {}
     for img in coco["images"]:
         path = image_root / img["file_name"]
         if not path.is_file():
             raise CocoDatasetError(
                 f"{json_file}: image id {img['id']} names {img['file_name']!r}, but {path} does not exist"
             )
-        image_ids.add(img["id"])
+        image_files[img["id"]] = img["file_name"]
     category_ids = {c["id"] for c in coco["categories"]}
     for ann in coco["annotations"]:
-        where = f"{json_file}: annotation id {ann.get('id')} (image id {ann.get('image_id')})"
-        if ann.get("image_id") not in image_ids:
+        where = (
+            f"{json_file}: annotation id {ann.get('id')} (image id {ann.get('image_id')}, "
+            f"{image_files.get(ann.get('image_id'), 'unknown file')})"
+        )
+        if ann.get("image_id") not in image_files:
             raise CocoDatasetError(f"{where} refers to an image that is not listed in 'images'")
         if ann.get("category_id") not in category_ids:
             raise CocoDatasetError(
@@ -67,8 +79,19 @@ def check_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLike)
                 f"{where} has bbox {bbox}; expected [x, y, width, height] with width, height >= 0"
             )
         segm = ann.get("segmentation")
+        if not segm or not isinstance(segm, (list, dict)):
+            raise CocoDatasetError(
+                f"{where} has segmentation {segm!r}; expected polygons [[x1, y1, x2, y2, ...], ...] or "
+                "an RLE {'counts': ..., 'size': [h, w]} (remove the annotation if the object has no mask)"
+            )
+        if isinstance(segm, dict) and not (segm.get("counts") and segm.get("size")):
+            raise CocoDatasetError(f"{where} has an RLE segmentation without 'counts' or 'size'")
         if isinstance(segm, list):
             for poly in segm:
+                if not isinstance(poly, list):
+                    raise CocoDatasetError(
+                        f"{where} has segmentation {segm!r}; a polygon is a list of numbers"
+                    )
                 if len(poly) % 2 or len(poly) < 6:
                     raise CocoDatasetError(
                         f"{where} has a polygon with {len(poly)} coordinates; a polygon needs an even "
@@ -127,6 +150,39 @@ def class_names(name: str, json_file: str | os.PathLike | None = None) -> list[s
     return list(names)
 
 
+class ResumableTrainingSampler(TrainingSampler):
+    """Detectron2's `TrainingSampler` (an endless stream of shuffled epochs from `seed`), started
+    `skip` indices into this process's share of the stream."""
+
+    def __init__(self, size: int, seed: int | None = None, skip: int = 0):
+        super().__init__(size, shuffle=True, seed=seed)
+        self.skip = skip
+
+    def __iter__(self):
+        yield from itertools.islice(super().__iter__(), self.skip, None)
+
+
+def train_loader(dataset, *, mapper, total_batch_size: int, seed: int | None = None, start_iter: int = 0,
+                 **kwargs):
+    """Detectron2's `build_detection_train_loader` whose sampler (seed `seed`) continues where
+    iteration `start_iter` starts, so that a resumed run reads the images the uninterrupted run
+    would have read. Exact when every batch leaves Detectron2's aspect-ratio groups empty (all
+    images of one orientation, or `aspect_ratio_grouping=False`) and `num_workers=0`; otherwise the
+    images waiting in a group or prefetched by workers at the checkpoint are skipped."""
+    per_process = total_batch_size // comm.get_world_size()
+    sampler = ResumableTrainingSampler(len(dataset), seed=seed, skip=start_iter * per_process)
+    # A seeded generator for the DataLoader: its worker seeds then come from `seed` and the rank, and
+    # starting an iterator does not draw from torch's global generator (which a resume restores).
+    return build_detection_train_loader(
+        dataset,
+        mapper=mapper,
+        sampler=sampler,
+        total_batch_size=total_batch_size,
+        seed=None if seed is None else seed + comm.get_rank(),
+        **kwargs,
+    )
+
+
 def lsj_augmentations(image_size: int = 1024, min_scale: float = 0.1, max_scale: float = 2.0) -> list:
     """ViTDet's large-scale jitter: flip, resize the image to a random scale of `image_size`,
     crop (without padding: the model pads to a square) to image_size x image_size."""
@@ -151,5 +207,7 @@ __all__ = [
     "coco_dataset",
     "lsj_augmentations",
     "register_coco",
+    "ResumableTrainingSampler",
+    "train_loader",
     "eval_augmentations",
 ]

@@ -1,6 +1,7 @@
 """Training and evaluation pieces for Detectron2 LazyConfigs that `tools/train_det.py` puts
-together: an atomic, weights-only checkpointer, initialisation from an MAE checkpoint, the
-optimizer built with the model's parameter groups, and evaluation saved as JSON."""
+together: an atomic, weights-only checkpointer that never writes a non-finite tensor, initialisation
+from an MAE checkpoint, the optimizer built with the model's parameter groups, and evaluation saved as
+JSON (refused for a model with non-finite weights)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,43 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from torch import nn
 
-from mae_core.checkpoint import CheckpointError, load_checkpoint_file, load_pretrained, save_checkpoint
+from mae_core.checkpoint import (
+    CheckpointError,
+    IncompleteLoadError,
+    load_checkpoint_file,
+    load_pretrained,
+    save_checkpoint,
+)
 
 from .backbone import from_detectron2_vitdet
 
 logger = logging.getLogger("detection")
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN or infinity; the message names the iteration (as metrics.json and the
+    log number them) or the file, and the last checkpoint that is still finite."""
+
+
+def non_finite_tensors(obj, prefix: str = "") -> tuple[list[str], int]:
+    """Names of the floating-point tensors in a (nested) state dict that hold a NaN or an infinity,
+    and how many floating-point tensors there are in all."""
+    if isinstance(obj, torch.Tensor):
+        if not obj.is_floating_point():
+            return [], 0
+        return ([] if bool(torch.isfinite(obj).all()) else [prefix or "tensor"]), 1
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    bad, total = [], 0
+    for key, value in items:
+        b, t = non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+        bad, total = bad + b, total + t
+    return bad, total
+
+
+def describe_non_finite(bad: list[str], total: int) -> str:
+    return f"{len(bad)} of {total} floating-point tensors hold NaN or infinity ({', '.join(bad[:5])}" + (
+        f" and {len(bad) - 5} more)" if len(bad) > 5 else ")"
+    )
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -30,13 +63,25 @@ class AtomicCheckpointer(DetectionCheckpointer):
     never leaves a truncated file) and reading with `torch.load(weights_only=True)`.
 
     Detectron2 ViTDet checkpoints (pyramid levels named `simfp_<K>`) load too: their keys are
-    renamed to this toolkit's. Pickled files (Detectron2's `.pkl` model zoo) need `allow_pickle`."""
+    renamed to this toolkit's. Pickled files (Detectron2's `.pkl` model zoo) need `allow_pickle`.
+
+    `strict` (evaluation, inference) refuses a file that leaves any model weight unloaded, which
+    Detectron2 only logs. A state holding a NaN or an infinity is never saved: `save` raises
+    `NonFiniteError` instead, so `last_checkpoint` keeps naming the last finite file."""
 
     def __init__(
-        self, model: nn.Module, save_dir: str = "", *, allow_pickle: bool = False, **checkpointables
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        allow_pickle: bool = False,
+        strict: bool = False,
+        **checkpointables,
     ):
         super().__init__(model, save_dir, **checkpointables)
         self.allow_pickle = allow_pickle
+        self.strict = strict
+        self._loading = ""
 
     def _load_file(self, filename: str):
         if filename.endswith(".pkl") and not self.allow_pickle:
@@ -44,17 +89,34 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 f"{filename} is a pickle, which can run code when loaded; if you trust it (e.g. a "
                 "Detectron2 model-zoo file), pass train.allow_pickle=True"
             )
-        return super()._load_file(filename)
+        self._loading = filename
+        loaded = super()._load_file(filename)
+        if not isinstance(loaded.get("model"), dict):
+            raise CheckpointError(f"{filename} holds no state dict under 'model'")
+        return loaded
 
     def _load_model(self, checkpoint: dict):
         checkpoint["model"] = from_detectron2_vitdet(checkpoint["model"])
-        return super()._load_model(checkpoint)
+        incompatible = super()._load_model(checkpoint)
+        problems = incompatible.missing_keys + [k for k, _, _ in incompatible.incorrect_shapes]
+        if self.strict and problems:
+            raise CheckpointError(
+                f"{self._loading} does not hold the whole model (another architecture or config?): "
+                f"{len(problems)} weights missing or of another shape, e.g. {', '.join(problems[:5])}"
+            )
+        return incompatible
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict(), **kwargs}
         data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        bad, total = non_finite_tensors(data)
+        if bad:
+            raise NonFiniteError(
+                f"not saving {name}.pth: {describe_non_finite(bad, total)}; the last finite checkpoint "
+                f"is {self.get_checkpoint_file() or 'none (no checkpoint was written)'}"
+            )
         path = save_checkpoint(data, Path(self.save_dir) / f"{name}.pth")
         self.logger.info(f"Saved checkpoint {path}")
         self.tag_last_checkpoint(path.name)
@@ -67,13 +129,25 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def init_backbone_from_mae(model: nn.Module, path: str, allow_pickle: bool = False):
+def init_backbone_from_mae(
+    model: nn.Module, path: str, allow_pickle: bool = False, allow_partial: bool = False
+):
     """Loads an MAE checkpoint (toolkit or official layout) into `model.backbone.net` through
-    mae_core's converter and logs the report; a checkpoint that leaves encoder weights of the
-    backbone unloaded is an error, as training would silently start from random blocks."""
-    report = load_pretrained(unwrap(model).backbone.net, path, allow_pickle=allow_pickle)
+    mae_core's converter and logs the report. A checkpoint that does not fit completely is an
+    error naming the keys (training would silently start from partly random blocks), unless the
+    user opted in with `train.allow_partial_load=True`."""
+    try:
+        report = load_pretrained(
+            unwrap(model).backbone.net, path, allow_pickle=allow_pickle, allow_partial=allow_partial
+        )
+    except IncompleteLoadError as exc:
+        raise CheckpointError(
+            f"train.mae_checkpoint: {exc}\nTo train from it anyway, set train.allow_partial_load=True."
+        ) from exc
     logger.info(f"Backbone initialised from MAE checkpoint {path}:\n{report}")
-    report.raise_if_encoder_missing()
+    if allow_partial and report.problems:
+        logger.warning(f"Partial load of {path} (train.allow_partial_load=True): {len(report.problems)} keys "
+                       "left at initialisation, listed above")
     return report
 
 
@@ -91,9 +165,14 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     return instantiate(cfg.optimizer)
 
 
-def evaluate(cfg, model: nn.Module, iteration: int | None = None) -> dict:
+def evaluate(cfg, model: nn.Module, iteration: int | None = None, source: str = "the model") -> dict:
     """Runs `cfg.dataloader.evaluator` on `cfg.dataloader.test`; on the main process prints the
-    AP table and writes it to `<output_dir>/eval_results.json` (and a copy per iteration)."""
+    AP table and writes it to `<output_dir>/eval_results.json` (and a copy per iteration).
+    A model with a NaN or infinite weight is refused (`source` names it in the message): its
+    numbers would mean nothing."""
+    bad, total = non_finite_tensors(unwrap(model).state_dict())
+    if bad:
+        raise NonFiniteError(f"not evaluating {source}: {describe_non_finite(bad, total)}")
     loader = instantiate(cfg.dataloader.test)  # registers a custom dataset before the evaluator reads it
     evaluator = instantiate(cfg.dataloader.evaluator)
     results = inference_on_dataset(model, loader, evaluator)
@@ -120,9 +199,11 @@ def _nan_to_none(obj):
 
 __all__ = [
     "AtomicCheckpointer",
+    "NonFiniteError",
     "build_optimizer",
     "evaluate",
     "init_backbone_from_mae",
+    "non_finite_tensors",
     "unwrap",
     "wrap_ddp",
 ]

@@ -260,7 +260,7 @@ def test_coco_polygon_with_fewer_than_three_points(coco, tmp_path):
     json_file, image_root, data = coco
     data["annotations"][0]["segmentation"] = [[1.0, 1.0, 5.0, 5.0]]
     with pytest.raises(
-        CocoDatasetError, match=r"annotation id 1 \(image id 1\) has a polygon with 4 coordinates"
+        CocoDatasetError, match=r"annotation id 1 \(image id 1, val_000.png\) has a polygon with 4 coord"
     ):
         check_coco_json(write(data, tmp_path / "bad.json"), image_root)
 
@@ -548,3 +548,121 @@ def test_standard_coco_layout_under_detectron2_datasets(tmp_path):
     # COCO ids 1 (person) and 2 (bicycle) are contiguous ids 0 and 1.
     contiguous = sorted({a["category_id"] - 1 for a in data["annotations"]})
     assert proc.stdout.strip().splitlines()[-1] == f"2 {contiguous}"
+
+
+# --- Bad input and divergence (issue 11) -----------------------------------------------------------
+
+
+def test_override_of_a_missing_key_is_refused_naming_the_closest_keys():
+    from detection.overrides import OverrideError, apply_overrides
+
+    cfg = LazyConfig.load(str(TINY_CONFIG))
+    with pytest.raises(OverrideError, match=r"train\.max_itr: .*closest existing keys: train\.max_iter"):
+        apply_overrides(cfg, ["train.max_itr=5"])
+    with pytest.raises(OverrideError, match=r"\+train\.max_iter: the config already has"):
+        apply_overrides(cfg, ["+train.max_iter=5"])
+    cfg = apply_overrides(cfg, ["train.max_iter=7", "+train.note=x", "++train.other=1", "optimizer.lr=0.5"])
+    assert (cfg.train.max_iter, cfg.train.note, cfg.train.other, cfg.optimizer.lr) == (7, "x", 1, 0.5)
+
+
+def test_train_det_takes_options_after_the_overrides():
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        from train_det import parse_args
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    args = parse_args(["--config-file", "c.py", "train.max_iter=3", "--resume", "+a.b=1", "--eval-only"])
+    assert (args.resume, args.eval_only, args.opts) == (True, True, ["train.max_iter=3", "+a.b=1"])
+
+
+@pytest.mark.parametrize("segmentation", [[], None, {}, [[]], {"counts": "", "size": [64, 80]}])
+def test_coco_annotation_without_a_mask_is_named_with_its_image(coco, tmp_path, segmentation):
+    json_file, image_root, data = coco
+    data["annotations"][1]["segmentation"] = segmentation
+    ann = data["annotations"][1]
+    image = next(img["file_name"] for img in data["images"] if img["id"] == ann["image_id"])
+    with pytest.raises(CocoDatasetError, match=rf"annotation id {ann['id']} \(image id \d+, {image}\)"):
+        check_coco_json(write(data, tmp_path / "bad.json"), image_root)
+
+
+def test_checkpointer_never_writes_a_non_finite_state_and_strict_load_wants_every_weight(tmp_path):
+    from detection.engine import NonFiniteError
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    optimizer = torch.optim.AdamW(model.parameters())
+    checkpointer = AtomicCheckpointer(model, str(tmp_path), optimizer=optimizer)
+    checkpointer.save("model_0000000")
+    with torch.no_grad():
+        model[1].bias.fill_(float("inf"))
+    with pytest.raises(NonFiniteError, match=r"not saving model_0000001\.pth: 1 of \d+ .*1\.bias.*_0000000"):
+        checkpointer.save("model_0000001")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000000.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
+
+    save_checkpoint({"model": {"0.weight": torch.zeros(2, 2)}}, tmp_path / "part.pth")
+    AtomicCheckpointer(model).load(str(tmp_path / "part.pth"))  # Detectron2's way: logged only
+    with pytest.raises(CheckpointError, match=r"part\.pth does not hold the whole model.*0\.bias"):
+        AtomicCheckpointer(model, strict=True).load(str(tmp_path / "part.pth"))
+
+
+def test_training_state_restores_every_generator():
+    import random
+
+    import numpy as np
+
+    from detection.hooks import TrainingState
+
+    state = TrainingState(sampler_seed=5).state_dict()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    restored = TrainingState()
+    restored.load_state_dict(state)
+    assert restored.sampler_seed == 5
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+    assert got[1].tolist() == expected[1].tolist() and got[2] == expected[2]
+
+
+def train_det_command(*args):
+    return [sys.executable, REPO / "tools" / "train_det.py", "--config-file", TINY_CONFIG, *args]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    """Killed (SIGKILL) after its first checkpoint and resumed, a run ends with exactly the weights
+    and optimizer state of the same run uninterrupted: the sampler continues, the generators are
+    restored, the schedule and iteration come back."""
+    import time
+
+    train_json, image_root = make_coco(tmp_path, "train", 6)
+    val_json, _ = make_coco(tmp_path, "val", 2, seed=1)
+    common = [
+        *data_overrides(train_json, val_json, image_root),
+        "train.max_iter=8",
+        "train.checkpointer.period=3",
+        "train.eval_period=0",
+        "train.log_period=1",
+        "train.seed=3",
+    ]
+    run_tool("train_det.py", "--config-file", TINY_CONFIG, *common, f"train.output_dir={tmp_path / 'whole'}")
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(train_det_command(*common, f"train.output_dir={out}"), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (out / "last_checkpoint").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    assert proc.wait() == -9 and not (out / "model_final.pth").exists(), "the run ended before it was killed"
+    log = run_tool("train_det.py", "--config-file", TINY_CONFIG, *common, f"train.output_dir={out}",
+                   "--resume")
+    assert "Starting training from iteration 3" in log or "Starting training from iteration 6" in log
+
+    whole = torch.load(tmp_path / "whole" / "model_final.pth", weights_only=True)
+    resumed = torch.load(out / "model_final.pth", weights_only=True)
+    assert whole["model"].keys() == resumed["model"].keys()
+    for name, value in whole["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0, msg=name)
+    moments = zip(whole["optimizer"]["state"].values(), resumed["optimizer"]["state"].values(), strict=True)
+    for a, b in moments:
+        torch.testing.assert_close(b["exp_avg_sq"], a["exp_avg_sq"], rtol=0, atol=0)

@@ -5,16 +5,20 @@
         --output overlays/ [--confidence 0.5] [key=value ...]
 
 Images are preprocessed as the config's test loader does; boxes, masks, class names and scores
-are drawn with Detectron2's `Visualizer`. Class names come from the config's test dataset."""
+are drawn with Detectron2's `Visualizer`. Class names come from the config's test dataset.
+An image that cannot be read is named and skipped; the others are still drawn, and the tool then
+exits with status 1 listing the skipped files. A checkpoint that cannot be read, or that does not
+hold every weight of the config's model, stops the tool naming the file."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog, detection_utils
 from detectron2.data import transforms as T
 from detectron2.utils.logger import setup_logger
@@ -22,6 +26,8 @@ from detectron2.utils.visualizer import Visualizer
 
 from detection.data import class_names
 from detection.engine import AtomicCheckpointer
+from detection.overrides import OverrideError, load_config
+from mae_core.checkpoint import CheckpointError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 logger = logging.getLogger("detection")
@@ -50,7 +56,8 @@ class Predictor:
 
     def __init__(self, cfg, weights: str):
         self.model = instantiate(cfg.model).to(cfg.train.device).eval()
-        AtomicCheckpointer(self.model, allow_pickle=cfg.train.get("allow_pickle", False)).load(weights)
+        allow_pickle = cfg.train.get("allow_pickle", False)
+        AtomicCheckpointer(self.model, allow_pickle=allow_pickle, strict=True).load(weights)
         self.augment = T.AugmentationList(instantiate(cfg.dataloader.test.mapper.augmentations))
         self.image_format = cfg.dataloader.test.mapper.image_format
         self.device = cfg.train.device
@@ -65,6 +72,16 @@ class Predictor:
 
 
 def main(argv=None) -> None:
+    try:
+        skipped = run(argv)
+    except (CheckpointError, OverrideError) as exc:
+        sys.exit(f"infer_det.py: error: {exc}")
+    if skipped:
+        sys.exit(f"infer_det.py: {len(skipped)} unreadable image(s) skipped: {', '.join(map(str, skipped))}")
+
+
+def run(argv=None) -> list[Path]:
+    """Draws every readable image; returns the images that could not be read."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -77,7 +94,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     setup_logger(name="detection")
 
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    cfg = load_config(args.config_file, args.opts)
     weights = args.weights or cfg.train.init_checkpoint
     if not weights:
         parser.error("no weights: pass --weights or train.init_checkpoint=PATH")
@@ -90,8 +107,14 @@ def main(argv=None) -> None:
 
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
+    skipped = []
     for path in images:
-        image = detection_utils.read_image(str(path), format=predictor.image_format)
+        try:
+            image = detection_utils.read_image(str(path), format=predictor.image_format)
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: unknown format, truncated data
+            logger.error(f"{path}: cannot read this image, skipped ({exc})")
+            skipped.append(path)
+            continue
         instances = predictor(image)
         instances = instances[instances.scores >= args.confidence]
         rgb = image if predictor.image_format == "RGB" else image[:, :, ::-1]
@@ -99,6 +122,7 @@ def main(argv=None) -> None:
         target = out_dir / f"{path.stem}.png"
         overlay.save(str(target))
         logger.info(f"{path}: {len(instances)} detections >= {args.confidence} -> {target}")
+    return skipped
 
 
 if __name__ == "__main__":

@@ -4,17 +4,18 @@ ViTDet's 100-epoch step schedule, AMP. Variants override a few fields.
 
 Initialise from an MAE checkpoint (the toolkit's or the official one) with
 `train.mae_checkpoint=PATH`; official releases pickle extra objects: add `train.allow_pickle=True`
-only for files you trust."""
+only for files you trust. A checkpoint that does not fit the backbone completely is refused, naming
+the keys, unless `train.allow_partial_load=True`."""
 
 import torch
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
-from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.evaluation import COCOEvaluator
 from omegaconf import OmegaConf
 
 from detection.backbone import ViTDetBackbone
-from detection.data import coco_dataset, eval_augmentations, lsj_augmentations
+from detection.data import coco_dataset, eval_augmentations, lsj_augmentations, train_loader
 from detection.optim import layer_decay_params, step_lr_schedule
 from mae_core.backbone import create_backbone
 
@@ -34,7 +35,8 @@ model.backbone = L(ViTDetBackbone)(
 )
 
 dataloader = OmegaConf.create()
-dataloader.train = L(build_detection_train_loader)(
+# train_det.py fills in the sampler's seed and the iteration it starts at (resume).
+dataloader.train = L(train_loader)(
     dataset=L(coco_dataset)(name="coco_2017_train"),
     mapper=L(DatasetMapper)(
         is_train=True,
@@ -76,5 +78,7 @@ train.ddp.fp16_compression = True
 train.eval_period = 5000
 train.checkpointer = dict(period=5000, max_to_keep=100)
 train.output_dir = "output/mask_rcnn_vit"
+train.seed = -1  # random; the seed used is logged and kept in checkpoints
 train.mae_checkpoint = ""
 train.allow_pickle = False
+train.allow_partial_load = False  # True: a train.mae_checkpoint that fits only partly still loads
