@@ -219,6 +219,198 @@ def _(tmp_path):
 
 # ---------------------------------------------------------------- rows: detection
 
+DET_TINY = REPO / "configs" / "detection" / "mask_rcnn_vit_tiny_cpu.py"
+
+
+def det_data(root: Path, edit: Callable[[dict], None] | None = None) -> list[str]:
+    """Overrides pointing the tiny detection config at a generated COCO set in `root` (4 training,
+    2 validation images); `edit` may spoil the training json first."""
+    from helpers_coco import make_coco
+
+    train_json, images = make_coco(root, "train", 4)
+    val_json, _ = make_coco(root, "val", 2, seed=1)
+    if edit is not None:
+        coco = json.loads(train_json.read_text())
+        edit(coco)
+        train_json.write_text(json.dumps(coco))
+    return [f"dataloader.train.dataset.json_file={train_json}",
+            f"dataloader.train.dataset.image_root={images}",
+            f"dataloader.test.dataset.json_file={val_json}",
+            f"dataloader.test.dataset.image_root={images}"]
+
+
+def det_train(root: Path, *args, edit=None) -> list[str]:
+    return tool("train_det.py", "--config-file", DET_TINY, *det_data(root, edit),
+                f"train.output_dir={root / 'out'}", *args)
+
+
+def det_weights(path: Path, spoil: Callable[[dict], None] | None = None) -> Path:
+    """The tiny detector's initial weights as a Detectron2 checkpoint; `spoil` edits them first."""
+    from detectron2.config import LazyConfig, instantiate
+
+    from mae_core.checkpoint import save_checkpoint
+
+    model = instantiate(LazyConfig.load(str(DET_TINY)).model).state_dict()
+    if spoil is not None:
+        spoil(model)
+    return save_checkpoint({"model": model, "iteration": 3}, path)
+
+
+def finite_checkpoints(out: Path) -> list[str]:
+    """Asserts that every checkpoint in `out` is finite and that last_checkpoint names one."""
+    import torch
+
+    from detection.engine import non_finite_tensors
+
+    names = sorted(p.name for p in out.glob("*.pth"))
+    for name in names:
+        bad, _ = non_finite_tensors(torch.load(out / name, weights_only=True))
+        assert not bad, f"{name} holds non-finite tensors {bad[:5]}"
+    if (out / "last_checkpoint").exists():
+        assert (out / "last_checkpoint").read_text().strip() in names
+    return names
+
+
+@bad_input("det_lr_diverges")
+def _(tmp_path):
+    """optimizer.lr=1e6: stops at the first non-finite gradient norm or loss, naming the iteration
+    as metrics.json numbers it (one past the last finite loss there); every checkpoint left is
+    finite (one per iteration was asked), last_checkpoint names one; no AP is printed."""
+    out = tmp_path / "out"
+
+    def check():
+        import re
+
+        stated = re.findall(r"training stopped at iteration (\d+)", (out / "log.txt").read_text())
+        lines = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+        finite = [line["iteration"] for line in lines if "total_loss" in line]
+        assert stated and int(stated[-1]) == (finite[-1] + 1 if finite else 0), (stated, finite)
+        finite_checkpoints(out)
+        assert not list(out.glob("eval_results*.json"))
+
+    return Case(det_train(tmp_path, "optimizer.lr=1e6", "train.max_iter=30", "train.log_period=1",
+                          "train.checkpointer.period=1", "train.eval_period=30"),
+                names=["training stopped at iteration"], absent=["copypaste:"], check=check)
+
+
+@bad_input("det_override_typo")
+def _(tmp_path):
+    """train.max_itr=5: refused, naming the key and the existing one it resembles."""
+    return Case(det_train(tmp_path, "train.max_itr=5"),
+                names=["train.max_itr", "train.max_iter", "+train.max_itr"])
+
+
+@bad_input("det_resume_after_overrides")
+def _(tmp_path):
+    """`--resume` after the overrides is an option, not an override (no Hydra lexer error); with
+    no checkpoint yet it starts at iteration 0."""
+    return Case(det_train(tmp_path, "train.max_iter=1", "train.eval_period=0", "--resume"), exit_code=0,
+                names=["Starting training from iteration 0"])
+
+
+@bad_input("det_empty_segmentation")
+def _(tmp_path):
+    """An annotation with `segmentation: []` is refused before training, naming it and its image."""
+
+    def spoil(coco):
+        coco["annotations"][2]["segmentation"] = []
+
+    return Case(det_train(tmp_path, "train.max_iter=1", edit=spoil),
+                names=["annotation id 3", "train_00", "segmentation []"])
+
+
+@bad_input("det_eval_truncated_checkpoint")
+def _(tmp_path):
+    """--eval-only on a truncated checkpoint names the file."""
+    ckpt = tmp_path / "cut.pth"
+    ckpt.write_bytes(det_weights(tmp_path / "whole.pth").read_bytes()[:5000])
+    return Case(det_train(tmp_path, "--eval-only", f"train.init_checkpoint={ckpt}"),
+                names=[f"{ckpt} is not a readable torch checkpoint"], absent=["copypaste:"])
+
+
+@bad_input("det_eval_other_architecture")
+def _(tmp_path):
+    """--eval-only on a checkpoint that does not hold the config's model: refused naming the file
+    and keys (Detectron2 only logs them and would evaluate random heads)."""
+    def drop_heads(sd):
+        for key in [k for k in sd if k.startswith("roi_heads")]:
+            del sd[key]
+
+    ckpt = det_weights(tmp_path / "other.pth", drop_heads)
+    return Case(det_train(tmp_path, "--eval-only", f"train.init_checkpoint={ckpt}"),
+                names=[f"{ckpt} does not hold the whole model", "roi_heads."], absent=["copypaste:"])
+
+
+@bad_input("det_eval_non_finite_weights")
+def _(tmp_path):
+    """--eval-only on weights holding a NaN: no AP, the file is named."""
+    key = "backbone.net.blocks.0.mlp.fc1.weight"
+    ckpt = det_weights(tmp_path / "nan.pth", lambda sd: sd[key].fill_(float("nan")))
+    return Case(det_train(tmp_path, "--eval-only", f"train.init_checkpoint={ckpt}"),
+                names=[f"not evaluating {ckpt}", key], absent=["copypaste:"])
+
+
+@bad_input("det_mae_checkpoint_other_architecture")
+def _(tmp_path):
+    """train.mae_checkpoint of a wider ViT: refused naming the encoder keys that did not load."""
+    from mae_core.checkpoint import save_checkpoint
+    from mae_core.mae import create_mae
+
+    mae = create_mae("vit_base_patch16", embed_dim=64, depth=4, num_heads=2, decoder_embed_dim=32,
+                     decoder_depth=1, decoder_num_heads=2)
+    ckpt = save_checkpoint({"model": mae.state_dict()}, tmp_path / "mae64.pth")
+    return Case(det_train(tmp_path, f"train.mae_checkpoint={ckpt}", "train.max_iter=1"),
+                names=[str(ckpt), "does not fit the model completely", "blocks.0.attn.qkv.weight",
+                       "train.allow_partial_load=True"])
+
+
+@bad_input("det_catalogue_checkpoint_other_architecture")
+def _(tmp_path):
+    """A catalogue `vit_mae` backbone given a checkpoint of another width: refused naming the keys."""
+    from mae_core.checkpoint import save_checkpoint
+    from mae_core.mae import create_mae
+
+    mae = create_mae("vit_toy_patch4", embed_dim=48, depth=4, num_heads=3, decoder_embed_dim=32,
+                     decoder_depth=1, decoder_num_heads=2)
+    ckpt = save_checkpoint({"model": mae.state_dict()}, tmp_path / "mae48.pth")
+    demo = REPO / "configs" / "detection" / "demo_mask_rcnn_vit_toy.py"
+    return Case(tool("train_det.py", "--config-file", demo, *det_data(tmp_path),
+                     "model.backbone.name=vit_mae", f"model.backbone.checkpoint={ckpt}",
+                     f"train.output_dir={tmp_path / 'out'}", "train.max_iter=1"),
+                names=[str(ckpt), "does not fit the model completely", "blocks.0.attn.qkv.weight"])
+
+
+@bad_input("det_infer_unreadable_image")
+def _(tmp_path):
+    """infer_det on a folder holding a corrupt image: names it, draws the others, exits 1 listing it."""
+    from helpers_coco import make_coco
+
+    val_json, images = make_coco(tmp_path, "val", 2)
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    weights = det_weights(tmp_path / "w.pth")
+    out = tmp_path / "overlays"
+
+    def check():
+        assert sorted(p.name for p in out.iterdir()) == ["val_000.png", "val_001.png"]
+
+    return Case(tool("infer_det.py", "--config-file", DET_TINY, "--weights", weights, "--input", images,
+                     "--output", out, f"dataloader.test.dataset.json_file={val_json}"),
+                exit_code=1, check=check,
+                names=[f"{images / 'broken.png'}: cannot read this image", "1 unreadable image(s) skipped"])
+
+
+@bad_input("det_infer_truncated_checkpoint")
+def _(tmp_path):
+    """infer_det on a truncated checkpoint names the file."""
+    from helpers_coco import make_coco
+
+    val_json, images = make_coco(tmp_path, "val", 1)
+    ckpt = tmp_path / "cut.pth"
+    ckpt.write_bytes(det_weights(tmp_path / "whole.pth").read_bytes()[:5000])
+    return Case(tool("infer_det.py", "--config-file", DET_TINY, "--weights", ckpt, "--input", images,
+                     "--output", tmp_path / "o", f"dataloader.test.dataset.json_file={val_json}"),
+                names=[f"{ckpt} is not a readable torch checkpoint"])
+
 
 # ---------------------------------------------------------------- rows: segmentation
 
