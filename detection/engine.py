@@ -83,6 +83,11 @@ class AtomicCheckpointer(DetectionCheckpointer):
         self.strict = strict
         self._loading = ""
 
+    def load(self, path: str, checkpointables=None) -> dict:
+        if path and "://" not in path and not os.path.isfile(path):  # upstream: a bare assert
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        return super().load(path, checkpointables)
+
     def _load_file(self, filename: str):
         if filename.endswith(".pkl") and not self.allow_pickle:
             raise CheckpointError(

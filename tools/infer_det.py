@@ -74,7 +74,7 @@ class Predictor:
 def main(argv=None) -> None:
     try:
         skipped = run(argv)
-    except (CheckpointError, OverrideError) as exc:
+    except (CheckpointError, OverrideError, FileNotFoundError) as exc:
         sys.exit(f"infer_det.py: error: {exc}")
     if skipped:
         sys.exit(f"infer_det.py: {len(skipped)} unreadable image(s) skipped: {', '.join(map(str, skipped))}")
