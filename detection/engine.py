@@ -1,4 +1,4 @@
-"""Training and evaluation pieces for Detectron2 LazyConfigs that `tools/train_det.py` puts
+"""Training and evaluation pieces for Detectron2 LazyConfigs that `detection.train` puts
 together: an atomic, weights-only checkpointer that never writes a non-finite tensor, initialisation
 from an MAE checkpoint, the optimizer built with the model's parameter groups, and evaluation saved as
 JSON (refused for a model with non-finite weights)."""
@@ -25,7 +25,9 @@ from mae_core.checkpoint import (
     load_checkpoint_file,
     load_pretrained,
     save_checkpoint,
+    write_atomically,
 )
+from mae_core.distributed import unwrap
 
 from .backbone import from_detectron2_vitdet
 
@@ -130,10 +132,6 @@ class AtomicCheckpointer(DetectionCheckpointer):
         return load_checkpoint_file(f, allow_pickle=self.allow_pickle)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def init_backbone_from_mae(
     model: nn.Module, path: str, allow_pickle: bool = False, allow_partial: bool = False
 ):
@@ -165,7 +163,9 @@ def wrap_ddp(cfg, model: nn.Module) -> nn.Module:
     return create_ddp_model(model, **kwargs)
 
 
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """`cfg.optimizer` instantiated on the (unwrapped) model's parameter groups; the argument order
+    of `mae_core.engine.build_optimizer`."""
     cfg.optimizer.params.model = unwrap(model)
     return instantiate(cfg.optimizer)
 
@@ -187,11 +187,9 @@ def evaluate(cfg, model: nn.Module, iteration: int | None = None, source: str = 
         names = ["eval_results.json"] + (
             [f"eval_results_iter{iteration:07d}.json"] if iteration is not None else []
         )
+        text = json.dumps(_nan_to_none({"iteration": iteration, **results}), indent=2).encode()
         for name in names:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = out_dir / f".{name}.tmp"
-            tmp.write_text(json.dumps(_nan_to_none({"iteration": iteration, **results}), indent=2))
-            os.replace(tmp, out_dir / name)
+            write_atomically(out_dir / name, lambda f: f.write(text))
     return results
 
 
@@ -209,6 +207,5 @@ __all__ = [
     "evaluate",
     "init_backbone_from_mae",
     "non_finite_tensors",
-    "unwrap",
     "wrap_ddp",
 ]

@@ -19,7 +19,9 @@ from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 from torch import nn
 
-from .engine import NonFiniteError, unwrap
+from mae_core.distributed import unwrap
+
+from .engine import NonFiniteError
 
 
 class NonFiniteGuard(HookBase):

@@ -115,7 +115,7 @@ def tiny_config(*overrides):
 def test_layer_decay_groups_under_detectron2_scheduler():
     cfg = tiny_config("optimizer.params.layer_decay=0.5", "train.max_iter=100")
     model = instantiate(cfg.model)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(model, cfg)
     scheduler = LRMultiplier(optimizer, instantiate(cfg.lr_multiplier), max_iter=100)
     for _ in range(30):  # past warmup
         optimizer.step()
@@ -566,11 +566,8 @@ def test_override_of_a_missing_key_is_refused_naming_the_closest_keys():
 
 
 def test_train_det_takes_options_after_the_overrides():
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        from train_det import parse_args
-    finally:
-        sys.path.remove(str(REPO / "tools"))
+    from detection.train import parse_args
+
     args = parse_args(["--config-file", "c.py", "train.max_iter=3", "--resume", "+a.b=1", "--eval-only"])
     assert (args.resume, args.eval_only, args.opts) == (True, True, ["train.max_iter=3", "+a.b=1"])
 

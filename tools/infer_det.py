@@ -4,8 +4,9 @@
         --weights output/mask_rcnn_vit_tiny_cpu/model_final.pth --input photo.jpg images/ \
         --output overlays/ [--confidence 0.5] [key=value ...]
 
-Images are preprocessed as the config's test loader does; boxes, masks, class names and scores
-are drawn with Detectron2's `Visualizer`. Class names come from the config's test dataset.
+Folders are searched for images at any depth. Images are preprocessed as the config's test loader
+does; boxes, masks, class names and scores are drawn with Detectron2's `Visualizer`. Class names come
+from the config's test dataset.
 An image that cannot be read is named and skipped; the others are still drawn, and the tool then
 exits with status 1 listing the skipped files. A checkpoint that cannot be read, or that does not
 hold every weight of the config's model, stops the tool naming the file."""
@@ -28,27 +29,9 @@ from detection.data import class_names
 from detection.engine import AtomicCheckpointer
 from detection.overrides import OverrideError, load_config
 from mae_core.checkpoint import CheckpointError
+from mae_core.data import list_images_recursively
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 logger = logging.getLogger("detection")
-
-
-def list_images(inputs: list[str]) -> list[Path]:
-    """Files as given, folders expanded to their images (sorted); anything else is an error."""
-    images = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise FileNotFoundError(
-                    f"folder {item} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
-                )
-            images += found
-        elif item.is_file():
-            images.append(item)
-        else:
-            raise FileNotFoundError(f"input {item} is neither an image file nor a folder")
-    return images
 
 
 class Predictor:
@@ -98,7 +81,7 @@ def run(argv=None) -> list[Path]:
     weights = args.weights or cfg.train.init_checkpoint
     if not weights:
         parser.error("no weights: pass --weights or train.init_checkpoint=PATH")
-    images = list_images(args.input)
+    images = list_images_recursively(args.input)
     predictor = Predictor(cfg, weights)
     dataset = cfg.dataloader.test.dataset
     metadata = MetadataCatalog.get(f"{dataset.name}_inference").set(

@@ -1,0 +1,131 @@
+"""The training and evaluation runs of `tools/train_det.py`, assembled from Detectron2's trainer
+and hooks and this package's checkpointer, guards and evaluation: what the tool does, importable
+(the tool only parses its command line and launches the processes)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+from detectron2.config import instantiate
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_argument_parser, default_writers, hooks
+from detectron2.utils import comm
+
+from mae_core.checkpoint import CheckpointError
+
+from .data import train_loader
+from .engine import AtomicCheckpointer, build_optimizer, evaluate, init_backbone_from_mae, wrap_ddp
+from .hooks import FinalEvalHook, NonFiniteGuard, TrainingState, run_training
+
+logger = logging.getLogger("detection")
+
+
+def build_model(cfg):
+    model = instantiate(cfg.model)
+    model.to(cfg.train.device)
+    logger.info(f"Model:\n{model}")
+    return model
+
+
+def train(cfg, resume: bool) -> None:
+    """Trains `cfg`'s model (from `train.mae_checkpoint` or `train.init_checkpoint`, or, with
+    `resume` and a checkpoint in `train.output_dir`, from there: weights, optimizer, schedule,
+    iteration, sampler seed, random generators)."""
+    model = build_model(cfg)
+    if cfg.train.get("mae_checkpoint"):
+        init_backbone_from_mae(
+            model,
+            cfg.train.mae_checkpoint,
+            cfg.train.get("allow_pickle", False),
+            cfg.train.get("allow_partial_load", False),
+        )
+    optim = build_optimizer(model, cfg)
+    model = wrap_ddp(cfg, model)
+    amp = cfg.train.amp.enabled
+    if amp and torch.device(cfg.train.device).type != "cuda":
+        logger.warning(f"train.amp.enabled needs CUDA; training in float32 on {cfg.train.device}")
+        amp = False
+    # The data loader comes once the checkpoint says where the sampler resumes (below).
+    trainer = (AMPTrainer if amp else SimpleTrainer)(model, None, optim)
+    state = TrainingState()
+    checkpointer = AtomicCheckpointer(
+        model,
+        cfg.train.output_dir,
+        allow_pickle=cfg.train.get("allow_pickle", False),
+        trainer=trainer,
+        state=state,
+    )
+    trainer.register_hooks(training_hooks(cfg, model, trainer, checkpointer))
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    if state.sampler_seed is None:
+        state.sampler_seed = cfg.train.seed if cfg.train.get("seed", -1) >= 0 else comm.shared_random_seed()
+    logger.info(f"Training sampler seed {state.sampler_seed}, starting at iteration {start_iter}")
+    trainer.reset_data_loader(lambda: build_train_loader(cfg, state.sampler_seed, start_iter))
+    run_training(trainer, start_iter, cfg.train.max_iter, checkpointer)
+
+
+def training_hooks(cfg, model, trainer, checkpointer) -> list:
+    """Detectron2's hooks (timer, lr schedule, periodic checkpoints and metrics on the main
+    process) with the non-finite guard first and evaluation that also runs after the last step."""
+    main = comm.is_main_process()
+    return [
+        NonFiniteGuard(model, checkpointer),
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
+        FinalEvalHook(
+            cfg.train.eval_period,
+            lambda: evaluate(
+                cfg, model, min(trainer.iter + 1, cfg.train.max_iter),
+                f"the model at iteration {trainer.iter}",
+            ),
+        ),
+        hooks.PeriodicWriter(
+            default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
+        )
+        if main
+        else None,
+    ]
+
+
+def build_train_loader(cfg, seed: int, start_iter: int):
+    """The training loader, its sampler seeded and positioned at `start_iter` (the toolkit's
+    `detection.data.train_loader`; another loader restarts its data order, with a warning)."""
+    loader = cfg.dataloader.train
+    if loader._target_ is train_loader:
+        loader.update(seed=seed, start_iter=start_iter)
+    elif start_iter:
+        logger.warning(f"{loader._target_} cannot start at iteration {start_iter}: the data order restarts")
+    return instantiate(loader)
+
+
+def evaluate_checkpoint(cfg, resume: bool) -> dict:
+    """COCO evaluation of `train.init_checkpoint` (or, with `resume`, of the last checkpoint in
+    `train.output_dir`), which must hold every weight of the model."""
+    model = wrap_ddp(cfg, build_model(cfg))
+    checkpointer = AtomicCheckpointer(
+        model, cfg.train.output_dir, allow_pickle=cfg.train.get("allow_pickle", False), strict=True
+    )
+    if not (resume and checkpointer.has_checkpoint()) and not cfg.train.init_checkpoint:
+        raise CheckpointError("--eval-only needs weights: train.init_checkpoint=PATH (or --resume)")
+    checkpoint = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    # A checkpoint stores the index of its last iteration; report completed iterations.
+    iteration = checkpoint.get("iteration")
+    source = checkpointer.get_checkpoint_file() if resume else cfg.train.init_checkpoint
+    return evaluate(cfg, model, None if iteration is None else iteration + 1, source)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Detectron2's standard arguments, with the overrides as an ordinary positional list instead
+    of `argparse.REMAINDER`, so that options may follow them (`... train.max_iter=10 --resume`)."""
+    parser = default_argument_parser()
+    opts = next(action for action in parser._actions if action.dest == "opts")
+    opts.nargs = "*"
+    return parser.parse_intermixed_args(argv)
+
+
+__all__ = [
+    "build_model", "build_train_loader", "evaluate_checkpoint", "parse_args", "train", "training_hooks",
+]
