@@ -68,9 +68,9 @@ def apply_overrides(cfg, overrides: list[str]):
     return LazyConfig.apply_overrides(cfg, overrides)
 
 
-def load_config(path: str, overrides: list[str]):
+def load_lazy_config(path: str, overrides: list[str]):
     """`LazyConfig.load(path)` with checked overrides."""
     return apply_overrides(LazyConfig.load(path), overrides)
 
 
-__all__ = ["OverrideError", "apply_overrides", "config_keys", "has_key", "load_config"]
+__all__ = ["OverrideError", "apply_overrides", "config_keys", "has_key", "load_lazy_config"]

@@ -27,7 +27,7 @@ from detectron2.utils.visualizer import Visualizer
 
 from detection.data import class_names
 from detection.engine import AtomicCheckpointer
-from detection.overrides import OverrideError, load_config
+from detection.overrides import OverrideError, load_lazy_config
 from mae_core.checkpoint import CheckpointError
 from mae_core.data import list_images_recursively
 
@@ -77,7 +77,7 @@ def run(argv=None) -> list[Path]:
     args = parser.parse_args(argv)
     setup_logger(name="detection")
 
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_lazy_config(args.config_file, args.opts)
     weights = args.weights or cfg.train.init_checkpoint
     if not weights:
         parser.error("no weights: pass --weights or train.init_checkpoint=PATH")

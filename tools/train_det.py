@@ -27,13 +27,13 @@ from detectron2.utils.logger import setup_logger
 
 from detection.data import CocoDatasetError
 from detection.engine import NonFiniteError
-from detection.overrides import OverrideError, load_config
+from detection.overrides import OverrideError, load_lazy_config
 from detection.train import evaluate_checkpoint, parse_args, train
 from mae_core.checkpoint import CheckpointError
 
 
 def main(args) -> None:
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_lazy_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="detection")
     if args.eval_only:
