@@ -36,7 +36,7 @@ class ModelConfig:
     # The strategy's parameters, e.g. {"sigma": 2.0, "band": "low"} for filtered_noise; checked
     # against its constructor when the model is built (mae_core.masking.build_masking).
     masking_args: dict = field(default_factory=dict)
-    # None keeps the size preset's decoder (mae_core.mae.PAPER_DECODER / TOY_DECODERS).
+    # None keeps the size preset's decoder (mae_core.mae.decoder_preset).
     decoder_embed_dim: int | None = None
     decoder_depth: int | None = None
     decoder_num_heads: int | None = None
