@@ -660,6 +660,7 @@ def test_resume_after_kill_ends_with_the_weights_of_an_uninterrupted_run(tmp_pat
     assert whole["model"].keys() == resumed["model"].keys()
     for name, value in whole["model"].items():
         torch.testing.assert_close(resumed["model"][name], value, rtol=0, atol=0, msg=name)
-    moments = zip(whole["optimizer"]["state"].values(), resumed["optimizer"]["state"].values(), strict=True)
-    for a, b in moments:
+    states = [ckpt["trainer"]["optimizer"]["state"] for ckpt in (whole, resumed)]
+    assert len(states[0]) == len(states[1]) > 0
+    for a, b in zip(*(s.values() for s in states), strict=True):
         torch.testing.assert_close(b["exp_avg_sq"], a["exp_avg_sq"], rtol=0, atol=0)
