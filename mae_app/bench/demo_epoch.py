@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -32,6 +33,7 @@ from mae_core.distributed import init_distributed
 from mae_core.engine import _Pretrainer
 from mae_core.host_memory import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_LIMIT, TRIM_LIMIT
 
+TOY_CONFIG = Path(__file__).resolve().parents[2] / "configs/pretrain/fashion_mnist_toy.py"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GLIBC_STEADY_STATE = (32 << 20, 64 << 20)  # DEFAULT_MMAP_THRESHOLD_MAX and twice it (malloc.c)
 FAST = {"data.batched_augment": True, "data.cache_images": True, "retain_host_memory": True}
@@ -41,7 +43,7 @@ LOSS_TOLERANCE = 1e-3  # relative, first step's loss: same weights, crops within
 
 def demo_config(data: str, output_dir: str, changes: dict):
     """tools/demo.py's pretraining configuration (mask ratio 0.75) plus `changes`."""
-    cfg = load_pretrain_config("configs/pretrain/fashion_mnist_toy.py")
+    cfg = load_pretrain_config(TOY_CONFIG)
     return override(cfg, {
         "model.arch": "vit_toy_patch4", "model.img_size": 64, "model.in_chans": 3,
         "model.norm_pix_loss": True, "model.mask_ratio": 0.75, "data.dataset": "image_folder",
@@ -84,8 +86,10 @@ def first_losses(trainers: dict) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="the demo's pretraining images (tools/make_demo_data.py)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True,
+                        help="the demo's pretraining images (tools/make_demo_data.py)")
     parser.add_argument("--steps", type=int, default=31, help="steps per round and path (31 = one epoch)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
@@ -95,7 +99,8 @@ def main(argv=None) -> int:
     allocator = {"old": GLIBC_STEADY_STATE, "fast": (MMAP_LIMIT, TRIM_LIMIT)}
     trainers = {}
     for name, changes in (("old", OLD), ("fast", FAST)):
-        trainers[name] = _Pretrainer(demo_config(args.data, f"{out}/{name}", changes), init_distributed("cpu"), [])
+        cfg = demo_config(args.data, f"{out}/{name}", changes)
+        trainers[name] = _Pretrainer(cfg, init_distributed("cpu"), [])
     losses = first_losses(trainers)
     if abs(losses["fast"] - losses["old"]) > LOSS_TOLERANCE * abs(losses["old"]):
         raise SystemExit(f"error: first-step losses differ beyond {LOSS_TOLERANCE:.0e} relative: {losses}")
