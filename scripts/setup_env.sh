@@ -87,4 +87,4 @@ fi
 
 log "installing the toolkit with extras det, seg, dev"
 "${PIP[@]}" install -e '.[det,seg,dev]'
-"$PY" -m mae_app.env 
+"$PY" -m mae_app.env
