@@ -23,8 +23,11 @@ class MAEViT(ViTBackbone):
     """`arch` names a size (`vit_base_patch16`, `vit_large_patch16`, ...); keyword arguments
     override it. Global attention in every block unless `window_size` is set, as in the MAE
     segmentation recipe. `use_rel_pos` adds relative position biases (zero-initialised) and
-    `init_values` layer scale. `pretrained` is an MAE checkpoint (the toolkit's, official, timm or
-    HF layout) loaded in `init_weights`, which the Runner calls before training; mmseg's
+    `init_values` layer scale. `cls_token_in_attention=True, rel_pos_bias=True` is MMSegmentation's
+    `MAE` layout (cls token attending, BEiT's relative-position table): its checkpoints give its
+    outputs; set `pretrain_img_size` to their crop size so their position table is not resampled.
+    `pretrained` is a checkpoint (the toolkit's, official MAE, timm, HF or MMSegmentation MAE
+    layout) loaded in `init_weights`, which the Runner calls before training; mmseg's
     `model.pretrained=...` is forwarded here by `EncoderDecoder`."""
 
     def __init__(
