@@ -1,14 +1,17 @@
 """MMSegmentation glue for the toolkit: importing this package registers the ViT backbone, the
 layer-decay optimizer constructor, the checked datasets and transforms, the CPU-capable DDP
-wrapper and the atomic checkpoint backend, and allows mmengine checkpoints under
+wrapper, the non-finite guard hook, the atomic checkpoint backend and the checked checkpoint
+loader, and allows mmengine checkpoints under
 `torch.load(weights_only=True)`. Configs load it with `custom_imports = dict(imports=["segmentation"])`."""
 
 from .backbone import MAEViT
 from .data import ADE20KFolderDataset, DatasetError, LoadCheckedAnnotations, SegFolderDataset
+from .hooks import NonFiniteError, NonFiniteGuardHook
 from .optim import LayerDecayOptimWrapperConstructor
 from .runtime import (
     ATOMIC_BACKEND,
     AtomicLocalBackend,
+    ConfigOverrideError,
     DeviceAgnosticDDP,
     adapt_config_to_device,
     init_cpu_distributed,
@@ -21,11 +24,14 @@ __all__ = [
     "ADE20KFolderDataset",
     "ATOMIC_BACKEND",
     "AtomicLocalBackend",
+    "ConfigOverrideError",
     "DatasetError",
     "DeviceAgnosticDDP",
     "LayerDecayOptimWrapperConstructor",
     "LoadCheckedAnnotations",
     "MAEViT",
+    "NonFiniteError",
+    "NonFiniteGuardHook",
     "SegFolderDataset",
     "adapt_config_to_device",
     "init_cpu_distributed",

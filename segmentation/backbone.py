@@ -14,7 +14,7 @@ from mmengine.logging import print_log
 from mmseg.registry import MODELS
 
 from mae_core.backbone import ViTBackbone
-from mae_core.checkpoint import load_pretrained
+from mae_core.checkpoint import IncompleteLoadError, load_pretrained
 from mae_core.vit import get_arch
 
 
@@ -28,7 +28,9 @@ class MAEViT(ViTBackbone):
     outputs; set `pretrain_img_size` to their crop size so their position table is not resampled.
     `pretrained` is a checkpoint (the toolkit's, official MAE, timm, HF or MMSegmentation MAE
     layout) loaded in `init_weights`, which the Runner calls before training; mmseg's
-    `model.pretrained=...` is forwarded here by `EncoderDecoder`."""
+    `model.pretrained=...` is forwarded here by `EncoderDecoder`, and mmengine's
+    `init_cfg=dict(type="Pretrained", checkpoint=...)` names it too. The checkpoint loads
+    completely or not at all (`load_pretrained`) unless `allow_partial_load=True`."""
 
     def __init__(
         self,
@@ -37,6 +39,8 @@ class MAEViT(ViTBackbone):
         out_indices: Sequence[int] = (3, 5, 7, 11),
         pretrained: str | None = None,
         allow_pickle: bool = False,
+        init_cfg: dict | None = None,
+        allow_partial_load: bool = False,
         **kwargs,
     ):
         spec = get_arch(arch).to_dict()
@@ -48,13 +52,24 @@ class MAEViT(ViTBackbone):
                 **kwargs,
             }
         )
-        self.pretrained = pretrained
+        self.pretrained = _one_checkpoint(pretrained, init_cfg)
         self.allow_pickle = allow_pickle
+        self.allow_partial_load = allow_partial_load
 
     def init_weights(self) -> None:
         super().init_weights()
         if getattr(self, "pretrained", None):
-            report = load_pretrained(self, self.pretrained, allow_pickle=self.allow_pickle)
+            try:
+                report = load_pretrained(
+                    self, self.pretrained, allow_pickle=self.allow_pickle,
+                    allow_partial=self.allow_partial_load,
+                )
+            except IncompleteLoadError as exc:
+                raise IncompleteLoadError(
+                    f"MAEViT: {exc}\nTo train from what fits anyway, set "
+                    "model.backbone.allow_partial_load=True.",
+                    exc.report,
+                ) from exc
             print_log(f"MAEViT initialised from {self.pretrained}:\n{report}", logger="current")
 
     def forward(self, imgs: torch.Tensor) -> list[torch.Tensor]:
@@ -64,3 +79,20 @@ class MAEViT(ViTBackbone):
         if pad_h or pad_w:
             imgs = F.pad(imgs, (0, pad_w, 0, pad_h))
         return super().forward(imgs)
+
+
+def _one_checkpoint(pretrained: str | None, init_cfg: dict | None) -> str | None:
+    """The checkpoint named by `pretrained` or by mmengine's `init_cfg=dict(type="Pretrained",
+    checkpoint=...)`; any other init_cfg, or two different files, is refused rather than ignored."""
+    init_cfg = dict(init_cfg or {})
+    if init_cfg and (init_cfg.get("type") != "Pretrained" or set(init_cfg) - {"type", "checkpoint"}):
+        raise ValueError(
+            f"MAEViT init_cfg={init_cfg}: only dict(type='Pretrained', checkpoint=PATH) is supported "
+            "(the checkpoint loads through mae_core.checkpoint.load_pretrained)"
+        )
+    checkpoint = init_cfg.get("checkpoint")
+    if pretrained and checkpoint and pretrained != checkpoint:
+        raise ValueError(
+            f"MAEViT: two checkpoints, pretrained={pretrained} and init_cfg.checkpoint={checkpoint}"
+        )
+    return pretrained or checkpoint

@@ -10,12 +10,19 @@
 - CPU: mmengine's `init_dist('pytorch')` calls `torch.cuda.set_device`, the Runner gives DDP
   `device_ids` (which DDP rejects for CPU modules), SyncBN has no CPU kernel and AmpOptimWrapper
   asserts a GPU. `adapt_config_to_device` and `init_cpu_distributed` handle those, so
-  `torchrun --nproc-per-node 2 tools/train_seg.py CFG --launcher pytorch` runs on CPU with gloo."""
+  `torchrun --nproc-per-node 2 tools/train_seg.py CFG --launcher pytorch` runs on CPU with gloo.
+- Mistakes stop the tools with a message, not a traceback: `--cfg-options` naming a key the config
+  does not have (or one only read while the file is parsed), an unreadable checkpoint file (every
+  mmengine load goes through `mae_core.checkpoint.load_checkpoint_file`), a non-finite run
+  (`segmentation.hooks.NonFiniteGuardHook`, added to every config)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copyreg
+import difflib
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -28,8 +35,12 @@ from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging import HistoryBuffer, print_log
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
+from mmengine.runner import CheckpointLoader, Runner
 
-from mae_core.checkpoint import write_atomically
+from mae_core.checkpoint import CheckpointError, load_checkpoint_file, write_atomically
+
+from .data import DatasetError
+from .hooks import NonFiniteError
 
 ATOMIC_BACKEND = "atomic_local"
 
@@ -67,6 +78,15 @@ class AtomicLocalBackend(LocalBackend):
 
 
 register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
+
+
+def load_from_local_file(filename: str, map_location=None):
+    """mmengine's loader for local paths (load_from, --resume, init_cfg), replaced so that a
+    missing, truncated or foreign file is a `CheckpointError` naming it, loaded safely."""
+    return load_checkpoint_file(os.path.expanduser(filename), map_location=map_location)
+
+
+CheckpointLoader.register_scheme(prefixes="", loader=load_from_local_file, force=True)
 
 
 @MODEL_WRAPPERS.register_module()
@@ -133,17 +153,121 @@ def init_cpu_distributed(launcher: str) -> None:
 
 
 def load_config(
-    path: str, launcher: str = "none", work_dir: str | None = None, cfg_options: dict | None = None
+    path: str,
+    launcher: str = "none",
+    work_dir: str | None = None,
+    cfg_options: dict | None = None,
+    amp: bool = False,
 ):
-    """An mmengine Config prepared as MMSegmentation's tools prepare it (options merged, work_dir
-    from the CLI, else the config, else work_dirs/<config name>), then adapted to this machine."""
+    """An mmengine Config prepared as MMSegmentation's tools prepare it (options checked and merged,
+    AMP if asked, work_dir from the CLI, else the config, else work_dirs/<config name>), with the
+    non-finite guard, then adapted to this machine."""
     cfg = Config.fromfile(path)
     cfg.launcher = launcher
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        cfg.merge_from_dict(checked_overrides(cfg, cfg_options))
+    if amp:
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = os.path.join("work_dirs", Path(path).stem)
+    add_non_finite_guard(cfg)
     adapt_config_to_device(cfg)
     return cfg
+
+
+def add_non_finite_guard(cfg) -> None:
+    """Every config run by the tools gets `NonFiniteGuardHook`, also one that does not list it."""
+    hooks = cfg.setdefault("custom_hooks", [])
+    if not any(hook.get("type") == "NonFiniteGuardHook" for hook in hooks):
+        hooks.append(dict(type="NonFiniteGuardHook"))
+
+
+# --- --cfg-options name real keys ------------------------------------------------------------------
+
+# Top-level keys something reads after the config file is parsed: the Runner's arguments, the
+# custom imports (Config) and the DDP wrapper's settings (Runner.wrap_model). Any other top-level
+# name is a variable of the file (crop_size, max_iters...), used only while it is parsed.
+CONFIG_LEVEL_KEYS = {"custom_imports", "model_wrapper_cfg"}
+
+
+class ConfigOverrideError(ValueError):
+    """A --cfg-options key that would change nothing: absent from the config, or a file variable."""
+
+
+def _paths(node, prefix: str = ""):
+    """(dotted path, value) of every dict entry and list item, depth first."""
+    if isinstance(node, dict):
+        items = node.items()
+    else:
+        items = enumerate(node) if isinstance(node, list | tuple) else ()
+    for key, value in items:
+        path = f"{prefix}.{key}" if prefix else str(key)
+        yield path, value
+        yield from _paths(value, path)
+
+
+def _read_keys() -> set[str]:
+    return set(inspect.signature(Runner.__init__).parameters) - {"self", "cfg"} | CONFIG_LEVEL_KEYS
+
+
+def checked_overrides(cfg, options: dict) -> dict:
+    """`options` without their `+` markers, once every key is known to matter: it must exist in the
+    config unless marked as Hydra marks it (`+key=value` adds a key that must not exist yet,
+    `++key=value` adds or sets; as `key=value` overrides of detection.overrides) and lie under a
+    top-level key that is read after parsing. Refusals name the key and the closest existing ones."""
+    tree = cfg.to_dict()
+    paths = dict(_paths(tree))
+    checked = {}
+    for key, value in options.items():
+        path = key.lstrip("+")
+        if path.split(".")[0] not in _read_keys():
+            raise _unread_key_error(key, tree, paths, cfg.filename)
+        marker = key[: len(key) - len(path)]
+        if marker == "+" and path in paths:
+            raise ConfigOverrideError(f"--cfg-options {key}: {path} exists already; set it with {path}=...")
+        if not marker and path not in paths:
+            close = difflib.get_close_matches(path, list(paths), n=3, cutoff=0.6)
+            raise ConfigOverrideError(
+                f"--cfg-options {key}: no key {path!r} in {cfg.filename}"
+                + (f"; closest existing keys: {', '.join(close)}" if close else "")
+                + f". To add a new key, write +{path}=..."
+            )
+        checked[path] = value
+    return checked
+
+
+def _unread_key_error(key: str, tree: dict, paths: dict, filename: str) -> ConfigOverrideError:
+    """For a top-level name nothing reads: a variable of the file points at the dict entries that
+    hold its value (where the file used it; list items are left out, a palette holds many
+    numbers), anything else at the top-level keys that are read."""
+    top = key.lstrip("+").split(".")[0]
+    message = f"--cfg-options {key}: {top!r} is not read by the Runner"
+    if top in tree:
+        message += f"; it is a variable of {filename}, used only while the file is parsed, so overriding it "
+        message += "would change nothing"
+        value = tree[top]
+        same = [p for p, v in paths.items() if "." in p and p.split(".")[0] in _read_keys()
+                and not p.rpartition(".")[2].isdigit() and type(v) is type(value) and v == value]
+        if same:
+            same = ", ".join(same)
+            return ConfigOverrideError(f"{message}. Override the keys that hold its value instead: {same}")
+    read = ", ".join(sorted(_read_keys() & set(tree)))
+    return ConfigOverrideError(f"{message}. Top-level keys that are read: {read}")
+
+
+# What the tools turn into a one-line error instead of a traceback.
+TOOL_ERRORS = (CheckpointError, ConfigOverrideError, DatasetError, NonFiniteError)
+
+
+@contextlib.contextmanager
+def exit_on_error(tool: str):
+    """Runs a tool's body; a `TOOL_ERRORS` exception is logged and ends the process with exit
+    status 1 and the message alone (the traceback of a user's mistake helps no one)."""
+    try:
+        yield
+    except TOOL_ERRORS as exc:
+        print_log(f"{tool}: {exc}", logger="current", level=logging.ERROR)
+        raise SystemExit(f"{tool}: error: {exc}") from None

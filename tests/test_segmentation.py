@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,10 +27,16 @@ from torch import nn
 
 import segmentation
 from mae_core.backbone import ViTBackbone
-from mae_core.checkpoint import save_checkpoint
+from mae_core.checkpoint import CheckpointError, IncompleteLoadError, save_checkpoint
 from mae_core.mae import create_mae
 from mae_core.vit import get_arch
-from segmentation import DatasetError, SegFolderDataset
+from segmentation import (
+    ConfigOverrideError,
+    DatasetError,
+    NonFiniteError,
+    NonFiniteGuardHook,
+    SegFolderDataset,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "segmentation"
@@ -105,8 +112,10 @@ def test_backbone_initialises_from_mae_checkpoint_with_report(tmp_path):
     torch.testing.assert_close(backbone.blocks[2].mlp.fc1.weight, mae.blocks[2].mlp.fc1.weight)
     torch.testing.assert_close(backbone.patch_embed.proj.weight, mae.patch_embed.proj.weight)
     report = "\n".join(handler.messages)
-    # Every key not loaded is named: the relative positions this backbone adds are reported missing.
-    assert str(path) in report and "MISSING" in report and "blocks.0.attn.rel_pos_h" in report
+    # Every key not loaded is named: the relative positions this backbone adds are reported as new
+    # (no MAE checkpoint has them), the position table of the 32-pixel MAE as resized.
+    assert str(path) in report and "new in this model" in report and "blocks.0.attn.rel_pos_h" in report
+    assert "resized" in report and "MISSING" not in report
 
 
 # --- Layer decay ------------------------------------------------------------------------------------
@@ -490,3 +499,127 @@ def test_two_process_torchrun_on_cpu(tmp_path):
     )
     assert "Distributed launcher: pytorch" in log and "GPU number: 2" in log
     assert logged_miou(tmp_path / "work") and (tmp_path / "work" / "iter_2.pth").is_file()
+
+
+# --- Stopping loudly: overrides, pretrained weights, checkpoints, non-finite runs --------------------
+
+
+def test_cfg_options_must_name_existing_keys_and_new_ones_take_a_plus():
+    from segmentation.runtime import load_config
+
+    options = {"optim_wrapper.optimizer.lr": 0.5, "param_scheduler.1.end": 7,
+               "+model.backbone.drop_path_rate": 0.1, "++train_cfg.val_interval": 5}
+    cfg = load_config(str(TINY), cfg_options=options)
+    assert (cfg.optim_wrapper.optimizer.lr, cfg.param_scheduler[1].end) == (0.5, 7)
+    assert (cfg.model.backbone.drop_path_rate, cfg.train_cfg.val_interval) == (0.1, 5)
+    with pytest.raises(ConfigOverrideError, match=r"'optim_wrapper\.optimizer\.lrr'.*closest existing keys: "
+                       r"optim_wrapper\.optimizer\.lr\b.*\+optim_wrapper\.optimizer\.lrr="):
+        load_config(str(TINY), cfg_options={"optim_wrapper.optimizer.lrr": 1.0})
+    with pytest.raises(ConfigOverrideError, match="exists already"):
+        load_config(str(TINY), cfg_options={"+train_cfg.max_iters": 3})
+    # A variable of the file: the keys that took its value are named, where the override belongs.
+    with pytest.raises(ConfigOverrideError, match="max_iters.*change nothing") as refused:
+        load_config(str(TINY), cfg_options={"max_iters": 3})
+    held_by = str(refused.value).split("hold its value instead: ")[1].split(", ")
+    assert held_by == ["param_scheduler.1.end", "train_cfg.max_iters", "train_cfg.val_interval",
+                       "default_hooks.checkpoint.interval"]
+    with pytest.raises(ConfigOverrideError, match="not read by the Runner.*Top-level keys that are read"):
+        load_config(str(TINY), cfg_options={"+max_iter": 3})
+
+
+def test_every_config_gets_the_non_finite_guard_once():
+    from segmentation.runtime import load_config
+
+    for config in (TINY, CONFIGS / "upernet_vit_base_512x512_160k_ade20k.py"):
+        hooks = load_config(str(config)).custom_hooks
+        assert [h["type"] for h in hooks].count("NonFiniteGuardHook") == 1
+
+
+def test_backbone_init_cfg_pretrained_loads_like_pretrained(tmp_path):
+    mae = create_mae("vit_toy_patch4", patch_size=8)
+    path = save_checkpoint({"model": mae.state_dict()}, tmp_path / "mae.pth")
+    backbone = toy_backbone(init_cfg=dict(type="Pretrained", checkpoint=str(path)))
+    backbone.init_weights()
+    torch.testing.assert_close(backbone.blocks[3].attn.qkv.weight, mae.blocks[3].attn.qkv.weight)
+    with pytest.raises(ValueError, match="only dict\\(type='Pretrained'"):
+        toy_backbone(init_cfg=dict(type="Kaiming"))
+    with pytest.raises(ValueError, match="two checkpoints"):
+        toy_backbone(pretrained="a.pth", init_cfg=dict(type="Pretrained", checkpoint="b.pth"))
+
+
+def test_backbone_refuses_a_checkpoint_of_another_size_unless_partial_load_is_allowed(tmp_path):
+    path = save_checkpoint({"model": create_mae("vit_mini_patch4").state_dict()}, tmp_path / "mini.pth")
+    with pytest.raises(IncompleteLoadError, match=r"(?s)mini\.pth.*blocks\.0\.attn\.qkv\.weight.*partial"):
+        toy_backbone(pretrained=str(path)).init_weights()
+    partial = toy_backbone(pretrained=str(path), allow_partial_load=True)
+    partial.init_weights()  # the opt-in: loads what fits (nothing of another width), says so, trains on
+    assert torch.isfinite(partial.blocks[0].attn.qkv.weight).all()
+
+
+def test_mmengine_checkpoint_loads_name_a_damaged_file(tmp_path):
+    from mmengine.runner import CheckpointLoader
+
+    path = tmp_path / "iter_4.pth"
+    torch.save({"state_dict": {"w": torch.zeros(100)}}, path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match=re.escape(f"{path} is not a readable torch checkpoint")):
+        CheckpointLoader.load_checkpoint(str(path))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        CheckpointLoader.load_checkpoint(str(tmp_path / "none.pth"))
+
+
+class FakeRunner:
+    """What NonFiniteGuardHook reads of mmengine's Runner."""
+
+    def __init__(self, model: nn.Module, iteration: int = 2, work_dir: Path | None = None):
+        from mmengine.logging import MessageHub
+
+        self.model, self.iter, self.max_iters, self.work_dir = model, iteration, 60, work_dir
+        self.message_hub = MessageHub.get_instance(f"guard_test_{id(self)}")
+        self.optim_wrapper = None
+        self.cfg = Config(dict(load_from="weights.pth"))
+
+
+def test_guard_stops_at_the_first_non_finite_loss_naming_the_logged_iteration(tmp_path):
+    hook, runner = NonFiniteGuardHook(), FakeRunner(nn.Linear(2, 2), iteration=2, work_dir=tmp_path)
+    (tmp_path / "last_checkpoint").write_text("work/iter_2.pth")  # CheckpointHook's record
+    hook.after_train_iter(runner, 2, outputs={"loss": torch.tensor(1.5), "decode.acc_seg": torch.tensor(50.)})
+    with pytest.raises(NonFiniteError, match=r"iteration 3 \(Iter\(train\) \[3/60\]\): decode\.loss_ce=nan.*"
+                       r"last checkpoint written is work/iter_2\.pth"):
+        outputs = {"loss": torch.tensor(1.0), "decode.loss_ce": torch.tensor(torch.nan)}
+        hook.after_train_iter(runner, 2, outputs=outputs)
+
+
+def test_guard_checks_the_gradient_norm_when_the_optim_wrapper_records_one(tmp_path):
+    from mmengine.optim import OptimWrapper
+
+    model = nn.Linear(2, 2)
+    runner = FakeRunner(model, work_dir=tmp_path)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    runner.optim_wrapper = OptimWrapper(optimizer, clip_grad=dict(max_norm=1.0))
+    runner.optim_wrapper.message_hub = runner.message_hub
+    model(torch.tensor([[float("inf"), 1.0]])).sum().backward()
+    runner.optim_wrapper.step()  # clips, and records train/grad_norm
+    with pytest.raises(NonFiniteError, match="grad_norm="):
+        NonFiniteGuardHook().after_train_iter(runner, 2, outputs={"loss": torch.tensor(1.0)})
+
+
+def test_guard_refuses_to_save_or_evaluate_a_non_finite_model(tmp_path):
+    model = nn.Linear(2, 2)
+    hook, runner = NonFiniteGuardHook(), FakeRunner(model, work_dir=tmp_path)
+    good = {"meta": {"iter": 3}, "state_dict": model.state_dict(), "optimizer": {"state": {}}}
+    hook.before_save_checkpoint(runner, good)
+    hook.before_val(runner)
+    bad = {**good, "optimizer": {"state": {0: {"exp_avg": torch.tensor([float("inf")])}}}}
+    with pytest.raises(NonFiniteError, match=r"iteration 3: 1 tensors.*optimizer\.state\.0\.exp_avg\b.*none"):
+        hook.before_save_checkpoint(runner, bad)
+    with torch.no_grad():
+        model.bias[0] = float("nan")
+    runner.iter = 0  # before training or testing: the loaded file is named
+    for check, says in ((hook.before_test, "no test metric"), (hook.before_train, "training would start")):
+        with pytest.raises(NonFiniteError, match=rf"from weights\.pth has 1 non-finite.*\bbias\b.*{says}"):
+            check(runner)
+    runner.iter = 7  # validation during training: the iteration is named
+    with pytest.raises(NonFiniteError, match=r"at training iteration 7 .*no validation metric"):
+        hook.before_val(runner)
+

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from mmengine.runner import Runner
 
-from segmentation.runtime import init_cpu_distributed, load_config, parse_with_launcher_args
+from segmentation.runtime import exit_on_error, init_cpu_distributed, load_config, parse_with_launcher_args
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,8 +28,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        raise SystemExit(f"checkpoint {args.checkpoint} does not exist")
+    with exit_on_error("test_seg"):
+        return evaluate(args)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """The checkpoint is read by mmengine through `load_from_local_file` (segmentation.runtime): a
+    missing or damaged file stops with an error naming it."""
     cfg = load_config(args.config, args.launcher, args.work_dir, args.cfg_options)
     init_cpu_distributed(args.launcher)
     cfg.load_from = args.checkpoint

@@ -13,7 +13,7 @@ import argparse
 
 from mmengine.runner import Runner
 
-from segmentation.runtime import init_cpu_distributed, load_config, parse_with_launcher_args
+from segmentation.runtime import exit_on_error, init_cpu_distributed, load_config, parse_with_launcher_args
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,14 +33,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    cfg_options = dict(args.cfg_options or {})
-    if args.amp:
-        cfg_options["optim_wrapper.type"] = "AmpOptimWrapper"
-        cfg_options.setdefault("optim_wrapper.loss_scale", "dynamic")
-    cfg = load_config(args.config, args.launcher, args.work_dir, cfg_options)
-    init_cpu_distributed(args.launcher)
-    cfg.resume = args.resume
-    Runner.from_cfg(cfg).train()
+    with exit_on_error("train_seg"):
+        cfg = load_config(args.config, args.launcher, args.work_dir, args.cfg_options, amp=args.amp)
+        init_cpu_distributed(args.launcher)
+        cfg.resume = args.resume
+        Runner.from_cfg(cfg).train()
 
 
 if __name__ == "__main__":

@@ -22,9 +22,11 @@ data_preprocessor = dict(
 model = dict(
     type="EncoderDecoder",
     data_preprocessor=data_preprocessor,
-    # An MAE checkpoint (toolkit, official, timm or HF layout); None trains from scratch.
+    # An MAE checkpoint (toolkit, official, timm or HF layout); None trains from scratch. It loads
+    # completely or the run stops naming the keys that do not fit, unless
+    # model.backbone.allow_partial_load=True. `model.backbone.init_cfg.checkpoint=` names it too.
     pretrained=None,
-    backbone=dict(type="MAEViT", img_size=crop_size),
+    backbone=dict(type="MAEViT", img_size=crop_size, init_cfg=dict(type="Pretrained", checkpoint=None)),
     neck=dict(type="Feature2Pyramid", rescales=[4, 2, 1, 0.5], norm_cfg=norm_cfg),
     decode_head=dict(
         type="UPerHead",
@@ -128,6 +130,9 @@ default_hooks = dict(
     sampler_seed=dict(type="DistSamplerSeedHook"),
     visualization=dict(type="SegVisualizationHook"),
 )
+# Stops at the first non-finite loss or gradient norm (naming the iteration) and refuses to save,
+# validate or test a non-finite model (segmentation.hooks).
+custom_hooks = [dict(type="NonFiniteGuardHook")]
 env_cfg = dict(
     cudnn_benchmark=True,
     mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
@@ -139,3 +144,5 @@ log_processor = dict(by_epoch=False)
 log_level = "INFO"
 load_from = None
 resume = False
+# mmengine's default, spelled out so that --cfg-options randomness.seed=N names an existing key.
+randomness = dict(seed=None)
