@@ -414,6 +414,127 @@ def _(tmp_path):
 
 # ---------------------------------------------------------------- rows: segmentation
 
+SEG_TINY = REPO / "configs" / "segmentation" / "upernet_vit_tiny_cpu.py"
+
+
+def seg_data_options(root: Path, iters: int, *extra: str) -> list[str]:
+    """--cfg-options pointing the tiny config at `root` for `iters` iterations, then `extra`."""
+    loaders = ("train_dataloader", "val_dataloader", "test_dataloader")
+    return ["--cfg-options", *(f"{loader}.dataset.data_root={root}" for loader in loaders),
+            f"train_cfg.max_iters={iters}", *extra]
+
+
+@bad_input("seg_lr_diverges")
+def _(tmp_path):
+    """lr=1e6: the run stops at the first non-finite loss (or at the checkpoint of a non-finite
+    model), naming the iteration; every checkpoint left is finite, last_checkpoint names the last
+    one, which is the iteration before the named one; no metric from the named step on."""
+    import json
+
+    from helpers_seg import make_shapes_dataset
+
+    data, work = make_shapes_dataset(tmp_path / "data"), tmp_path / "work"
+    options = seg_data_options(data, 8, "train_cfg.val_interval=1", "default_hooks.checkpoint.interval=1",
+                               "default_hooks.logger.interval=1", "optim_wrapper.optimizer.lr=1e6")
+
+    def check():
+        import torch
+
+        import segmentation  # noqa: F401  (mmengine's checkpoint types become safe to load)
+
+        [log] = work.glob("*/*.log")
+        step = _named_iteration(log)
+        saved = sorted(int(p.stem.split("_")[1]) for p in work.glob("iter_*.pth"))
+        assert saved == list(range(1, step)), (step, saved)
+        last = work / "last_checkpoint"
+        if step > 1:
+            assert last.read_text().strip() == str(work / f"iter_{step - 1}.pth")
+        else:
+            assert not last.exists()
+        for path in work.glob("iter_*.pth"):
+            ckpt = torch.load(path, weights_only=True)
+            assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values()), path
+        assert not list(work.glob(".*.tmp"))
+        [scalars] = work.glob("*/vis_data/scalars.json")
+        validated = [r["step"] for r in map(json.loads, scalars.read_text().splitlines()) if "mIoU" in r]
+        assert all(s < step for s in validated), (step, validated)  # no metric from the named step on
+
+    return Case(tool("train_seg.py", SEG_TINY, "--work-dir", work, *options), ["non-finite", "iteration"],
+                absent=["Traceback"], check=check)
+
+
+def _named_iteration(log: Path) -> int:
+    """The iteration the non-finite guard's message in mmengine's log file names."""
+    import re
+
+    pattern = r"non-finite value at training iteration (\d+)|checkpoint of iteration (\d+)"
+    found = re.search(pattern, log.read_text())
+    assert found, f"{log} does not name the iteration"
+    return int(found[1] or found[2])
+
+
+@bad_input("seg_pretrained_of_another_architecture")
+def _(tmp_path):
+    """model.pretrained= an MAE of another size (192 wide, not 96): nothing would fit; refused
+    naming the file and the keys, with the opt-in (model.backbone.allow_partial_load) named."""
+    from helpers_seg import make_shapes_dataset
+
+    from mae_core.checkpoint import save_checkpoint
+    from mae_core.mae import create_mae
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=1, n_val=1)
+    path = save_checkpoint({"model": create_mae("vit_mini_patch4").state_dict()}, tmp_path / "mini.pth")
+    return Case(tool("train_seg.py", SEG_TINY, "--work-dir", tmp_path / "work",
+                     *seg_data_options(data, 1, f"model.pretrained={path}")),
+                [str(path), "blocks.0.attn.qkv.weight", "allow_partial_load"], absent=["Traceback"])
+
+
+@bad_input("seg_override_of_a_missing_key")
+def _(tmp_path):
+    """A typo in --cfg-options: refused naming it and the closest existing key."""
+    return Case(tool("train_seg.py", SEG_TINY, "--work-dir", tmp_path / "work",
+                     "--cfg-options", "optim_wrapper.optimizer.lrr=1e-4"),
+                ["optim_wrapper.optimizer.lrr", "closest existing keys: optim_wrapper.optimizer.lr",
+                 "+optim_wrapper.optimizer.lrr="], absent=["Traceback"])
+
+
+@bad_input("seg_override_of_a_file_variable")
+def _(tmp_path):
+    """max_iters is a variable of the config file, read only while it is parsed: overriding it
+    would run all 60 iterations anyway. Refused naming the keys that hold its value."""
+    return Case(tool("test_seg.py", SEG_TINY, tmp_path / "none.pth", "--cfg-options", "max_iters=3"),
+                ["max_iters", "train_cfg.max_iters", "param_scheduler.1.end"], absent=["Traceback"])
+
+
+@bad_input("seg_test_truncated_checkpoint")
+def _(tmp_path):
+    """test_seg.py on a truncated checkpoint: an error naming the file, no traceback, no metric."""
+    import torch
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=1, n_val=1)
+    path = tmp_path / "iter_4.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:500])
+    work = tmp_path / "work"
+    return Case(tool("test_seg.py", SEG_TINY, path, "--work-dir", work, *seg_data_options(data, 1)),
+                [str(path), "not a readable torch checkpoint"], absent=["Traceback", '"metrics"'])
+
+
+@bad_input("seg_test_non_finite_checkpoint")
+def _(tmp_path):
+    """test_seg.py on a checkpoint holding NaN weights: no metric, the tensor named."""
+    import torch
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=1, n_val=1)
+    path = tmp_path / "nan.pth"
+    key = "backbone.patch_embed.proj.weight"  # the tiny config's (96 wide, patch 8); the rest stays initialised
+    torch.save({"state_dict": {key: torch.full((96, 3, 8, 8), torch.nan)}}, path)
+    work = tmp_path / "work"
+    return Case(tool("test_seg.py", SEG_TINY, path, "--work-dir", work, *seg_data_options(data, 1)),
+                ["non-finite", key, str(path)], absent=["Traceback", '"metrics"'])
+
 
 # ---------------------------------------------------------------- rows: images and data
 
