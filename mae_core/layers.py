@@ -72,6 +72,123 @@ class RelPosBias(nn.Module):
         return table[bias_index(grid, self.cls_token, table.device)].permute(2, 0, 1)
 
 
+# Which way `Attention` computes decomposed relative positions (ViTDet):
+#   "fused": scaled_dot_product_attention with the rel-pos terms folded into q and k (head size
+#       c -> c + gh + gw): never forms an (N x N) matrix, fastest where fused kernels run near matrix
+#       speed (CUDA). On a CPU the kernel pays the wider head in both products: 3x the FLOPs at
+#       4096 tokens (64 -> 192).
+#   "chunked": `chunked_rel_pos_attention`, explicit q.k^T + bias, softmax, @ v in query chunks at
+#       the head size c, recomputed in backward: plain matrix products as Detectron2 runs them, with
+#       memory bounded by the chunk instead of Detectron2's (heads x N x N) matrices per block.
+#   "auto": `choose_rel_pos_path(device type, tokens, head size)`.
+REL_POS_PATHS = ("auto", "fused", "chunked")
+# Query rows per chunk are chosen so one chunk's (batch x heads x rows x N) scores hold about this
+# many elements (16 MB in fp32): large enough for efficient matrix products, small enough that the
+# few chunk-sized buffers of the backward stay far below one block's activations.
+CHUNK_ELEMENTS = 2**22
+
+
+def choose_rel_pos_path(device_type: str, tokens: int, head_dim: int) -> str:
+    """The faster decomposed rel-pos path for attention over `tokens` tokens (a square-ish grid of
+    side sqrt(tokens)) at `head_dim`. Not CPU -> "fused": CUDA's flash / memory-efficient kernels run
+    near matrix speed, so the wider head costs little. CPU -> "chunked" once the fused head would be
+    more than 2.5x wider (head_dim + 2 sqrt(tokens) > 2.5 head_dim): the CPU flash kernel pays the
+    width in both of its products. Measured per ViT-B block, forward+backward, one thread
+    (docs/benchmarks.md, section 3): 4096 tokens (3x wider) chunked 1.8x faster; 1024 tokens (2x)
+    and 14x14 windows (1.4x) fused 1.05-1.15x faster."""
+    if device_type != "cpu":
+        return "fused"
+    return "chunked" if 2 * tokens**0.5 > 1.5 * head_dim else "fused"
+
+
+def set_rel_pos_path(module: nn.Module, path: str) -> None:
+    """Override the decomposed rel-pos attention path of every `Attention` in `module` ("auto" to
+    choose per call again); e.g. `set_rel_pos_path(backbone, "fused")` to compare the two."""
+    if path not in REL_POS_PATHS:
+        raise ValueError(f"rel-pos attention path {path!r} is not one of {REL_POS_PATHS}")
+    for m in module.modules():
+        if isinstance(m, Attention):
+            m.rel_pos_path = path
+
+
+def _chunk_probs(
+    q: torch.Tensor, k_t: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """softmax(q k^T * scale + rel_h[row] + rel_w[col]) for one query chunk, at least in fp32:
+    q (B, c, d) with rel_h (B, c, gh) and rel_w (B, c, gw); k_t (B, d, N) with N = gh * gw keys."""
+    b, rows, gh = rel_h.shape
+    scores = torch.bmm(q * scale, k_t)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    grid_view = scores.view(b, rows, gh, -1)
+    grid_view.add_(rel_h.unsqueeze(-1)).add_(rel_w.unsqueeze(-2))
+    return torch.softmax(scores, dim=-1)
+
+
+class _ChunkedRelPosAttention(torch.autograd.Function):
+    """softmax(q k^T * scale + rel_h[i'] + rel_w[j']) v over (B, N, d) inputs (batch and heads
+    merged), in query chunks; backward recomputes each chunk's probabilities (flash attention's
+    trade), so only the inputs and the output are kept between forward and backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rel_h, rel_w, scale: float, chunk: int):
+        with torch.autocast(q.device.type, enabled=False):
+            k_t = k.transpose(1, 2)
+            out = torch.empty_like(q)
+            for s in range(0, q.shape[1], chunk):
+                rows = slice(s, s + chunk)
+                probs = _chunk_probs(q[:, rows], k_t, rel_h[:, rows], rel_w[:, rows], scale)
+                torch.bmm(probs.to(v.dtype), v, out=out[:, rows])
+        ctx.save_for_backward(q, k, v, rel_h, rel_w, out)
+        ctx.scale, ctx.chunk = scale, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, rel_h, rel_w, out = ctx.saved_tensors
+        scale, chunk = ctx.scale, ctx.chunk
+        with torch.autocast(q.device.type, enabled=False):
+            grad_out = grad_out.contiguous()
+            acc = torch.promote_types(q.dtype, torch.float32)  # sums over chunks, softmax backward
+            # softmax backward: dS = P * (dP - rowsum(dO * O)), the row sums once for all chunks.
+            row_dot = (grad_out.to(acc) * out.to(acc)).sum(-1, keepdim=True)
+            k_t, v_t = k.transpose(1, 2), v.transpose(1, 2)
+            grad_q = torch.empty_like(q)
+            grad_k = torch.zeros(k.shape, dtype=acc, device=k.device)
+            grad_v = torch.zeros(v.shape, dtype=acc, device=v.device)
+            grad_h, grad_w = torch.empty_like(rel_h), torch.empty_like(rel_w)
+            b, _, gh = rel_h.shape
+            for s in range(0, q.shape[1], chunk):
+                rows = slice(s, s + chunk)
+                q_c, g_c = q[:, rows], grad_out[:, rows]
+                probs = _chunk_probs(q_c, k_t, rel_h[:, rows], rel_w[:, rows], scale)
+                grad_v.add_(torch.bmm(probs.to(v.dtype).transpose(1, 2), g_c))
+                grad_s = probs.mul_(torch.bmm(g_c, v_t).to(acc).sub_(row_dot[:, rows]))
+                grid_view = grad_s.view(b, grad_s.shape[1], gh, -1)
+                grad_h[:, rows] = grid_view.sum(-1)
+                grad_w[:, rows] = grid_view.sum(-2)
+                grad_s = grad_s.to(q.dtype)
+                torch.bmm(grad_s, k, out=grad_q[:, rows]).mul_(scale)
+                grad_k.add_(torch.bmm(grad_s.transpose(1, 2), q_c * scale))
+        return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype), grad_h, grad_w, None, None
+
+
+def chunked_rel_pos_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor,
+    scale: float, chunk: int | None = None,
+) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v for (B, heads, N, d) q, k, v, where the bias of key (i', j')
+    for each query is rel_h[..., i'] + rel_w[..., j'] (rel_h (B, heads, N, gh), rel_w (B, heads, N, gw),
+    keys in row-major grid order). Memory: inputs and output plus a few (B * heads x chunk x N)
+    buffers; `chunk` query rows at a time (default: about `CHUNK_ELEMENTS` scores per chunk)."""
+    b, h, n, d = q.shape
+    if chunk is None:
+        chunk = max(1, CHUNK_ELEMENTS // (b * h * n))
+    merged = [t.reshape(b * h, n, -1).contiguous() for t in (q, k, v)]
+    rel = [t.reshape(b * h, n, -1).to(q.dtype).contiguous() for t in (rel_h, rel_w)]
+    out = _ChunkedRelPosAttention.apply(*merged, *rel, scale, chunk)
+    return out.view(b, h, n, d)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through `scaled_dot_product_attention`, with an optional
     relative position bias passed to it as an additive mask: decomposed (ViTDet, `rel_pos_size`)
@@ -100,6 +217,8 @@ class Attention(nn.Module):
             # Zero at start, so a checkpoint without relative positions behaves exactly as before.
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_size[0] - 1, self.head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size[1] - 1, self.head_dim))
+        # Which way decomposed relative positions are computed (REL_POS_PATHS; `set_rel_pos_path`).
+        self.rel_pos_path = "auto"
         self.rel_pos_bias = RelPosBias(rel_pos_bias_size, num_heads, cls_token) if rel_pos_bias_size else None
 
     def rel_pos_terms(self, q: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +237,9 @@ class Attention(nn.Module):
     def attend_with_rel_pos(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: tuple[int, int]
     ) -> torch.Tensor:
-        """softmax(q.k / s + bias) v without ever forming the (N x N) bias or its gradient.
+        """softmax(q.k / s + bias) v without ever forming the (N x N) bias or its gradient, by the
+        path `rel_pos_path` names ("auto": `choose_rel_pos_path`). "chunked": see
+        `chunked_rel_pos_attention`. "fused", below:
 
         The bias of key (i', j') is rel_h[i'] + rel_w[j'], a dot product with the key's one-hot
         row and column codes, so it rides inside the fused kernel's q.k product:
@@ -130,6 +251,11 @@ class Attention(nn.Module):
         b, h, n, c = q.shape
         rel_h, rel_w = self.rel_pos_terms(q, grid)
         scale = c**-0.5
+        path = self.rel_pos_path
+        if path == "auto":
+            path = choose_rel_pos_path(q.device.type, n, c)
+        if path == "chunked":
+            return chunked_rel_pos_attention(q, k, v, rel_h, rel_w, scale)
         rows = torch.arange(gh, device=q.device).repeat_interleave(gw)
         cols = torch.arange(gw, device=q.device).repeat(gh)
         codes = torch.cat([F.one_hot(rows, gh), F.one_hot(cols, gw)], dim=-1).to(q.dtype)
