@@ -33,10 +33,14 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory processes")
+    parser.add_argument("--attention-paths", default="",
+                        help="det: also time the toolkit with these rel-pos paths forced, e.g. fused,chunked "
+                             "(mae_core.layers.REL_POS_PATHS; the plain toolkit case uses the chosen path)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     opts = Options(args.modes.split(","), args.precision, args.batch, args.rounds, args.warmup, args.threads,
-                   args.device, memory=not args.no_memory)
+                   args.device, memory=not args.no_memory,
+                   attention_paths=tuple(p for p in args.attention_paths.split(",") if p))
     device = device_from_arg(args.device)
     setup_threads(args.threads)
     print(machine_description())

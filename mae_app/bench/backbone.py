@@ -1,9 +1,14 @@
 """Backbone benchmark (tools/bench_backbone.py is its command line): the toolkit's ViT backbone +
 simple feature pyramid against Detectron2's `ViT` + `SimpleFeaturePyramid` (ViTDet, ViT-B, 14x14
 windows, global blocks 2/5/8/11, relative positions on), and the toolkit's segmentation backbone
-(global attention, out_indices 3/5/7/11, relative positions on) against MMSegmentation's `MAE`.
+in MMSegmentation's layout (cls token in attention, BEiT's relative-position table, layer scale,
+out_indices 3/5/7/11) against MMSegmentation's `MAE`.
 
-Same weights are copied across and outputs compared before anything is timed. Times are
+Same weights are copied across (Detectron2's through detection's converter, MMSegmentation's
+through mae_core.checkpoint.load_pretrained; relative-position tables random, not zero) and
+outputs must agree within 1e-4 before anything is timed. The detection suite can also time the
+toolkit with each decomposed rel-pos attention path forced (`Options.attention_paths`, cases
+`toolkit:fused`, `toolkit:chunked`; plain `toolkit` is the path `choose_rel_pos_path` picks). Times are
 medians of interleaved rounds in one process; peak memory is measured per case in a fresh
 process (`python -m mae_app.bench.backbone SUITE IMPL SIZE MODE`; a process peak never goes down),
 as the step's peak resident memory above the process's resident memory after building the model.
@@ -14,6 +19,7 @@ plain ViT + pyramid FLOPs, identical for both implementations); forward+backward
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -39,6 +45,8 @@ from mae_app.bench.common import (
 )
 from mae_app.flops import flop_count
 from mae_core.backbone import VITDET_GLOBAL_BLOCKS, ViTBackbone, create_backbone
+from mae_core.checkpoint import load_pretrained
+from mae_core.layers import set_rel_pos_path
 from mae_core.pyramid import SimpleFeaturePyramid
 
 ARCH = "vit_base_patch16"
@@ -97,15 +105,17 @@ def detectron2_vitdet(size: int) -> nn.Module:
     )
 
 
-def toolkit_seg(size: int, use_rel_pos: bool = True) -> ViTBackbone:
-    """The segmentation recipe's backbone (segmentation.MAEViT is this class registered in mmseg),
-    with layer scale as MMSegmentation's MAE has it, so the two compute the same layers."""
+def toolkit_seg(size: int, rel_pos_bias: bool = True) -> ViTBackbone:
+    """The segmentation backbone (segmentation.MAEViT is this class registered in mmseg) in
+    MMSegmentation's `MAE` layout: cls token in attention, BEiT's relative-position table, layer
+    scale, so that converted weights give MMSegmentation's outputs."""
     return create_backbone(
         ARCH,
         img_size=size,
         pretrain_img_size=size,
         out_indices=SEG_OUT_INDICES,
-        use_rel_pos=use_rel_pos,
+        cls_token_in_attention=True,
+        rel_pos_bias=rel_pos_bias,
         init_values=0.1,
     )
 
@@ -131,41 +141,6 @@ def mmseg_mae(size: int) -> nn.Module:
     )
 
 
-MMSEG_LAYER_PARTS = {
-    "ln1": "norm1",
-    "attn.qkv": "attn.qkv",
-    "attn.proj": "attn.proj",
-    "ln2": "norm2",
-    "ffn.layers.0.0": "mlp.fc1",
-    "ffn.layers.1": "mlp.fc2",
-}
-
-
-def mmseg_to_toolkit(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """MMSegmentation MAE keys -> toolkit keys; its BEiT relative-bias tables have no counterpart
-    (they start at zero, as the toolkit's decomposed tables do) and are returned separately."""
-    out, unmatched = {}, []
-    for key, value in sd.items():
-        if key == "patch_embed.projection.weight" or key == "patch_embed.projection.bias":
-            out[key.replace("projection", "proj")] = value
-        elif key == "pos_embed":
-            out[key] = value
-        elif key.startswith("layers."):
-            _, i, rest = key.split(".", 2)
-            part, _, leaf = rest.rpartition(".")
-            if rest in ("gamma_1", "gamma_2"):
-                out[f"blocks.{i}.ls{rest[-1]}.gamma"] = value
-            elif part in MMSEG_LAYER_PARTS:
-                out[f"blocks.{i}.{MMSEG_LAYER_PARTS[part]}.{leaf}"] = value
-            elif "relative_position" not in rest:
-                unmatched.append(key)
-        elif key != "cls_token":
-            unmatched.append(key)
-    if unmatched:
-        raise RuntimeError(f"MMSegmentation MAE keys with no toolkit counterpart: {unmatched[:8]}")
-    return out
-
-
 def randomise_(model: nn.Module, seed: int = 0) -> None:
     """Non-trivial weights everywhere, relative-position tables included (they start at zero)."""
     gen = torch.Generator().manual_seed(seed)
@@ -189,13 +164,7 @@ def build_pair(suite: str, size: int) -> tuple[nn.Module, nn.Module]:
     peer = mmseg_mae(size)
     randomise_(peer)
     ours = toolkit_seg(size)
-    missing, unexpected = ours.load_state_dict(mmseg_to_toolkit(peer.state_dict()), strict=False)
-    if unexpected or any(not k.endswith(("rel_pos_h", "rel_pos_w")) for k in missing):
-        raise RuntimeError(f"MMSegmentation -> toolkit: missing {missing[:8]}, unexpected {unexpected[:8]}")
-    # The peer's relative-bias tables are zero-initialised like ours: both add nothing at start.
-    for name, p in peer.named_parameters():
-        if "relative_position_bias_table" in name:
-            p.data.zero_()
+    load_pretrained(ours, peer.state_dict())  # complete or raises, naming the keys
     return ours, peer
 
 
@@ -226,7 +195,7 @@ def make_case(model, x, mode: str, device, precision: str):
 
 
 def flops_forward(suite: str, size: int) -> float:
-    model = ToolkitDet(size, use_rel_pos=False) if suite == "det" else toolkit_seg(size, use_rel_pos=False)
+    model = ToolkitDet(size, use_rel_pos=False) if suite == "det" else toolkit_seg(size, rel_pos_bias=False)
     with torch.no_grad():
         return flop_count(model.eval(), (torch.randn(1, 3, size, size),))[0]
 
@@ -243,6 +212,8 @@ class Options:
     threads: int | None = None
     device: str = "cpu"
     memory: bool = True
+    # det only: the toolkit also timed with each of these rel-pos paths forced (mae_core.layers).
+    attention_paths: tuple[str, ...] = ()
 
 
 WORKER_BUILDERS = {
@@ -253,13 +224,22 @@ WORKER_BUILDERS = {
 }
 
 
+def build_impl(suite: str, impl: str, size: int) -> nn.Module:
+    """`impl` is a WORKER_BUILDERS name, or `toolkit:PATH` for the toolkit with a forced path."""
+    base, _, path = impl.partition(":")
+    model = WORKER_BUILDERS[suite, base](size)
+    if path:
+        set_rel_pos_path(model, path)
+    return model
+
+
 def worker(suite: str, impl: str, size: int, mode: str, opts: Options) -> dict:
     """One case's step peak memory, measured in this (fresh) process."""
     device = device_from_arg(opts.device)
     setup_threads(opts.threads)
     # Weights do not change memory use: build only the one model, so the build's own peak
     # (two models, converted copies) stays below the step's.
-    model = WORKER_BUILDERS[suite, impl](size).to(device)
+    model = build_impl(suite, impl, size).to(device)
     model.train()  # not chained: MMSegmentation's BEiT.train() returns None
     x = torch.randn(opts.batch, 3, size, size, device=device)
     step = make_case(model, x, mode, device, opts.precision)
@@ -276,7 +256,7 @@ def worker(suite: str, impl: str, size: int, mode: str, opts: Options) -> dict:
     return {"peak_gib": peak, "before_gib": before, "step_peak_gib": peak - before, "seconds": seconds}
 
 
-def measure_memory(suite: str, size: int, impls: tuple[str, str], opts: Options) -> dict:
+def measure_memory(suite: str, size: int, impls: tuple[str, ...], opts: Options) -> dict:
     """Every (implementation, mode) case's peak memory, each in its own process."""
     memory = {}
     extra = ["--device", opts.device, "--precision", opts.precision, "--batch", str(opts.batch)]
@@ -291,27 +271,44 @@ def measure_memory(suite: str, size: int, impls: tuple[str, str], opts: Options)
     return memory
 
 
+def toolkit_variants(suite: str, ours: nn.Module, opts: Options) -> dict[str, nn.Module]:
+    """"toolkit" (paths as chosen) and, for det, one copy per forced rel-pos attention path."""
+    variants = {"toolkit": ours}
+    for path in opts.attention_paths if suite == "det" else ():
+        variants[f"toolkit:{path}"] = copy.deepcopy(ours)
+        set_rel_pos_path(variants[f"toolkit:{path}"], path)
+    return variants
+
+
 def bench_suite(suite: str, size: int, opts: Options, device: torch.device) -> dict:
-    """Outputs compared, FLOPs counted, both implementations and the matmul reference timed in
-    interleaved rounds, and (unless switched off) the peak memory of every case."""
+    """Outputs compared (stops unless equal), FLOPs counted, the implementations and the matmul
+    reference timed in interleaved rounds, and (unless switched off) the peak memory of every case."""
     peer_name = "detectron2" if suite == "det" else "mmseg"
     print(f"\n== {suite} at {size}: toolkit vs {peer_name}, batch {opts.batch}, {opts.precision}")
     torch.manual_seed(0)
     ours, peer = build_pair(suite, size)
     ours.to(device).train()
     peer.to(device).train()
+    variants = toolkit_variants(suite, ours, opts)
     x = torch.randn(opts.batch, 3, size, size, device=device)
-    diff = compare_outputs(ours, peer, x)
-    print(f"  max |output difference| {diff:.2e} (tolerance {OUTPUT_TOLERANCE:.0e})")
+    diffs = {name: compare_outputs(model, peer, x) for name, model in variants.items()}
+    for name, d in diffs.items():
+        print(f"  {name} vs {peer_name}: max |output difference| {d:.2e} (tolerance {OUTPUT_TOLERANCE:.0e})")
+    diff = max(diffs.values())
+    if diff > OUTPUT_TOLERANCE:
+        raise SystemExit(f"error: {suite} at {size}: outputs differ from {peer_name}'s by {diff:.2e} "
+                         f"(> {OUTPUT_TOLERANCE:.0e}); nothing timed")
     fwd_flops = flops_forward(suite, size) * opts.batch
     cases = {}
     for mode in opts.modes:
-        cases[f"toolkit/{mode}"] = make_case(ours, x, mode, device, opts.precision)
+        for name, model in variants.items():
+            cases[f"{name}/{mode}"] = make_case(model, x, mode, device, opts.precision)
         cases[f"{peer_name}/{mode}"] = make_case(peer, x, mode, device, opts.precision)
     cases["matmul"], matmul_flops = matmul_case(device, PRECISION_DTYPES[opts.precision])
     timings = interleaved_medians(cases, device, rounds=opts.rounds, warmup=opts.warmup)
-    memory = measure_memory(suite, size, ("toolkit", peer_name), opts) if opts.memory else {}
-    return {"suite": suite, "size": size, "peer": peer_name, "max_output_diff": diff,
+    impls = (*variants, peer_name)
+    memory = measure_memory(suite, size, impls, opts) if opts.memory else {}
+    return {"suite": suite, "size": size, "peer": peer_name, "impls": impls, "max_output_diff": diff,
             "forward_flops": fwd_flops, "timings": timings,
             "matmul_flops_per_s": matmul_flops / timings["matmul"]["median"], "memory": memory}
 
@@ -325,7 +322,7 @@ def suite_rows(r: dict, mode: str) -> tuple[list, list[str]]:
     t, mm, peer = r["timings"], r["matmul_flops_per_s"], r["peer"]
     flops = r["forward_flops"] * (1 if mode == "fwd" else 3)
     rows = []
-    for impl in ("toolkit", peer):
+    for impl in r["impls"]:
         med = t[f"{impl}/{mode}"]["median"]
         mem = r["memory"].get(f"{impl}/{mode}")
         ratio = paired_ratio(t[f"{peer}/{mode}"], t[f"{impl}/{mode}"])
