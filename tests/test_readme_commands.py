@@ -1,0 +1,148 @@
+"""Every command the README shows still works: each is run in a cheap form, so a renamed tool, a
+removed flag, a missing config file or a config key that no longer exists fails here.
+
+Commands are the lines of the README's ```bash blocks (continuations joined, comments dropped)
+and its inline code spans that start like a command. The cheap forms:
+
+- `make TARGET`: `make -n TARGET` (the target exists; nothing runs);
+- `python -m MODULE`: the module is importable;
+- `[.venv/bin/]python tools/X.py ARGS` and `torchrun [OPTS] tools/X.py ARGS`: the tool runs as
+  `__main__` in a subprocess until its argument parser returns, on the README's own arguments
+  (so every flag is checked by the tool's real parser, and its --help text renders), then stops
+  before doing any work; config files the arguments name must exist, and for the segmentation
+  tools the config is loaded with the `--cfg-options` applied (every key checked).
+  torchrun's own options go through torchrun's parser."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+PYTHONS = ("python", ".venv/bin/python", "python3")
+STARTS = (*PYTHONS, "torchrun", "make")
+
+# Runs a tool until its argparse parser returns (whichever parse_* method the tool calls; the
+# outermost call, so parse_args still refuses unknown arguments), then reports the parsed
+# arguments as JSON. The tool never gets to do any work.
+DRIVER = r"""
+import argparse, json, runpy, sys
+from pathlib import Path
+
+class Parsed(BaseException):
+    pass
+
+depth = 0
+
+def stop_after(method):
+    original = getattr(argparse.ArgumentParser, method)
+
+    def parse(self, *args, **kwargs):
+        global depth
+        depth += 1
+        try:
+            result = original(self, *args, **kwargs)
+        finally:
+            depth -= 1
+        if depth == 0:
+            self.format_help()  # what --help prints must render too
+            raise Parsed(result)
+        return result
+
+    setattr(argparse.ArgumentParser, method, parse)
+
+for method in ("parse_args", "parse_known_args", "parse_intermixed_args", "parse_known_intermixed_args"):
+    stop_after(method)
+tool, args = sys.argv[1], sys.argv[2:]
+sys.argv = [tool, *args]
+try:
+    runpy.run_path(tool, run_name="__main__")
+except Parsed as parsed:
+    result = parsed.args[0]
+else:
+    sys.exit(f"{tool} finished without parsing its arguments with argparse")
+namespace, unknown = result if isinstance(result, tuple) else (result, [])
+if unknown:
+    sys.exit(f"{tool}: arguments its parser does not know: {unknown}")
+namespace = vars(namespace)
+values = [v for value in namespace.values() for v in (value if isinstance(value, list) else [value])]
+missing = [str(v) for v in values if str(v).startswith("configs/") and not Path(v).is_file()]
+if missing:
+    sys.exit(f"{tool}: config files that do not exist: {missing}")
+if Path(tool).name in ("train_seg.py", "test_seg.py") and Path(namespace["config"]).is_file():
+    from segmentation.runtime import load_config
+    load_config(namespace["config"], cfg_options=namespace["cfg_options"], amp=namespace.get("amp", False))
+print("PARSED " + json.dumps(namespace, default=str))
+"""
+
+
+def _inline_spans(text: str) -> list[str]:
+    outside_blocks = re.sub(r"```.*?```", "", text, flags=re.S)
+    return [span for span in re.findall(r"`([^`\n]+)`", outside_blocks) if span.split()[0] in STARTS]
+
+
+def readme_commands(text: str) -> list[str]:
+    """The commands of the ```bash blocks (backslash continuations joined, `#` comments dropped)
+    and the inline spans that start with python, torchrun or make."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words and words[0] in STARTS:
+                commands.append(shlex.join(words))
+    return list(dict.fromkeys(commands + _inline_spans(text)))
+
+
+COMMANDS = readme_commands(README.read_text())
+
+
+def test_the_readme_commands_are_found():
+    """The extraction itself: every tool the README's code blocks invoke, and the two make targets."""
+    tools = {Path(w).name for c in COMMANDS for w in shlex.split(c) if w.endswith(".py")}
+    assert {"pretrain.py", "visualize_mae.py", "train_det.py", "infer_det.py", "train_seg.py",
+            "test_seg.py", "demo.py"} <= tools
+    assert "make demo" in COMMANDS and "make test" in COMMANDS
+    assert any("--cfg-options" in c and c.endswith(".pth") for c in COMMANDS)  # continuation joined
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _split_launcher(words: list[str]) -> tuple[list[str], str, list[str]]:
+    """(launcher options, tool script, tool arguments) of a python or torchrun command."""
+    script = next(i for i, w in enumerate(words) if w.endswith(".py"))
+    return words[1:script], words[script], words[script + 1 :]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", COMMANDS)
+def test_readme_command_works_in_its_cheap_form(command):
+    words = shlex.split(command)
+    if words[0] == "make":
+        proc = _run(["make", "-n", *words[1:]])
+        assert proc.returncode == 0, f"{command}: {proc.stderr}"
+        return
+    if words[1] == "-m":
+        proc = _run([sys.executable, "-c", f"import importlib.util as u; assert u.find_spec({words[2]!r})"])
+        assert proc.returncode == 0, f"{command}: module {words[2]} not found\n{proc.stderr}"
+        return
+    launcher, script, args = _split_launcher(words)
+    assert (REPO / script).is_file(), f"{command}: {script} does not exist"
+    if words[0] == "torchrun":
+        torchrun = "import sys, torch.distributed.run as r; r.get_args_parser().parse_args(sys.argv[1:])"
+        proc = _run([sys.executable, "-c", torchrun, *launcher, script, *args])
+        assert proc.returncode == 0, f"{command}: torchrun refuses its options\n{proc.stderr}"
+    proc = _run([sys.executable, "-c", DRIVER, script, *args])
+    assert proc.returncode == 0, f"{command}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    parsed = json.loads(proc.stdout.split("PARSED ", 1)[1])
+    assert parsed, f"{command}: no arguments parsed"
