@@ -146,11 +146,11 @@ def _(tmp_path):
 def _(tmp_path):
     from mae_core.checkpoint import save_checkpoint
     from mae_core.config import ModelConfig
-    from mae_core.engine import mae_from_arch, model_arch
+    from mae_core.engine import mae_from_record, model_record
 
-    arch = model_arch(ModelConfig(arch="vit_toy_patch4", img_size=28, in_chans=1, decoder_embed_dim=32,
-                                  decoder_depth=1, decoder_num_heads=2))
-    ckpt = save_checkpoint({"model": mae_from_arch(arch).state_dict(), "arch": arch}, tmp_path / "mae.pth")
+    record = model_record(ModelConfig(arch="vit_toy_patch4", img_size=28, in_chans=1, decoder_embed_dim=32,
+                                      decoder_depth=1, decoder_num_heads=2))
+    ckpt = save_checkpoint({"model": mae_from_record(record).state_dict(), "arch": record}, tmp_path / "mae.pth")
     return Case(tool("visualize_mae.py", ckpt, "--mask-ratio", "0.0", "--output-dir", tmp_path / "pics"),
                 exit_code=1, names=["mask_ratio 0.0 on the 7x7 patch grid leaves 49 visible and 0 masked"])
 
