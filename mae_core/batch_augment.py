@@ -24,7 +24,12 @@ from torchvision.transforms import v2
 
 from .config import DataConfig
 from .data import (
-    ImageReadError, MaskedViews, SkippedImage, collate_views, pretrain_transform, sample_seed,
+    ImageReadError,
+    MaskedViews,
+    SkippedImage,
+    collate_views,
+    pretrain_transform,
+    sample_seed,
 )
 
 

@@ -150,7 +150,8 @@ def _(tmp_path):
 
     record = model_record(ModelConfig(arch="vit_toy_patch4", img_size=28, in_chans=1, decoder_embed_dim=32,
                                       decoder_depth=1, decoder_num_heads=2))
-    ckpt = save_checkpoint({"model": mae_from_record(record).state_dict(), "arch": record}, tmp_path / "mae.pth")
+    state = {"model": mae_from_record(record).state_dict(), "arch": record}
+    ckpt = save_checkpoint(state, tmp_path / "mae.pth")
     return Case(tool("visualize_mae.py", ckpt, "--mask-ratio", "0.0", "--output-dir", tmp_path / "pics"),
                 exit_code=1, names=["mask_ratio 0.0 on the 7x7 patch grid leaves 49 visible and 0 masked"])
 
@@ -529,7 +530,8 @@ def _(tmp_path):
 
     data = make_shapes_dataset(tmp_path / "data", n_train=1, n_val=1)
     path = tmp_path / "nan.pth"
-    key = "backbone.patch_embed.proj.weight"  # the tiny config's (96 wide, patch 8); the rest stays initialised
+    # The tiny config's patch kernel (96 wide, patch 8); the rest stays initialised.
+    key = "backbone.patch_embed.proj.weight"
     torch.save({"state_dict": {key: torch.full((96, 3, 8, 8), torch.nan)}}, path)
     work = tmp_path / "work"
     return Case(tool("test_seg.py", SEG_TINY, path, "--work-dir", work, *seg_data_options(data, 1)),
