@@ -152,7 +152,7 @@ def init_cpu_distributed(launcher: str) -> None:
         dist.init_process_group(backend="gloo")
 
 
-def load_config(
+def load_mmseg_config(
     path: str,
     launcher: str = "none",
     work_dir: str | None = None,

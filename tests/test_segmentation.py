@@ -505,33 +505,33 @@ def test_two_process_torchrun_on_cpu(tmp_path):
 
 
 def test_cfg_options_must_name_existing_keys_and_new_ones_take_a_plus():
-    from segmentation.runtime import load_config
+    from segmentation.runtime import load_mmseg_config
 
     options = {"optim_wrapper.optimizer.lr": 0.5, "param_scheduler.1.end": 7,
                "+model.backbone.drop_path_rate": 0.1, "++train_cfg.val_interval": 5}
-    cfg = load_config(str(TINY), cfg_options=options)
+    cfg = load_mmseg_config(str(TINY), cfg_options=options)
     assert (cfg.optim_wrapper.optimizer.lr, cfg.param_scheduler[1].end) == (0.5, 7)
     assert (cfg.model.backbone.drop_path_rate, cfg.train_cfg.val_interval) == (0.1, 5)
     with pytest.raises(ConfigOverrideError, match=r"'optim_wrapper\.optimizer\.lrr'.*closest existing keys: "
                        r"optim_wrapper\.optimizer\.lr\b.*\+optim_wrapper\.optimizer\.lrr="):
-        load_config(str(TINY), cfg_options={"optim_wrapper.optimizer.lrr": 1.0})
+        load_mmseg_config(str(TINY), cfg_options={"optim_wrapper.optimizer.lrr": 1.0})
     with pytest.raises(ConfigOverrideError, match="exists already"):
-        load_config(str(TINY), cfg_options={"+train_cfg.max_iters": 3})
+        load_mmseg_config(str(TINY), cfg_options={"+train_cfg.max_iters": 3})
     # A variable of the file: the keys that took its value are named, where the override belongs.
     with pytest.raises(ConfigOverrideError, match="max_iters.*change nothing") as refused:
-        load_config(str(TINY), cfg_options={"max_iters": 3})
+        load_mmseg_config(str(TINY), cfg_options={"max_iters": 3})
     held_by = str(refused.value).split("hold its value instead: ")[1].split(", ")
     assert held_by == ["param_scheduler.1.end", "train_cfg.max_iters", "train_cfg.val_interval",
                        "default_hooks.checkpoint.interval"]
     with pytest.raises(ConfigOverrideError, match="not read by the Runner.*Top-level keys that are read"):
-        load_config(str(TINY), cfg_options={"+max_iter": 3})
+        load_mmseg_config(str(TINY), cfg_options={"+max_iter": 3})
 
 
 def test_every_config_gets_the_non_finite_guard_once():
-    from segmentation.runtime import load_config
+    from segmentation.runtime import load_mmseg_config
 
     for config in (TINY, CONFIGS / "upernet_vit_base_512x512_160k_ade20k.py"):
-        hooks = load_config(str(config)).custom_hooks
+        hooks = load_mmseg_config(str(config)).custom_hooks
         assert [h["type"] for h in hooks].count("NonFiniteGuardHook") == 1
 
 

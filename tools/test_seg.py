@@ -11,7 +11,12 @@ import json
 
 from mmengine.runner import Runner
 
-from segmentation.runtime import exit_on_error, init_cpu_distributed, load_config, parse_with_launcher_args
+from segmentation.runtime import (
+    exit_on_error,
+    init_cpu_distributed,
+    load_mmseg_config,
+    parse_with_launcher_args,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,7 +40,7 @@ def main(argv=None) -> dict:
 def evaluate(args: argparse.Namespace) -> dict:
     """The checkpoint is read by mmengine through `load_from_local_file` (segmentation.runtime): a
     missing or damaged file stops with an error naming it."""
-    cfg = load_config(args.config, args.launcher, args.work_dir, args.cfg_options)
+    cfg = load_mmseg_config(args.config, args.launcher, args.work_dir, args.cfg_options)
     init_cpu_distributed(args.launcher)
     cfg.load_from = args.checkpoint
     if args.show_dir:

@@ -13,7 +13,12 @@ import argparse
 
 from mmengine.runner import Runner
 
-from segmentation.runtime import exit_on_error, init_cpu_distributed, load_config, parse_with_launcher_args
+from segmentation.runtime import (
+    exit_on_error,
+    init_cpu_distributed,
+    load_mmseg_config,
+    parse_with_launcher_args,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     with exit_on_error("train_seg"):
-        cfg = load_config(args.config, args.launcher, args.work_dir, args.cfg_options, amp=args.amp)
+        cfg = load_mmseg_config(args.config, args.launcher, args.work_dir, args.cfg_options, amp=args.amp)
         init_cpu_distributed(args.launcher)
         cfg.resume = args.resume
         Runner.from_cfg(cfg).train()
