@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import json
 import runpy
 import types
@@ -144,8 +145,10 @@ def _set(node, parts: list[str], value, full_key: str):
     names = {f.name for f in dataclasses.fields(node)}
     head = parts[0]
     if head not in names:
+        close = difflib.get_close_matches(head, names, n=3)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
         known = ", ".join(sorted(names))
-        raise ConfigError(f"unknown config key {full_key!r}; {type(node).__name__} has: {known}")
+        raise ConfigError(f"unknown config key {full_key!r}; {hint}{type(node).__name__} has: {known}")
     current = getattr(node, head)
     if len(parts) > 1:
         if not dataclasses.is_dataclass(current):

@@ -218,6 +218,56 @@ def _(tmp_path):
                 names=["dropped 2 records past iteration 1"])
 
 
+@bad_input("pretrain_override_typo_names_the_closest_key")
+def _(tmp_path):
+    return Case(pretrain_cmd(tmp_path / "out", "optim.blrr=1e-3"), exit_code=1,
+                names=["'optim.blrr'", "did you mean 'blr'"],
+                check=lambda: _assert_nothing_written(tmp_path / "out"))
+
+
+def truncated_checkpoint(path: Path) -> Path:
+    """A torch checkpoint cut off after 300 bytes, as a killed copy leaves it."""
+    import torch
+
+    torch.save({"model": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:300])
+    return path
+
+
+@bad_input("pretrain_resume_from_a_truncated_checkpoint")
+def _(tmp_path):
+    bad = truncated_checkpoint(tmp_path / "cut.pth")
+    return Case(pretrain_cmd(tmp_path / "out", "--resume", bad), exit_code=1, names=[str(bad)])
+
+
+@bad_input("visualize_mae_truncated_checkpoint")
+def _(tmp_path):
+    bad = truncated_checkpoint(tmp_path / "cut.pth")
+    return Case(tool("visualize_mae.py", bad, "--output-dir", tmp_path / "pics"), exit_code=1,
+                names=[str(bad)])
+
+
+@bad_input("eval_cls_checkpoint_of_another_architecture")
+def _(tmp_path):
+    from helpers_pretrain import write_image
+
+    from mae_core.checkpoint import save_checkpoint
+    from mae_core.mae import create_mae
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            write_image(tmp_path / "cls" / split / label / "0.png", size=(32, 32))
+    other = create_mae("vit_mini_patch4", img_size=32)  # 128 wide: no tensor fits the 96-wide toy
+    ckpt = save_checkpoint({"model": other.state_dict()}, tmp_path / "mini.pth")
+    return Case(tool("eval_cls.py", "--data", tmp_path / "cls", "--backbone", "vit_mae", "--checkpoint", ckpt,
+                     "--arch", "vit_toy_patch4", "--img-size", "32", "--mode", "knn"),
+                names=[str(ckpt), "blocks.0"], absent=["accuracy"])
+
+
+def _assert_nothing_written(out: Path) -> None:
+    assert not out.exists() or not any(out.iterdir()), f"{out} holds {sorted(out.iterdir())}"
+
+
 # ---------------------------------------------------------------- rows: detection
 
 DET_TINY = REPO / "configs" / "detection" / "mask_rcnn_vit_tiny_cpu.py"
