@@ -29,6 +29,7 @@ from .data import (
     SkippedImage,
     collate_views,
     pretrain_transform,
+    read_or_skip,
     sample_seed,
 )
 
@@ -77,12 +78,9 @@ class CropDraws(Dataset):
             # The CPU generator only, to the same state as torch.manual_seed gives it: manual_seed
             # also queues a lazy seed per accelerator type with a formatted stack (0.5 ms a call).
             torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-            try:
-                img, _ = self.dataset[index]
-            except ImageReadError as exc:
-                if not self.skip_bad_images:
-                    raise
-                return SkippedImage(str(exc))
+            img = read_or_skip(self.dataset, index, self.skip_bad_images)
+            if isinstance(img, SkippedImage):
+                return img
             box = self.crop.make_params([img])
             # v2.RandomHorizontalFlip draws one number and flips when it is below p = 0.5.
             flip = self.hflip and bool(torch.rand(1) < 0.5)

@@ -325,18 +325,26 @@ class MaskedViews(Dataset):
         epoch, index = key
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, epoch, index))
-            try:
-                img, _ = self.dataset[index]
-            except ImageReadError as exc:
-                if not self.skip_bad_images:
-                    raise
-                return SkippedImage(str(exc))
+            img = read_or_skip(self.dataset, index, self.skip_bad_images)
+            if isinstance(img, SkippedImage):
+                return img
             noise = self.masking(1, self.grid, self.num_masked, torch.device("cpu"))[0]
         return img, noise
 
 
 class SkippedImage(str):
     """The error message of an image that was skipped; collate counts these."""
+
+
+def read_or_skip(dataset: Dataset, index: int, skip_bad_images: bool) -> torch.Tensor | SkippedImage:
+    """The dataset's image at `index`; one that cannot be read stops the run, or with
+    `skip_bad_images` becomes a SkippedImage (its message) for collate to count."""
+    try:
+        return dataset[index][0]
+    except ImageReadError as exc:
+        if not skip_bad_images:
+            raise
+        return SkippedImage(str(exc))
 
 
 def collate_views(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
