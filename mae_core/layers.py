@@ -83,9 +83,11 @@ class RelPosBias(nn.Module):
 #   "auto": `choose_rel_pos_path(device type, tokens, head size)`.
 REL_POS_PATHS = ("auto", "fused", "chunked")
 # Query rows per chunk are chosen so one chunk's (batch x heads x rows x N) scores hold about this
-# many elements (16 MB in fp32): large enough for efficient matrix products, small enough that the
-# few chunk-sized buffers of the backward stay far below one block's activations.
-CHUNK_ELEMENTS = 2**22
+# many elements (512 MB in fp32; ViT-B at 1024 px: 2 chunks of the 12 x 4096 x 4096 scores). Few
+# large chunks: on a contended 2-core CPU with 2 threads a global block's forward+backward took
+# 17.9 s at 2**22 elements (49 chunks), 9.8 s at 2**25, 8.7 s at 2**26, 7.7 s at 2**27 (fused 8.3-8.9 s);
+# the backward holds about three chunk-sized buffers at a time.
+CHUNK_ELEMENTS = 2**27
 
 
 def choose_rel_pos_path(device_type: str, tokens: int, head_dim: int) -> str:
@@ -93,9 +95,9 @@ def choose_rel_pos_path(device_type: str, tokens: int, head_dim: int) -> str:
     side sqrt(tokens)) at `head_dim`. Not CPU -> "fused": CUDA's flash / memory-efficient kernels run
     near matrix speed, so the wider head costs little. CPU -> "chunked" once the fused head would be
     more than 2.5x wider (head_dim + 2 sqrt(tokens) > 2.5 head_dim): the CPU flash kernel pays the
-    width in both of its products. Measured per ViT-B block, forward+backward, one thread
-    (docs/benchmarks.md, section 3): 4096 tokens (3x wider) chunked 1.8x faster; 1024 tokens (2x)
-    and 14x14 windows (1.4x) fused 1.05-1.15x faster."""
+    width in both of its products. Measured per ViT-B block, forward+backward (docs/benchmarks.md,
+    section 3): 4096 tokens (3x wider) chunked 1.8x faster on one thread, 1.15x on two; 1024 tokens
+    (2x) and 14x14 windows (1.4x) fused 1.05-1.15x faster on one thread."""
     if device_type != "cpu":
         return "fused"
     return "chunked" if 2 * tokens**0.5 > 1.5 * head_dim else "fused"
