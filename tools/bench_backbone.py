@@ -24,7 +24,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suites", default="det,seg", help="det (vs Detectron2), seg (vs MMSegmentation)")
-    parser.add_argument("--sizes", default="512,1024", help="det sizes; seg always runs at 512")
+    parser.add_argument("--sizes", default="512,1024", help="det sizes")
+    parser.add_argument("--seg-size", type=int, default=512, help="the seg suite's size")
     parser.add_argument("--modes", default="fwd,fwdbwd")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--batch", type=int, default=1)
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     print(machine_description())
     runs = []
     for suite in args.suites.split(","):
-        sizes = [int(s) for s in args.sizes.split(",")] if suite == "det" else [512]
+        sizes = [int(s) for s in args.sizes.split(",")] if suite == "det" else [args.seg_size]
         runs += [(suite, size) for size in sizes]
     results = [bench_suite(suite, size, opts, device) for suite, size in runs]
     text = report(results, opts, f"python tools/bench_backbone.py {' '.join(sys.argv[1:])}")
