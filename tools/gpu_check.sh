@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark path of issue #12 on one CUDA GPU in bf16, in under five minutes (the steps' limits
-# add up to 290 s); each step has its own time limit and a failing step does not stop the others. All output goes under one folder:
+# add up to 290 s); each step has its own time limit and a failing step does not stop the others.
+# All output goes under one folder:
 #   bash tools/gpu_check.sh                  (PYTHON=... the interpreter, OUT=... the folder, default bench_gpu)
 #   GPU_CHECK_DRY=1 bash tools/gpu_check.sh  (the same steps on the CPU at tiny sizes: catches typos, ~5 min)
 # Steps (OUT/<step>.log each, OUT/<step>.json where the tool writes one, OUT/status.txt):
