@@ -22,8 +22,10 @@ from torch import nn
 from mae_core.checkpoint import (
     CheckpointError,
     IncompleteLoadError,
+    floating_tensors,
     load_checkpoint_file,
     load_pretrained,
+    non_finite_tensors,
     save_checkpoint,
     write_atomically,
 )
@@ -39,22 +41,8 @@ class NonFiniteError(RuntimeError):
     log number them) or the file, and the last checkpoint that is still finite."""
 
 
-def non_finite_tensors(obj, prefix: str = "") -> tuple[list[str], int]:
-    """Names of the floating-point tensors in a (nested) state dict that hold a NaN or an infinity,
-    and how many floating-point tensors there are in all."""
-    if isinstance(obj, torch.Tensor):
-        if not obj.is_floating_point():
-            return [], 0
-        return ([] if bool(torch.isfinite(obj).all()) else [prefix or "tensor"]), 1
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
-    bad, total = [], 0
-    for key, value in items:
-        b, t = non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
-        bad, total = bad + b, total + t
-    return bad, total
-
-
-def describe_non_finite(bad: list[str], total: int) -> str:
+def describe_non_finite(bad: list[str], state) -> str:
+    total = sum(1 for _ in floating_tensors(state))
     return f"{len(bad)} of {total} floating-point tensors hold NaN or infinity ({', '.join(bad[:5])}" + (
         f" and {len(bad) - 5} more)" if len(bad) > 5 else ")"
     )
@@ -118,10 +106,10 @@ class AtomicCheckpointer(DetectionCheckpointer):
             return
         data = {"model": self.model.state_dict(), **kwargs}
         data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
-        bad, total = non_finite_tensors(data)
+        bad = non_finite_tensors(data)
         if bad:
             raise NonFiniteError(
-                f"not saving {name}.pth: {describe_non_finite(bad, total)}; the last finite checkpoint "
+                f"not saving {name}.pth: {describe_non_finite(bad, data)}; the last finite checkpoint "
                 f"is {self.get_checkpoint_file() or 'none (no checkpoint was written)'}"
             )
         path = save_checkpoint(data, Path(self.save_dir) / f"{name}.pth")
@@ -175,9 +163,10 @@ def evaluate(cfg, model: nn.Module, iteration: int | None = None, source: str = 
     AP table and writes it to `<output_dir>/eval_results.json` (and a copy per iteration).
     A model with a NaN or infinite weight is refused (`source` names it in the message): its
     numbers would mean nothing."""
-    bad, total = non_finite_tensors(unwrap(model).state_dict())
+    state = unwrap(model).state_dict()
+    bad = non_finite_tensors(state)
     if bad:
-        raise NonFiniteError(f"not evaluating {source}: {describe_non_finite(bad, total)}")
+        raise NonFiniteError(f"not evaluating {source}: {describe_non_finite(bad, state)}")
     loader = instantiate(cfg.dataloader.test)  # registers a custom dataset before the evaluator reads it
     evaluator = instantiate(cfg.dataloader.evaluator)
     results = inference_on_dataset(model, loader, evaluator)
@@ -206,6 +195,5 @@ __all__ = [
     "build_optimizer",
     "evaluate",
     "init_backbone_from_mae",
-    "non_finite_tensors",
     "wrap_ddp",
 ]

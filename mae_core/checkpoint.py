@@ -15,7 +15,7 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,27 @@ class CheckpointError(RuntimeError):
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+def floating_tensors(tree, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """(dotted name, tensor) for every floating-point tensor in nested dicts, lists and tuples
+    (a state dict, an optimizer state)."""
+    if isinstance(tree, torch.Tensor):
+        if tree.is_floating_point():
+            yield prefix or "tensor", tree
+        return
+    if isinstance(tree, Mapping):
+        items = tree.items()
+    else:
+        items = enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    for key, value in items:
+        yield from floating_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+
+
+def non_finite_tensors(tree) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity: the one check every
+    training path runs before writing a checkpoint under a real name or reporting a metric."""
+    return [name for name, tensor in floating_tensors(tree) if not bool(torch.isfinite(tensor).all())]
 
 
 def write_atomically(path: str | os.PathLike, write) -> Path:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .batch_augment import pretrain_views
-from .checkpoint import load_checkpoint_file, save_checkpoint, write_atomically
+from .checkpoint import load_checkpoint_file, non_finite_tensors, save_checkpoint, write_atomically
 from .config import ConfigError, ModelConfig, PretrainConfig, from_dict, to_dict
 from .data import EpochSampler, build_dataset
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, close_distributed, init_distributed
@@ -161,19 +161,6 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 def previous_checkpoints(output_dir: Path) -> list[Path]:
     return sorted([*output_dir.glob(LAST_CHECKPOINT), *output_dir.glob("checkpoint-*.pth")])
-
-
-def non_finite_tensors(tree, prefix: str = "") -> list[str]:
-    """Dotted names of the floating tensors holding a NaN or infinity in nested dicts and lists
-    (a state dict, an optimizer state)."""
-    if isinstance(tree, torch.Tensor):
-        return [prefix] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
-    if isinstance(tree, dict):
-        items = tree.items()
-    else:
-        items = enumerate(tree) if isinstance(tree, (list, tuple)) else ()
-    return [name for key, value in items
-            for name in non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))]
 
 
 def instantiate_hooks(specs) -> list[EpochHook]:

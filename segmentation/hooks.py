@@ -16,7 +16,6 @@ raises `NonFiniteError` instead, naming the iteration in the loggers' numbering:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -25,22 +24,11 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
+from mae_core.checkpoint import non_finite_tensors
+
 
 class NonFiniteError(RuntimeError):
     """A loss, gradient norm or tensor that is NaN or infinite, with where it was found."""
-
-
-def non_finite_tensors(obj, prefix: str = "") -> Iterator[str]:
-    """Names (dotted paths) of the floating-point tensors in a nested dict/list holding NaN or inf."""
-    if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
-            yield prefix
-    elif isinstance(obj, Mapping):
-        for key, value in obj.items():
-            yield from non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(obj, list | tuple):
-        for i, value in enumerate(obj):
-            yield from non_finite_tensors(value, f"{prefix}.{i}" if prefix else str(i))
 
 
 def _few(names: list[str], n: int = 5) -> str:

@@ -81,7 +81,8 @@ def assert_checkpoints_finite(out: Path) -> list[Path]:
     """Every checkpoint under a real name loads and holds finite weights and optimizer state."""
     import torch
 
-    from mae_core.engine import non_finite_tensors, previous_checkpoints
+    from mae_core.checkpoint import non_finite_tensors
+    from mae_core.engine import previous_checkpoints
 
     paths = previous_checkpoints(out)
     for path in paths:
@@ -311,11 +312,11 @@ def finite_checkpoints(out: Path) -> list[str]:
     """Asserts that every checkpoint in `out` is finite and that last_checkpoint names one."""
     import torch
 
-    from detection.engine import non_finite_tensors
+    from mae_core.checkpoint import non_finite_tensors
 
     names = sorted(p.name for p in out.glob("*.pth"))
     for name in names:
-        bad, _ = non_finite_tensors(torch.load(out / name, weights_only=True))
+        bad = non_finite_tensors(torch.load(out / name, weights_only=True))
         assert not bad, f"{name} holds non-finite tensors {bad[:5]}"
     if (out / "last_checkpoint").exists():
         assert (out / "last_checkpoint").read_text().strip() in names
