@@ -16,7 +16,7 @@ from mmseg.utils import register_all_modules
 import segmentation  # noqa: F401  (registers MAEViT)
 from mae_core.backbone import ViTBackbone
 from mae_core.checkpoint import CheckpointError, load_pretrained, save_checkpoint
-from mae_core.layers import bias_index
+from mae_core.layers import RelPosBias, bias_index
 from mae_core.mae import create_mae
 from mae_core.vit import VisionTransformer
 
@@ -177,6 +177,26 @@ def test_bias_tables_follow_other_grids_and_keep_the_cls_entries():
     bias = small.blocks[0].attn.rel_pos_bias
     torch.testing.assert_close(bias((8, 8)), large.blocks[0].attn.rel_pos_bias((8, 8)))
     assert [tuple(m.shape) for m in small.eval()(torch.randn(1, 3, 48, 64))] == [(1, 64, 6, 8)] * 4
+
+
+@pytest.mark.parametrize("grid, cls_token", [((32, 32), True), ((3, 5), True), ((6, 2), False), ((1, 1), True)])
+def test_bias_spread_from_the_offset_plane_equals_indexing_the_table(grid, cls_token):
+    """RelPosBias writes the (heads, N, N) bias from the table and sums its gradient over offset
+    diagonals instead of indexing with BEiT's index and scattering back: the same values and
+    the same table gradient (float64, random table and upstream gradient)."""
+    bias = RelPosBias(grid, num_heads=3, cls_token=cls_token).double()
+    gen = torch.Generator().manual_seed(0)
+    table = bias.relative_position_bias_table
+    with torch.no_grad():
+        table.copy_(torch.randn(table.shape, generator=gen, dtype=torch.float64))
+    expected = table[bias_index(grid, cls_token, table.device)].permute(2, 0, 1)
+    out = bias(grid)
+    assert torch.equal(out, expected)
+    upstream = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    (grad_expected,) = torch.autograd.grad(expected, table, upstream)
+    (grad,) = torch.autograd.grad(out, table, upstream)
+    assert float(grad_expected.abs().max()) > 1
+    torch.testing.assert_close(grad, grad_expected, atol=1e-12, rtol=1e-12)
 
 
 def test_cls_layout_refuses_windows_and_two_relative_position_schemes():
