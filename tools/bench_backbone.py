@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mae_app.bench.backbone import Options, bench_suite, report
 from mae_app.bench.common import device_from_arg, machine_description, setup_threads
+from mae_core.host_memory import retain_freed_memory
 
 
 def main(argv=None) -> int:
@@ -37,13 +38,19 @@ def main(argv=None) -> int:
     parser.add_argument("--attention-paths", default="",
                         help="det: also time the toolkit with these rel-pos paths forced, e.g. fused,chunked "
                              "(mae_core.layers.REL_POS_PATHS; the plain toolkit case uses the chosen path)")
+    parser.add_argument("--retain-host-memory", action="store_true",
+                        help="keep freed host memory in the process (mae_core.host_memory), as the "
+                             "toolkit's training runs do; both implementations alike")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     opts = Options(args.modes.split(","), args.precision, args.batch, args.rounds, args.warmup, args.threads,
                    args.device, memory=not args.no_memory,
-                   attention_paths=tuple(p for p in args.attention_paths.split(",") if p))
+                   attention_paths=tuple(p for p in args.attention_paths.split(",") if p),
+                   retain_host_memory=args.retain_host_memory)
     device = device_from_arg(args.device)
     setup_threads(args.threads)
+    if opts.retain_host_memory:
+        retain_freed_memory()
     print(machine_description())
     runs = []
     for suite in args.suites.split(","):

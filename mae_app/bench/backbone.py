@@ -46,16 +46,22 @@ from mae_app.bench.common import (
 from mae_app.flops import flop_count
 from mae_core.backbone import VITDET_GLOBAL_BLOCKS, ViTBackbone, create_backbone
 from mae_core.checkpoint import load_pretrained
+from mae_core.host_memory import retain_freed_memory
 from mae_core.layers import set_rel_pos_path
 from mae_core.pyramid import SimpleFeaturePyramid
 
 ARCH = "vit_base_patch16"
 SEG_OUT_INDICES = (3, 5, 7, 11)
 OUTPUT_TOLERANCE = 1e-4
-# The goals the report checks (issue 4): speed against the framework's own backbone, and Detectron2
-# forward+backward peak memory above the model (judged at 1024).
+# The goals the report checks: speed against the framework's own backbone (issue 4: 1.3x; issue 12
+# relaxed det at 1024 to 1.1x), and Detectron2 forward+backward peak memory above the model (at 1024).
 GOAL_SPEEDUP_VS_PEER = 1.30
+GOAL_DET_1024_SPEEDUP = 1.10
 GOAL_DET_MEMORY_RATIO = 0.70
+
+
+def speed_goal(suite: str, size: int) -> float:
+    return GOAL_DET_1024_SPEEDUP if (suite, size) == ("det", 1024) else GOAL_SPEEDUP_VS_PEER
 
 
 class ToolkitDet(nn.Module):
@@ -214,6 +220,9 @@ class Options:
     memory: bool = True
     # det only: the toolkit also timed with each of these rel-pos paths forced (mae_core.layers).
     attention_paths: tuple[str, ...] = ()
+    # glibc keeps freed blocks (mae_core.host_memory), as the toolkit's training runs do; applies to
+    # both implementations of a run alike (one process) and to each memory process.
+    retain_host_memory: bool = False
 
 
 WORKER_BUILDERS = {
@@ -237,6 +246,8 @@ def worker(suite: str, impl: str, size: int, mode: str, opts: Options) -> dict:
     """One case's step peak memory, measured in this (fresh) process."""
     device = device_from_arg(opts.device)
     setup_threads(opts.threads)
+    if opts.retain_host_memory:
+        retain_freed_memory()
     # Weights do not change memory use: build only the one model, so the build's own peak
     # (two models, converted copies) stays below the step's.
     model = build_impl(suite, impl, size).to(device)
@@ -262,6 +273,8 @@ def measure_memory(suite: str, size: int, impls: tuple[str, ...], opts: Options)
     extra = ["--device", opts.device, "--precision", opts.precision, "--batch", str(opts.batch)]
     if opts.threads:
         extra += ["--threads", str(opts.threads)]
+    if opts.retain_host_memory:
+        extra.append("--retain-host-memory")
     for mode in opts.modes:
         for impl in impls:
             mem = run_isolated("mae_app.bench.backbone", [suite, impl, str(size), mode, *extra])
@@ -332,8 +345,9 @@ def suite_rows(r: dict, mode: str) -> tuple[list, list[str]]:
                      f"{mem['peak_gib']:.2f}" if mem else "-"])
     speedup = paired_ratio(t[f"{peer}/{mode}"], t[f"toolkit/{mode}"])
     equal = "equal" if r["max_output_diff"] <= OUTPUT_TOLERANCE else "NOT equal"
+    goal = speed_goal(r["suite"], r["size"])
     goals = [f"- {r['suite']} {r['size']} {mode}: toolkit {speedup:.2f}x {peer} (goal >= "
-             f"{GOAL_SPEEDUP_VS_PEER:.2f}x: {reached(speedup >= GOAL_SPEEDUP_VS_PEER)}); max |output diff| "
+             f"{goal:.2f}x: {reached(speedup >= goal)}); max |output diff| "
              f"{r['max_output_diff']:.1e} ({equal} within {OUTPUT_TOLERANCE:.0e})"]
     ours_mem, peer_mem = r["memory"].get(f"toolkit/{mode}"), r["memory"].get(f"{peer}/{mode}")
     if ours_mem and peer_mem and mode == "fwdbwd" and peer_mem["step_peak_gib"] > 0 and r["suite"] == "det":
@@ -363,7 +377,8 @@ def report(results: list[dict], opts: Options, command: str) -> str:
         f"Machine: {machine_description()}",
         f"Command: {command}",
         f"{opts.precision}, batch {opts.batch}, {opts.rounds} rounds after {opts.warmup} warm-up, medians; "
-        "FLOPs = plain ViT-B + pyramid (fvcore, 2 per MAC), fwd+bwd = 3x fwd.",
+        "FLOPs = plain ViT-B + pyramid (fvcore, 2 per MAC), fwd+bwd = 3x fwd; host allocator: "
+        + ("freed memory retained (mae_core.host_memory)" if opts.retain_host_memory else "glibc defaults"),
         "",
         markdown_table(HEADER, rows),
         "",
@@ -384,7 +399,9 @@ if __name__ == "__main__":  # one memory case: SUITE IMPL SIZE MODE [--device ..
     p.add_argument("--precision", default="fp32")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--retain-host-memory", action="store_true")
     a = p.parse_args()
-    opts = Options([a.mode], a.precision, a.batch, threads=a.threads, device=a.device)
+    opts = Options([a.mode], a.precision, a.batch, threads=a.threads, device=a.device,
+                   retain_host_memory=a.retain_host_memory)
     print(json.dumps(worker(a.suite, a.impl, a.size, a.mode, opts)))
     sys.exit(0)
