@@ -6,8 +6,8 @@
 #   GPU_CHECK_DRY=1 bash tools/gpu_check.sh  (the same steps on the CPU at tiny sizes: catches typos, ~5 min)
 # Steps (OUT/<step>.log each, OUT/<step>.json where the tool writes one, OUT/status.txt):
 #   pretrain  MAE step, toolkit vs Hugging Face ViTMAE and vs mask tokens in the encoder (ViT-B, ViT-L)
-#   demo      the demo's pretraining epoch, old path vs fast path (mae_app.bench.demo_epoch; its own
-#             data made first; that benchmark runs on the CPU cores: it has no device option)
+#   demo      the demo's pretraining epoch, old path vs fast path (mae_app.bench.demo_epoch, on the
+#             device; its own data made first)
 #   det       backbone + pyramid at 1024 vs Detectron2, forward+backward, the rel-pos attention path
 #             chosen for CUDA ("toolkit") and each path forced (toolkit:fused, toolkit:chunked)
 #   seg       segmentation backbone in MMSegmentation's MAE layout vs mmseg's MAE (equal outputs first)
@@ -71,7 +71,7 @@ step pretrain 75 "$PY" tools/bench_pretrain.py --device "$DEVICE" --precisions "
 
 # 2. The demo's pretraining epoch, old vs fast, on the demo's own kind of images.
 step demo_data 30 "$PY" tools/make_demo_data.py --out "$OUT/demo_data" --seed 0 "${DEMO_DATA[@]}"
-step demo 50 "$PY" -m mae_app.bench.demo_epoch --data "$OUT/demo_data/pretrain" "${DEMO[@]}"
+step demo 50 "$PY" -m mae_app.bench.demo_epoch --data "$OUT/demo_data/pretrain" --device "$DEVICE" "${DEMO[@]}"
 
 # 3. Detection backbone at 1024 vs Detectron2: chosen path and each path forced.
 if have detectron2; then
