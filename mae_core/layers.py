@@ -138,8 +138,9 @@ def choose_rel_pos_path(device_type: str, tokens: int, head_dim: int) -> str:
     near matrix speed, so the wider head costs little. CPU -> "chunked" once the fused head would be
     more than 2.5x wider (head_dim + 2 sqrt(tokens) > 2.5 head_dim): the CPU flash kernel pays the
     width in both of its products. Measured per ViT-B block, forward+backward (docs/benchmarks.md,
-    section 3): 4096 tokens (3x wider) chunked 1.8x faster on one thread, 1.15x on two; 1024 tokens
-    (2x) and 14x14 windows (1.4x) fused 1.05-1.15x faster on one thread."""
+    sections 3 and 6): 4096 tokens (3x wider) chunked 1.8x faster on one contended thread, 1.5x on
+    two quiet ones (2.77 vs 4.15 s); 1024 tokens (2x) and 14x14 windows (1.4x) fused 1.05-1.15x
+    faster on one thread, windows equal on two."""
     if device_type != "cpu":
         return "fused"
     return "chunked" if 2 * tokens**0.5 > 1.5 * head_dim else "fused"
