@@ -22,6 +22,7 @@ from torch import nn
 from mae_core.checkpoint import (
     CheckpointError,
     IncompleteLoadError,
+    few_names,
     floating_tensors,
     load_checkpoint_file,
     load_pretrained,
@@ -43,9 +44,7 @@ class NonFiniteError(RuntimeError):
 
 def describe_non_finite(bad: list[str], state) -> str:
     total = sum(1 for _ in floating_tensors(state))
-    return f"{len(bad)} of {total} floating-point tensors hold NaN or infinity ({', '.join(bad[:5])}" + (
-        f" and {len(bad) - 5} more)" if len(bad) > 5 else ")"
-    )
+    return f"{len(bad)} of {total} floating-point tensors hold NaN or infinity ({few_names(bad)})"
 
 
 class AtomicCheckpointer(DetectionCheckpointer):

@@ -137,7 +137,7 @@ def extract_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tenso
     if not obj or not_tensors:
         raise CheckpointError(
             f"{source}: no state dict found; expected a dict of tensors or one under "
-            f"{', '.join(repr(w) for w in STATE_DICT_WRAPPERS)}; found keys {_few(list(obj))}"
+            f"{', '.join(repr(w) for w in STATE_DICT_WRAPPERS)}; found keys {few_names(list(obj))}"
         )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
@@ -215,7 +215,7 @@ def _from_hugging_face(sd: dict[str, torch.Tensor], source: str) -> dict[str, to
         else:
             out[f"{prefix}.{layer[1]}.{target}.{param}"] = value
     if unknown:
-        raise CheckpointError(f"{source}: Hugging Face ViTMAE keys with no counterpart: {_few(unknown)}")
+        raise CheckpointError(f"{source}: Hugging Face ViTMAE keys with no counterpart: {few_names(unknown)}")
     for name, parts in qkv_parts.items():
         if set(parts) != {"q", "k", "v"}:
             raise CheckpointError(
@@ -295,7 +295,7 @@ def _from_mmseg(sd: dict[str, torch.Tensor], source: str) -> tuple[dict[str, tor
         else:
             out[f"blocks.{layer[1]}.{target}"] = value
     if unknown:
-        raise CheckpointError(f"{source}: MMSegmentation MAE keys with no counterpart: {_few(unknown)}")
+        raise CheckpointError(f"{source}: MMSegmentation MAE keys with no counterpart: {few_names(unknown)}")
     return out, dropped
 
 
@@ -316,7 +316,7 @@ def to_official_layout(obj, source: str = "checkpoint") -> ConvertedCheckpoint:
         return ConvertedCheckpoint(kept, fmt, dropped, dict(record) if record is not None else None)
     raise CheckpointError(
         f"{source}: unrecognised checkpoint layout (neither official MAE / timm ViT, whose keys include "
-        f"'patch_embed.proj.weight', nor Hugging Face ViTMAE); keys include {_few(list(sd))}"
+        f"'patch_embed.proj.weight', nor Hugging Face ViTMAE); keys include {few_names(list(sd))}"
     )
 
 
@@ -519,7 +519,7 @@ def load_pretrained(
         report.loaded = []
         raise IncompleteLoadError(
             f"{name} does not fit the model completely ({len(report.problems)} problem keys: "
-            f"{_few(report.problems, 10)}); nothing was loaded. Use a checkpoint of this architecture, "
+            f"{few_names(report.problems, 10)}); nothing was loaded. Use a checkpoint of this architecture, "
             f"or opt in to a partial load explicitly (allow_partial=True).\n{report}",
             report,
         )
@@ -552,6 +552,8 @@ def _arch_record_from_weights(sd: dict[str, torch.Tensor]) -> dict:
     return record
 
 
-def _few(keys: list[str], n: int = 5) -> str:
-    shown = ", ".join(repr(k) for k in keys[:n])
-    return shown + (f" and {len(keys) - n} more" if len(keys) > n else "")
+def few_names(names: list[str], n: int = 5) -> str:
+    """The first `n` names, quoted, and how many more: what an error message shows of a long list
+    (state-dict keys, non-finite tensors) without flooding the terminal."""
+    shown = ", ".join(repr(name) for name in names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")

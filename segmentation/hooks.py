@@ -24,15 +24,11 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
-from mae_core.checkpoint import non_finite_tensors
+from mae_core.checkpoint import few_names, non_finite_tensors
 
 
 class NonFiniteError(RuntimeError):
     """A loss, gradient norm or tensor that is NaN or infinite, with where it was found."""
-
-
-def _few(names: list[str], n: int = 5) -> str:
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 @HOOKS.register_module()
@@ -80,7 +76,7 @@ class NonFiniteGuardHook(Hook):
             step = checkpoint.get("meta", {}).get("iter", runner.iter)
             raise NonFiniteError(
                 f"refusing to save the checkpoint of iteration {step}: {len(bad)} tensors are non-finite "
-                f"({_few(bad)}). Nothing was written; the last checkpoint written is "
+                f"({few_names(bad)}). Nothing was written; the last checkpoint written is "
                 f"{_last_checkpoint(runner)}. Lower the learning rate "
                 "(optim_wrapper.optimizer.lr) or check the data."
             )
@@ -106,7 +102,7 @@ class NonFiniteGuardHook(Hook):
             else:
                 state = f"loaded from {runner.cfg.get('load_from') or 'initialisation (model.pretrained)'}"
             raise NonFiniteError(
-                f"the model {state} has {len(bad)} non-finite tensors ({_few(bad)}); {consequence}."
+                f"the model {state} has {len(bad)} non-finite tensors ({few_names(bad)}); {consequence}."
             )
 
 
