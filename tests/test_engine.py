@@ -15,9 +15,11 @@ from helpers_pretrain import REPO, toy_config, write_corrupt_png, write_image
 from mae_core.checkpoint import load_checkpoint_file
 from mae_core.config import ConfigError, ModelConfig, PretrainConfig, from_dict, override, to_dict
 from mae_core.data import ImageReadError
+from mae_core.distributed import init_distributed
 from mae_core.engine import (
     LRSchedule,
     TrainingDiverged,
+    _Pretrainer,
     accumulation_steps,
     build_optimizer,
     mae_from_record,
@@ -187,6 +189,32 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp_p
     assert str(tmp_path / "last.pth") in message and ("nan" in message or "inf" in message)
     assert (tmp_path / "last.pth").read_bytes() == good
     assert not (tmp_path / "checkpoint-0002.pth").exists()
+
+
+@pytest.mark.slow
+def test_non_finite_gradient_with_a_finite_loss_stops_at_its_iteration(tmp_path):
+    """A gradient that overflows while the loss stays finite (a real autograd hook turns the patch
+    embedding's gradient infinite on the third backward pass) stops training at that iteration,
+    named by the gradient norm clipping computes, before any checkpoint holds the step."""
+    cfg = toy_config(tmp_path, {"epochs": 1, "optim.clip_grad": 1.0, "log_every": 2})
+    pretrainer = _Pretrainer(cfg, init_distributed("cpu"), [])
+    backward_passes = []
+
+    def overflow_on_third(grad):
+        backward_passes.append(grad)
+        return grad * math.inf if len(backward_passes) == 3 else grad
+
+    pretrainer.model.patch_embed.proj.weight.register_hook(overflow_on_third)
+    with pytest.raises(TrainingDiverged) as err:
+        pretrainer.run(None)
+    assert "gradient norm is inf at epoch 0, iteration 3 (counted from 1" in str(err.value)
+    assert "no checkpoint was written before it" in str(err.value)
+    # Iteration 2's log line was written with finite values; the line for 3-4 never came.
+    lines = step_lines(tmp_path)
+    assert [line["iteration"] for line in lines] == [2]
+    assert math.isfinite(lines[0]["loss"]) and math.isfinite(lines[0]["grad_norm"])
+    assert len(backward_passes) == 4  # the check runs at the log line, after iteration 4
+    assert not list(tmp_path.glob("*.pth"))
 
 
 @pytest.mark.slow
