@@ -69,7 +69,7 @@ class RelPosBias(nn.Module):
         """(heads, N, N) additive attention bias for the tokens of a `grid` (cls first if any)."""
         grid = tuple(grid)
         table = resize_bias_table(self.relative_position_bias_table, self.grid, grid, self.extra)
-        return _SpreadBiasTable.apply(table, grid, self.cls_token)
+        return _GatherBiasTable.apply(table, grid, self.cls_token)
 
 
 def _offset_sums(m: torch.Tensor) -> torch.Tensor:
@@ -84,7 +84,7 @@ def _offset_sums(m: torch.Tensor) -> torch.Tensor:
     return skewed.sum(-2)
 
 
-class _SpreadBiasTable(torch.autograd.Function):
+class _GatherBiasTable(torch.autograd.Function):
     """table[bias_index(grid, cls_token)].permute(2, 0, 1), the (heads, N, N) bias, gathered
     straight into that layout (index_select on the transposed table: no permuted copy later); its
     backward sums the gradient over the diagonals of each 2-D offset (`_offset_sums`) instead of

@@ -179,11 +179,13 @@ def test_bias_tables_follow_other_grids_and_keep_the_cls_entries():
     assert [tuple(m.shape) for m in small.eval()(torch.randn(1, 3, 48, 64))] == [(1, 64, 6, 8)] * 4
 
 
-@pytest.mark.parametrize("grid, cls_token", [((32, 32), True), ((3, 5), True), ((6, 2), False), ((1, 1), True)])
-def test_bias_spread_from_the_offset_plane_equals_indexing_the_table(grid, cls_token):
-    """RelPosBias writes the (heads, N, N) bias from the table and sums its gradient over offset
-    diagonals instead of indexing with BEiT's index and scattering back: the same values and
-    the same table gradient (float64, random table and upstream gradient)."""
+@pytest.mark.parametrize(
+    "grid, cls_token", [((32, 32), True), ((3, 5), True), ((6, 2), False), ((1, 1), True)]
+)
+def test_bias_table_gradient_summed_over_offsets_equals_indexing_the_table(grid, cls_token):
+    """RelPosBias gathers the (heads, N, N) bias from the table and sums its gradient over offset
+    diagonals instead of scattering it back through BEiT's index: the same values and the same
+    table gradient as plain indexing (float64, random table and upstream gradient)."""
     bias = RelPosBias(grid, num_heads=3, cls_token=cls_token).double()
     gen = torch.Generator().manual_seed(0)
     table = bias.relative_position_bias_table
