@@ -96,7 +96,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
         if self.strict and problems:
             raise CheckpointError(
                 f"{self._loading} does not hold the whole model (another architecture or config?): "
-                f"{len(problems)} weights missing or of another shape, e.g. {', '.join(problems[:5])}"
+                f"{len(problems)} weights missing or of another shape: {few_names(problems)}"
             )
         return incompatible
 

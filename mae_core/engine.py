@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .batch_augment import pretrain_views
-from .checkpoint import load_checkpoint_file, non_finite_tensors, save_checkpoint, write_atomically
+from .checkpoint import few_names, load_checkpoint_file, non_finite_tensors, save_checkpoint, write_atomically
 from .config import ConfigError, ModelConfig, PretrainConfig, from_dict, to_dict
 from .data import EpochSampler, build_dataset
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, close_distributed, init_distributed
@@ -365,7 +365,7 @@ class _Pretrainer:
                 else "no checkpoint was written before it")
         raise TrainingDiverged(
             f"{len(bad)} tensors are NaN or infinite {when}, after iteration {self.iteration} (counted "
-            f"from 1, as in log.jsonl): {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; nothing was "
+            f"from 1, as in log.jsonl): {few_names(bad)}; nothing was "
             f"saved under {LAST_CHECKPOINT}{kept}; training stopped, {good}. Lower the learning rate, "
             "enable optim.clip_grad, or check the data."
         )
@@ -378,7 +378,7 @@ class _Pretrainer:
         bad = non_finite_tensors({"model": state["model"], "optimizer": state["optimizer"]})
         if bad:
             raise ConfigError(f"{path} cannot be resumed from: {len(bad)} tensors are NaN or infinite "
-                              f"({', '.join(bad[:5])})")
+                              f"({few_names(bad)})")
         if state.get("arch") not in (None, self.model_record):
             raise ConfigError(
                 f"{path} holds model {state['arch']}, but the config builds {self.model_record}"

@@ -71,7 +71,7 @@ class NonFiniteGuardHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         tensors = {k: checkpoint[k] for k in ("state_dict", "optimizer") if k in checkpoint}
-        bad = list(non_finite_tensors(tensors))
+        bad = non_finite_tensors(tensors)
         if bad:
             step = checkpoint.get("meta", {}).get("iter", runner.iter)
             raise NonFiniteError(
