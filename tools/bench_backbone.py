@@ -16,9 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from mae_app.bench.backbone import Options, bench_suite, report
-from mae_app.bench.common import device_from_arg, machine_description, setup_threads
-from mae_core.host_memory import retain_freed_memory
+from mae_app.bench.backbone import Options, bench_suite, prepare_process, report
+from mae_app.bench.common import machine_description
 
 
 def main(argv=None) -> int:
@@ -39,18 +38,15 @@ def main(argv=None) -> int:
                         help="det: also time the toolkit with these rel-pos paths forced, e.g. fused,chunked "
                              "(mae_core.layers.REL_POS_PATHS; the plain toolkit case uses the chosen path)")
     parser.add_argument("--retain-host-memory", action="store_true",
-                        help="keep freed host memory in the process (mae_core.host_memory), as the "
-                             "toolkit's training runs do; both implementations alike")
+                        help="keep freed host memory in the process (mae_core.host_memory), as pretraining "
+                             "does with retain_host_memory; both implementations alike")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     opts = Options(args.modes.split(","), args.precision, args.batch, args.rounds, args.warmup, args.threads,
                    args.device, memory=not args.no_memory,
                    attention_paths=tuple(p for p in args.attention_paths.split(",") if p),
                    retain_host_memory=args.retain_host_memory)
-    device = device_from_arg(args.device)
-    setup_threads(args.threads)
-    if opts.retain_host_memory:
-        retain_freed_memory()
+    device = prepare_process(opts)
     print(machine_description())
     runs = []
     for suite in args.suites.split(","):

@@ -220,7 +220,7 @@ class Options:
     memory: bool = True
     # det only: the toolkit also timed with each of these rel-pos paths forced (mae_core.layers).
     attention_paths: tuple[str, ...] = ()
-    # glibc keeps freed blocks (mae_core.host_memory), as the toolkit's training runs do; applies to
+    # glibc keeps freed blocks (mae_core.host_memory), as pretraining does with retain_host_memory; applies to
     # both implementations of a run alike (one process) and to each memory process.
     retain_host_memory: bool = False
 
@@ -242,12 +242,18 @@ def build_impl(suite: str, impl: str, size: int) -> nn.Module:
     return model
 
 
-def worker(suite: str, impl: str, size: int, mode: str, opts: Options) -> dict:
-    """One case's step peak memory, measured in this (fresh) process."""
-    device = device_from_arg(opts.device)
+def prepare_process(opts: Options) -> torch.device:
+    """This process's torch threads and host allocator as `opts` asks; the device to run on. The
+    same for the timing process and every memory process."""
     setup_threads(opts.threads)
     if opts.retain_host_memory:
         retain_freed_memory()
+    return device_from_arg(opts.device)
+
+
+def worker(suite: str, impl: str, size: int, mode: str, opts: Options) -> dict:
+    """One case's step peak memory, measured in this (fresh) process."""
+    device = prepare_process(opts)
     # Weights do not change memory use: build only the one model, so the build's own peak
     # (two models, converted copies) stays below the step's.
     model = build_impl(suite, impl, size).to(device)
