@@ -3,7 +3,7 @@
 # add up to 290 s); each step has its own time limit and a failing step does not stop the others.
 # All output goes under one folder:
 #   bash tools/gpu_check.sh                  (PYTHON=... the interpreter, OUT=... the folder, default bench_gpu)
-#   GPU_CHECK_DRY=1 bash tools/gpu_check.sh  (the same steps on the CPU at tiny sizes: catches typos, ~5 min)
+#   GPU_CHECK_DRY=1 bash tools/gpu_check.sh  (the same steps on the CPU at tiny sizes: catches typos, about 1 min)
 # Steps (OUT/<step>.log each, OUT/<step>.json where the tool writes one, OUT/status.txt):
 #   pretrain  MAE step, toolkit vs Hugging Face ViTMAE and vs mask tokens in the encoder (ViT-B, ViT-L)
 #   demo      the demo's pretraining epoch, old path vs fast path (mae_app.bench.demo_epoch, on the
