@@ -11,6 +11,7 @@ run that goes wrong stops loudly and a killed run resumes exactly.
 
 from __future__ import annotations
 
+import logging
 import random
 
 import numpy as np
@@ -63,14 +64,17 @@ class FinalEvalHook(hooks.EvalHook):
 
 def run_training(trainer, start_iter: int, max_iter: int, checkpointer) -> None:
     """`trainer.train`, with Detectron2's non-finite-loss `FloatingPointError` turned into a
-    `NonFiniteError` that names the iteration and the last finite checkpoint."""
+    `NonFiniteError` that names the iteration and the last finite checkpoint. The message is also
+    logged, so the run's log.txt says why it stopped (Detectron2 logged only its own wording)."""
     try:
         trainer.train(start_iter, max_iter)
     except FloatingPointError as exc:
-        raise NonFiniteError(
+        error = NonFiniteError(
             f"training stopped at iteration {trainer.iter}: the loss is not finite ({exc}). "
             f"{last_checkpoint_note(checkpointer)}"
-        ) from exc
+        )
+        logging.getLogger(__name__).error(str(error))
+        raise error from exc
 
 
 class TrainingState:

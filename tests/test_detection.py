@@ -620,6 +620,35 @@ def test_training_state_restores_every_generator():
     assert got[1].tolist() == expected[1].tolist() and got[2] == expected[2]
 
 
+def test_a_non_finite_loss_with_finite_gradients_is_stopped_and_logged_naming_the_iteration(tmp_path):
+    """Detectron2's own check (a `FloatingPointError`) fires when the loss is not finite but the
+    gradient norm is, which `NonFiniteGuard` lets through. `run_training` names the iteration in
+    the error and in the run's log.txt, as the guard's message is."""
+    from detectron2.engine import SimpleTrainer
+    from detectron2.utils.logger import setup_logger
+
+    from detection.engine import NonFiniteError
+    from detection.hooks import run_training
+
+    class LossTurnsNaN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(2))
+            self.calls = 0
+
+        def forward(self, batch):
+            self.calls += 1
+            offset = float("nan") if self.calls == 3 else 0.0
+            return {"loss": (self.weight * batch).sum() + offset}  # the gradient stays finite
+
+    model = LossTurnsNaN()
+    trainer = SimpleTrainer(model, iter([torch.ones(2)] * 5), torch.optim.SGD(model.parameters(), lr=0.1))
+    setup_logger(str(tmp_path), name="detection")
+    with pytest.raises(NonFiniteError, match=r"training stopped at iteration 2: the loss is not finite"):
+        run_training(trainer, 0, 5, checkpointer=None)
+    assert "training stopped at iteration 2" in (tmp_path / "log.txt").read_text()
+
+
 def train_det_command(*args):
     return [sys.executable, REPO / "tools" / "train_det.py", "--config-file", TINY_CONFIG, *args]
 
