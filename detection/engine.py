@@ -22,11 +22,11 @@ from torch import nn
 from mae_core.checkpoint import (
     CheckpointError,
     IncompleteLoadError,
+    NonFiniteError,
+    describe_non_finite,
     few_names,
-    floating_tensors,
     load_checkpoint_file,
     load_pretrained,
-    non_finite_tensors,
     save_checkpoint,
     write_atomically,
 )
@@ -35,16 +35,6 @@ from mae_core.distributed import unwrap
 from .backbone import from_detectron2_vitdet
 
 logger = logging.getLogger("detection")
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced a NaN or infinity; the message names the iteration (as metrics.json and the
-    log number them) or the file, and the last checkpoint that is still finite."""
-
-
-def describe_non_finite(bad: list[str], state) -> str:
-    total = sum(1 for _ in floating_tensors(state))
-    return f"{len(bad)} of {total} floating-point tensors hold NaN or infinity ({few_names(bad)})"
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -105,10 +95,10 @@ class AtomicCheckpointer(DetectionCheckpointer):
             return
         data = {"model": self.model.state_dict(), **kwargs}
         data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
-        bad = non_finite_tensors(data)
+        bad = describe_non_finite(data)
         if bad:
             raise NonFiniteError(
-                f"not saving {name}.pth: {describe_non_finite(bad, data)}; the last finite checkpoint "
+                f"not saving {name}.pth: {bad}; the last finite checkpoint "
                 f"is {self.get_checkpoint_file() or 'none (no checkpoint was written)'}"
             )
         path = save_checkpoint(data, Path(self.save_dir) / f"{name}.pth")
@@ -162,10 +152,9 @@ def evaluate(cfg, model: nn.Module, iteration: int | None = None, source: str = 
     AP table and writes it to `<output_dir>/eval_results.json` (and a copy per iteration).
     A model with a NaN or infinite weight is refused (`source` names it in the message): its
     numbers would mean nothing."""
-    state = unwrap(model).state_dict()
-    bad = non_finite_tensors(state)
+    bad = describe_non_finite(unwrap(model).state_dict())
     if bad:
-        raise NonFiniteError(f"not evaluating {source}: {describe_non_finite(bad, state)}")
+        raise NonFiniteError(f"not evaluating {source}: {bad}")
     loader = instantiate(cfg.dataloader.test)  # registers a custom dataset before the evaluator reads it
     evaluator = instantiate(cfg.dataloader.evaluator)
     results = inference_on_dataset(model, loader, evaluator)

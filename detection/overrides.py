@@ -7,11 +7,11 @@ adding a key takes Hydra's explicit `+key=value` (an error if the key exists) or
 
 from __future__ import annotations
 
-import difflib
-
 from detectron2.config import LazyConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
+
+from mae_core.config import closest_keys
 
 
 class OverrideError(ValueError):
@@ -60,10 +60,9 @@ def apply_overrides(cfg, overrides: list[str]):
         if override.is_add() and exists:
             raise OverrideError(f"+{key}: the config already has {key}; set it with {key}=VALUE (no '+')")
         if not exists and not (override.is_add() or override.is_force_add()):
-            close = difflib.get_close_matches(key, config_keys(cfg), n=3, cutoff=0.6)
-            hint = f"closest existing keys: {', '.join(close)}" if close else "no existing key is close"
             raise OverrideError(
-                f"{key}: the config has no such key ({hint}). To add a new key on purpose, write +{key}=VALUE"
+                f"{key}: the config has no such key ({closest_keys(key, config_keys(cfg))}). "
+                f"To add a new key on purpose, write +{key}=VALUE"
             )
     return LazyConfig.apply_overrides(cfg, overrides)
 

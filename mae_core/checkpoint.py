@@ -33,6 +33,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used, with the file and the reason in the message."""
 
 
+class NonFiniteError(RuntimeError):
+    """A loss, gradient norm or tensor that is NaN or infinite. Pretraining, Detectron2 and
+    MMSegmentation runs all raise this one class, so one `except` catches every such stop; the
+    message says where (the iteration as the run's log numbers it, or the file) and which
+    checkpoint is still finite."""
+
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -56,6 +63,16 @@ def non_finite_tensors(tree) -> list[str]:
     """Names of the floating-point tensors holding a NaN or an infinity: the one check every
     training path runs before writing a checkpoint under a real name or reporting a metric."""
     return [name for name, tensor in floating_tensors(tree) if not bool(torch.isfinite(tensor).all())]
+
+
+def describe_non_finite(tree) -> str | None:
+    """"N of T floating-point tensors are non-finite (NaN or infinity): 'a', ...", or None when all
+    are finite: the wording every refusal of non-finite weights uses."""
+    bad = non_finite_tensors(tree)
+    if not bad:
+        return None
+    total = sum(1 for _ in floating_tensors(tree))
+    return f"{len(bad)} of {total} floating-point tensors are non-finite (NaN or infinity): {few_names(bad)}"
 
 
 def write_atomically(path: str | os.PathLike, write) -> Path:

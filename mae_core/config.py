@@ -141,14 +141,29 @@ def override(config, changes: dict[str, Any]):
     return config
 
 
+def closest_keys(key: str, keys) -> str:
+    """The hint every refused config key carries, in pretraining configs, Detectron2 overrides and
+    MMSegmentation's --cfg-options alike: the closest dotted keys that exist, or that none is close.
+    Where the key's section exists, only its last part is compared with the section's keys (whole
+    keys sharing "optim." would all look close to "optim.xyz"); otherwise whole keys are."""
+    keys = list(keys)
+    section, _, name = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == section}
+    if siblings:
+        close = [siblings[k] for k in difflib.get_close_matches(name, siblings, n=3, cutoff=0.6)]
+    else:
+        close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    return f"closest existing keys: {', '.join(close)}" if close else "no existing key is close"
+
+
 def _set(node, parts: list[str], value, full_key: str):
     names = {f.name for f in dataclasses.fields(node)}
     head = parts[0]
     if head not in names:
-        close = difflib.get_close_matches(head, names, n=3)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        section = full_key[: len(full_key) - len(".".join(parts))]  # "optim." for "optim.blrr"
+        hint = closest_keys(section + head, [section + name for name in names])
         known = ", ".join(sorted(names))
-        raise ConfigError(f"unknown config key {full_key!r}; {hint}{type(node).__name__} has: {known}")
+        raise ConfigError(f"unknown config key {full_key!r} ({hint}); {type(node).__name__} has: {known}")
     current = getattr(node, head)
     if len(parts) > 1:
         if not dataclasses.is_dataclass(current):

@@ -25,7 +25,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .batch_augment import pretrain_views
-from .checkpoint import few_names, load_checkpoint_file, non_finite_tensors, save_checkpoint, write_atomically
+from .checkpoint import (
+    NonFiniteError,
+    describe_non_finite,
+    load_checkpoint_file,
+    save_checkpoint,
+    write_atomically,
+)
 from .config import ConfigError, ModelConfig, PretrainConfig, from_dict, to_dict
 from .data import EpochSampler, build_dataset
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, close_distributed, init_distributed
@@ -38,11 +44,6 @@ from .vit import get_arch
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.pth"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss, the gradient norm or the weights became NaN or infinite; the message says where
-    (iterations counted from 1, as in log.jsonl) and which checkpoint is good."""
 
 
 class EpochHook(Protocol):
@@ -348,11 +349,12 @@ class _Pretrainer:
         self.last_good = self.output_dir / LAST_CHECKPOINT
 
     def check_finite(self, when: str) -> None:
-        """Every floating tensor of the model and the optimizer state finite, or `TrainingDiverged`
+        """Every floating tensor of the model and the optimizer state finite, or `NonFiniteError`
         naming them, with nothing written under a real checkpoint name (a copy for debugging goes to
         diverged-NNNNNN.pth). One pass over the weights: cheap beside an epoch. The loss check
         cannot see this: the last step's update comes after its loss."""
-        bad = non_finite_tensors({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()})
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        bad = describe_non_finite(state)
         if not bad:
             return
         kept = ""
@@ -363,11 +365,10 @@ class _Pretrainer:
             kept = f" (kept for debugging as {debug})"
         good = (f"the last good checkpoint is {self.last_good}" if self.last_good
                 else "no checkpoint was written before it")
-        raise TrainingDiverged(
-            f"{len(bad)} tensors are NaN or infinite {when}, after iteration {self.iteration} (counted "
-            f"from 1, as in log.jsonl): {few_names(bad)}; nothing was "
-            f"saved under {LAST_CHECKPOINT}{kept}; training stopped, {good}. Lower the learning rate, "
-            "enable optim.clip_grad, or check the data."
+        raise NonFiniteError(
+            f"{when.capitalize()}, after iteration {self.iteration} (counted from 1, as in log.jsonl), "
+            f"{bad}; nothing was saved under {LAST_CHECKPOINT}{kept}; training stopped, {good}. "
+            "Lower the learning rate, enable optim.clip_grad, or check the data."
         )
 
     def restore(self, path: Path) -> None:
@@ -375,10 +376,9 @@ class _Pretrainer:
         missing = {"model", "optimizer", "scaler", "epoch", "iteration", "rng"} - set(state)
         if missing:
             raise ConfigError(f"{path} cannot be resumed from: it lacks {', '.join(sorted(missing))}")
-        bad = non_finite_tensors({"model": state["model"], "optimizer": state["optimizer"]})
+        bad = describe_non_finite({"model": state["model"], "optimizer": state["optimizer"]})
         if bad:
-            raise ConfigError(f"{path} cannot be resumed from: {len(bad)} tensors are NaN or infinite "
-                              f"({few_names(bad)})")
+            raise ConfigError(f"{path} cannot be resumed from: {bad}")
         if state.get("arch") not in (None, self.model_record):
             raise ConfigError(
                 f"{path} holds model {state['arch']}, but the config builds {self.model_record}"
@@ -511,7 +511,7 @@ class _Pretrainer:
                 back = len(values) - 1 - offset  # steps from the bad one to the current one
                 good = (f"the last good checkpoint is {self.last_good}" if self.last_good
                         else "no checkpoint was written before it")
-                raise TrainingDiverged(
+                raise NonFiniteError(
                     f"{what} is {value} at epoch {epoch}, iteration {self.iteration - back} (counted from 1, "
                     f"as in log.jsonl; step {step + 1 - back} of {self.steps_per_epoch} in the epoch); "
                     f"training stopped, {good}. Lower the learning rate, enable optim.clip_grad, or check "

@@ -24,11 +24,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
-from mae_core.checkpoint import few_names, non_finite_tensors
-
-
-class NonFiniteError(RuntimeError):
-    """A loss, gradient norm or tensor that is NaN or infinite, with where it was found."""
+from mae_core.checkpoint import NonFiniteError, describe_non_finite
 
 
 @HOOKS.register_module()
@@ -71,13 +67,12 @@ class NonFiniteGuardHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         tensors = {k: checkpoint[k] for k in ("state_dict", "optimizer") if k in checkpoint}
-        bad = non_finite_tensors(tensors)
+        bad = describe_non_finite(tensors)
         if bad:
             step = checkpoint.get("meta", {}).get("iter", runner.iter)
             raise NonFiniteError(
-                f"refusing to save the checkpoint of iteration {step}: {len(bad)} tensors are non-finite "
-                f"({few_names(bad)}). Nothing was written; the last checkpoint written is "
-                f"{_last_checkpoint(runner)}. Lower the learning rate "
+                f"refusing to save the checkpoint of iteration {step}: {bad}. Nothing was written; "
+                f"the last checkpoint written is {_last_checkpoint(runner)}. Lower the learning rate "
                 "(optim_wrapper.optimizer.lr) or check the data."
             )
 
@@ -95,14 +90,14 @@ class NonFiniteGuardHook(Hook):
     @staticmethod
     def _check_model(runner, consequence: str) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        bad = list(non_finite_tensors(model.state_dict()))
+        bad = describe_non_finite(model.state_dict())
         if bad:
             if runner.iter:
                 state = f"at training iteration {runner.iter}"
             else:
                 state = f"loaded from {runner.cfg.get('load_from') or 'initialisation (model.pretrained)'}"
             raise NonFiniteError(
-                f"the model {state} has {len(bad)} non-finite tensors ({few_names(bad)}); {consequence}."
+                f"the model {state}: {bad}; {consequence}."
             )
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copyreg
-import difflib
 import inspect
 import logging
 import os
@@ -38,6 +37,7 @@ from mmengine.registry import MODEL_WRAPPERS
 from mmengine.runner import CheckpointLoader, Runner
 
 from mae_core.checkpoint import CheckpointError, load_checkpoint_file, write_atomically
+from mae_core.config import closest_keys
 
 from .data import DatasetError
 from .hooks import NonFiniteError
@@ -229,11 +229,9 @@ def checked_overrides(cfg, options: dict) -> dict:
         if marker == "+" and path in paths:
             raise ConfigOverrideError(f"--cfg-options {key}: {path} exists already; set it with {path}=...")
         if not marker and path not in paths:
-            close = difflib.get_close_matches(path, list(paths), n=3, cutoff=0.6)
             raise ConfigOverrideError(
-                f"--cfg-options {key}: no key {path!r} in {cfg.filename}"
-                + (f"; closest existing keys: {', '.join(close)}" if close else "")
-                + f". To add a new key, write +{path}=..."
+                f"--cfg-options {key}: no key {path!r} in {cfg.filename} ({closest_keys(path, paths)}). "
+                f"To add a new key, write +{path}=..."
             )
         checked[path] = value
     return checked

@@ -12,13 +12,12 @@ import pytest
 import torch
 from helpers_pretrain import REPO, toy_config, write_corrupt_png, write_image
 
-from mae_core.checkpoint import load_checkpoint_file
+from mae_core.checkpoint import NonFiniteError, load_checkpoint_file
 from mae_core.config import ConfigError, ModelConfig, PretrainConfig, from_dict, override, to_dict
 from mae_core.data import ImageReadError
 from mae_core.distributed import init_distributed
 from mae_core.engine import (
     LRSchedule,
-    TrainingDiverged,
     _Pretrainer,
     accumulation_steps,
     build_optimizer,
@@ -178,7 +177,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_good_checkpoint(tmp_p
     good = (tmp_path / "last.pth").read_bytes()
     # The first step blows the weights up; the loss of the second is the first non-finite one.
     diverging = toy_config(tmp_path, {"epochs": 2, "optim.lr": 1e30, "log_every": log_every})
-    with pytest.raises(TrainingDiverged) as err:
+    with pytest.raises(NonFiniteError) as err:
         pretrain(diverging, resume=tmp_path / "last.pth")
     message = str(err.value)
     # Numbered as log.jsonl numbers iterations (from 1): epoch 0 was iterations 1-8, the first
@@ -205,7 +204,7 @@ def test_non_finite_gradient_with_a_finite_loss_stops_at_its_iteration(tmp_path)
         return grad * math.inf if len(backward_passes) == 3 else grad
 
     pretrainer.model.patch_embed.proj.weight.register_hook(overflow_on_third)
-    with pytest.raises(TrainingDiverged) as err:
+    with pytest.raises(NonFiniteError) as err:
         pretrainer.run(None)
     assert "gradient norm is inf at epoch 0, iteration 3 (counted from 1" in str(err.value)
     assert "no checkpoint was written before it" in str(err.value)

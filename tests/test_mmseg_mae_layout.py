@@ -213,4 +213,4 @@ def test_mmseg_layout_config_builds_the_recipe_backbone_in_that_layout():
     backbone = MODELS.build(cfg.model.backbone)
     assert backbone.cls_token_in_attention and not backbone.blocks[0].attn.use_rel_pos
     assert backbone.blocks[0].attn.rel_pos_bias.relative_position_bias_table.shape == (63 * 63 + 3, 12)
-    assert (backbone.out_indices, float(backbone.blocks[0].ls1.gamma[0])) == ((3, 5, 7, 11), 1.0)
+    assert (backbone.out_indices, float(backbone.blocks[0].ls1.gamma[0].detach())) == ((3, 5, 7, 11), 1.0)

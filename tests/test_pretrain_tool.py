@@ -18,6 +18,7 @@ from mae_core.config import (
     ConfigError,
     DataConfig,
     PretrainConfig,
+    closest_keys,
     from_dict,
     load_pretrain_config,
     override,
@@ -76,6 +77,16 @@ def test_overrides_are_typed_and_unknown_keys_named():
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["epochs"])
     assert from_dict(PretrainConfig, to_dict(cfg)) == cfg
+
+
+def test_closest_keys_compares_names_within_an_existing_section_and_whole_keys_otherwise():
+    """The hint of every refused key (pretraining, Detectron2 and MMSegmentation overrides)."""
+    keys = ["optim.lr", "optim.blr", "optim.betas", "train.max_iter", "train.amp.enabled"]
+    assert closest_keys("optim.blrr", keys) == "closest existing keys: optim.blr, optim.lr"
+    assert closest_keys("optim.xyz", keys) == "no existing key is close"  # "optim." alone is no match
+    assert closest_keys("trian.max_iter", keys) == "closest existing keys: train.max_iter"
+    with pytest.raises(ConfigError, match=r"'data\.fo\.bar' \(no existing key is close\); DataConfig has"):
+        override(PretrainConfig(), {"data.fo.bar": 1})
 
 
 def test_config_file_without_config_is_refused(tmp_path):

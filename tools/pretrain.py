@@ -16,13 +16,13 @@ import logging
 import os
 import sys
 
-from mae_core.checkpoint import CheckpointError
+from mae_core.checkpoint import CheckpointError, NonFiniteError
 from mae_core.config import ConfigError, load_pretrain_config, override, parse_overrides
 from mae_core.data import DatasetNotFoundError, ImageReadError
-from mae_core.engine import LAST_CHECKPOINT, TrainingDiverged, pretrain
+from mae_core.engine import LAST_CHECKPOINT, pretrain
 
 # Errors whose message says everything; anything else keeps its traceback.
-USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, ImageReadError, TrainingDiverged)
+USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, ImageReadError, NonFiniteError)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
