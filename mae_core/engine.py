@@ -348,6 +348,12 @@ class _Pretrainer:
             save_checkpoint(state, self.output_dir / LAST_CHECKPOINT)
         self.last_good = self.output_dir / LAST_CHECKPOINT
 
+    def last_good_note(self) -> str:
+        """Which checkpoint a run that stops now can resume from, as its stop message says it."""
+        if self.last_good:
+            return f"the last good checkpoint is {self.last_good}"
+        return "no checkpoint was written before it"
+
     def check_finite(self, when: str) -> None:
         """Every floating tensor of the model and the optimizer state finite, or `NonFiniteError`
         naming them, with nothing written under a real checkpoint name (a copy for debugging goes to
@@ -363,12 +369,10 @@ class _Pretrainer:
             save_checkpoint({"model": self.model.state_dict(), "arch": self.model_record, "epoch": self.epoch,
                              "iteration": self.iteration}, debug)
             kept = f" (kept for debugging as {debug})"
-        good = (f"the last good checkpoint is {self.last_good}" if self.last_good
-                else "no checkpoint was written before it")
         raise NonFiniteError(
             f"{when.capitalize()}, after iteration {self.iteration} (counted from 1, as in log.jsonl), "
-            f"{bad}; nothing was saved under {LAST_CHECKPOINT}{kept}; training stopped, {good}. "
-            "Lower the learning rate, enable optim.clip_grad, or check the data."
+            f"{bad}; nothing was saved under {LAST_CHECKPOINT}{kept}; training stopped, "
+            f"{self.last_good_note()}. Lower the learning rate, enable optim.clip_grad, or check the data."
         )
 
     def restore(self, path: Path) -> None:
@@ -509,13 +513,11 @@ class _Pretrainer:
         for offset, value in enumerate(values):
             if not math.isfinite(value):
                 back = len(values) - 1 - offset  # steps from the bad one to the current one
-                good = (f"the last good checkpoint is {self.last_good}" if self.last_good
-                        else "no checkpoint was written before it")
                 raise NonFiniteError(
                     f"{what} is {value} at epoch {epoch}, iteration {self.iteration - back} (counted from 1, "
                     f"as in log.jsonl; step {step + 1 - back} of {self.steps_per_epoch} in the epoch); "
-                    f"training stopped, {good}. Lower the learning rate, enable optim.clip_grad, or check "
-                    "the data."
+                    f"training stopped, {self.last_good_note()}. Lower the learning rate, enable "
+                    "optim.clip_grad, or check the data."
                 )
         return values
 
