@@ -1,7 +1,10 @@
 # The two commands the README promises: `make demo` and `make test`. Both set up .venv first, idempotently.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.setup-done
+# MMCV_OPS=1: mmcv with its compiled ops (a 15-35 min build, cached); the default needs none of them.
+MMCV_OPS ?= 0
+export MMCV_OPS
+STAMP := $(VENV)/.setup-done-mmcv-ops$(MMCV_OPS)
 export OMP_NUM_THREADS ?= 1
 # pytest-xdist workers: the suite is CPU-bound and each worker uses one torch thread.
 TEST_WORKERS ?= 2
@@ -10,8 +13,9 @@ TEST_WORKERS ?= 2
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup_env.sh
+$(STAMP): pyproject.toml scripts/setup_env.sh scripts/mmcv_ext_standin.py
 	bash scripts/setup_env.sh
+	rm -f $(VENV)/.setup-done*
 	touch $@
 
 check-env: setup

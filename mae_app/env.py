@@ -27,9 +27,15 @@ def _detectron2_c() -> str:
 
 
 def _mmcv_ops() -> str:
-    from mmcv.ops import nms  # noqa: F401  loads mmcv._ext
+    """Which mmcv flavour is installed: scripts/setup_env.sh's default has no compiled ops, and says
+    what that means (nothing the toolkit runs needs them)."""
+    import mmcv._ext
+    from mmcv.ops import nms  # noqa: F401  asks mmcv._ext for its op functions, as `import mmseg` does
 
-    return "ops load"
+    if mmcv._ext.__file__.endswith(".so"):
+        return "compiled ops"
+    return ("without compiled ops: the toolkit's models use none; calling one stops naming it; "
+            "make setup MMCV_OPS=1 builds them")
 
 
 CHECKS = [
@@ -40,7 +46,7 @@ CHECKS = [
     ("pycocotools", "pycocotools", None, "pip install pycocotools"),
     ("fvcore", "fvcore", None, "pip install fvcore"),
     ("detectron2", "detectron2", _detectron2_c, SETUP + " — sal-detectron2==0.7.2 unless one imports"),
-    ("mmcv", "mmcv", _mmcv_ops, SETUP + " — builds mmcv 2.1.0 with compiled ops from source"),
+    ("mmcv", "mmcv", _mmcv_ops, SETUP + " — builds mmcv 2.1.0 (MMCV_OPS=1: with compiled ops)"),
     ("mmengine", "mmengine", None, "pip install mmengine==0.10.7"),
     ("mmseg", "mmseg", None, "pip install mmsegmentation==1.2.2 ftfy regex"),
 ]
