@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset, DistributedSampler
 from torchvision.transforms import v2
 
@@ -74,15 +74,17 @@ _DEFAULT_NOTES = ConversionNotes()
 
 def read_image(path: str | os.PathLike, in_chans: int, notes: ConversionNotes | None = None) -> torch.Tensor:
     """(C, H, W) tensor: uint8, or float32 in [0, 1] for a 16-bit file (value / 65535, full
-    precision kept; the transforms take either). 32-bit integer or float files are refused, naming
-    the file and mode; conversions that lose information (alpha, palette transparency, CMYK, colour
-    to grey) are reported to `notes` (once per kind). Decoding problems become an `ImageReadError`
-    naming the file."""
+    precision kept; the transforms take either), turned upright by its EXIF orientation (as
+    Detectron2's reader does: COCO annotations are drawn on the upright picture). 32-bit integer
+    or float files are refused, naming the file and mode; conversions that lose information (alpha,
+    palette transparency, CMYK, colour to grey) are reported to `notes` (once per kind). Decoding
+    problems become an `ImageReadError` naming the file."""
     if in_chans not in PIL_MODES:
         raise ValueError(f"in_chans must be one of {sorted(PIL_MODES)} for image files, got {in_chans}")
     try:
         with Image.open(path) as img:
             img.load()
+            ImageOps.exif_transpose(img, in_place=True)
             mode, lost = img.mode, _lost_in_conversion(img, in_chans)
             if mode in UNSCALED_MODES:
                 raise ImageReadError(

@@ -6,7 +6,8 @@
 
 Folders are searched for images at any depth. Images are preprocessed as the config's test loader
 does; boxes, masks, class names and scores are drawn with Detectron2's `Visualizer`. Class names come
-from the config's test dataset.
+from the config's test dataset, whose category count must be the model's class count. Images are
+read as training reads them (16-bit at its scale).
 An image that cannot be read is named and skipped; the others are still drawn, and the tool then
 exits with status 1 listing the skipped files. A checkpoint that cannot be read, or that does not
 hold every weight of the config's model, stops the tool naming the file."""
@@ -20,16 +21,16 @@ from pathlib import Path
 
 import torch
 from detectron2.config import instantiate
-from detectron2.data import MetadataCatalog, detection_utils
+from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
-from detection.data import class_names
+from detection.data import CocoDatasetError, check_categories, read_detection_image
 from detection.engine import AtomicCheckpointer
 from detection.overrides import OverrideError, load_lazy_config
-from mae_core.checkpoint import CheckpointError
-from mae_core.data import list_images_recursively
+from mae_core.checkpoint import CheckpointError, NonFiniteError
+from mae_core.data import ImageReadError, list_images_recursively
 
 logger = logging.getLogger("detection")
 
@@ -57,7 +58,7 @@ class Predictor:
 def main(argv=None) -> None:
     try:
         skipped = run(argv)
-    except (CheckpointError, OverrideError, FileNotFoundError) as exc:
+    except (CheckpointError, CocoDatasetError, NonFiniteError, OverrideError, FileNotFoundError) as exc:
         sys.exit(f"infer_det.py: error: {exc}")
     if skipped:
         sys.exit(f"infer_det.py: {len(skipped)} unreadable image(s) skipped: {', '.join(map(str, skipped))}")
@@ -82,19 +83,18 @@ def run(argv=None) -> list[Path]:
     if not weights:
         parser.error("no weights: pass --weights or train.init_checkpoint=PATH")
     images = list_images_recursively(args.input)
+    thing_classes = check_categories(cfg, training=False)
     predictor = Predictor(cfg, weights)
-    dataset = cfg.dataloader.test.dataset
-    metadata = MetadataCatalog.get(f"{dataset.name}_inference").set(
-        thing_classes=class_names(dataset.name, dataset.get("json_file"))
-    )
+    metadata = MetadataCatalog.get(f"{cfg.dataloader.test.dataset.name}_inference")
+    metadata.set(thing_classes=thing_classes)
 
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped = []
     for path in images:
         try:
-            image = detection_utils.read_image(str(path), format=predictor.image_format)
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL: unknown format, truncated data
+            image = read_detection_image(path, predictor.image_format)
+        except ImageReadError as exc:  # unknown format, truncated data, 32-bit pixels
             logger.error(f"{path}: cannot read this image, skipped ({exc})")
             skipped.append(path)
             continue

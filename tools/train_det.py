@@ -30,6 +30,7 @@ from detection.engine import NonFiniteError
 from detection.overrides import OverrideError, load_lazy_config
 from detection.train import evaluate_checkpoint, parse_args, train
 from mae_core.checkpoint import CheckpointError
+from mae_core.data import ImageReadError
 
 
 def main(args) -> None:
@@ -53,7 +54,7 @@ def cli(argv=None) -> None:
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (CheckpointError, CocoDatasetError, NonFiniteError, OverrideError) as exc:
+    except (CheckpointError, CocoDatasetError, ImageReadError, NonFiniteError, OverrideError) as exc:
         sys.exit(f"train_det.py: error: {exc}")
 
 
