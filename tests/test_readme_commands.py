@@ -78,7 +78,7 @@ missing = [str(v) for v in values if str(v).startswith("configs/") and not Path(
 if missing:
     sys.exit(f"{tool}: config files that do not exist: {missing}")
 if Path(tool).name in ("train_seg.py", "test_seg.py") and Path(namespace["config"]).is_file():
-    from segmentation.runtime import load_mmseg_config
+    from segmentation.train import load_mmseg_config
     load_mmseg_config(namespace["config"], cfg_options=namespace["cfg_options"],
                       amp=namespace.get("amp", False))
 print("PARSED " + json.dumps(namespace, default=str))

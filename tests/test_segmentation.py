@@ -505,7 +505,7 @@ def test_two_process_torchrun_on_cpu(tmp_path):
 
 
 def test_cfg_options_must_name_existing_keys_and_new_ones_take_a_plus():
-    from segmentation.runtime import load_mmseg_config
+    from segmentation.train import load_mmseg_config
 
     options = {"optim_wrapper.optimizer.lr": 0.5, "param_scheduler.1.end": 7,
                "+model.backbone.drop_path_rate": 0.1, "++train_cfg.val_interval": 5}
@@ -528,7 +528,7 @@ def test_cfg_options_must_name_existing_keys_and_new_ones_take_a_plus():
 
 
 def test_every_config_gets_the_non_finite_guard_once():
-    from segmentation.runtime import load_mmseg_config
+    from segmentation.train import load_mmseg_config
 
     for config in (TINY, CONFIGS / "upernet_vit_base_512x512_160k_ade20k.py"):
         hooks = load_mmseg_config(str(config)).custom_hooks

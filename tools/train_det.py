@@ -33,7 +33,9 @@ from mae_core.checkpoint import CheckpointError
 from mae_core.data import ImageReadError
 
 
-def main(args) -> None:
+def run_process(args) -> None:
+    """What each process Detectron2's `launch` starts runs: the config set up, then training or
+    evaluation (detection.train)."""
     cfg = load_lazy_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="detection")
@@ -43,11 +45,11 @@ def main(args) -> None:
         train(cfg, args.resume)
 
 
-def cli(argv=None) -> None:
+def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         launch(
-            main,
+            run_process,
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
@@ -56,7 +58,8 @@ def cli(argv=None) -> None:
         )
     except (CheckpointError, CocoDatasetError, ImageReadError, NonFiniteError, OverrideError) as exc:
         sys.exit(f"train_det.py: error: {exc}")
+    return 0
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(main())

@@ -123,7 +123,7 @@ default_hooks = dict(
     timer=dict(type="IterTimerHook"),
     logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type="ParamSchedulerHook"),
-    # Written through a temporary file and a rename (segmentation.runtime.AtomicLocalBackend).
+    # Written through a temporary file and a rename (segmentation.engine.AtomicLocalBackend).
     checkpoint=dict(
         type="CheckpointHook", by_epoch=False, interval=16000, backend_args=dict(backend="atomic_local")
     ),
