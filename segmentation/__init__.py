@@ -11,7 +11,13 @@ that must name read keys), train.py (the tools' config loading, flags, one-line 
 training and test runs)."""
 
 from .backbone import MAEViT
-from .data import ADE20KFolderDataset, DatasetError, LoadCheckedAnnotations, SegFolderDataset
+from .data import (
+    ADE20KFolderDataset,
+    DatasetError,
+    LoadCheckedAnnotations,
+    LoadScaledImageFromFile,
+    SegFolderDataset,
+)
 from .engine import (
     ATOMIC_BACKEND,
     AtomicLocalBackend,
@@ -35,6 +41,7 @@ __all__ = [
     "DeviceAgnosticDDP",
     "LayerDecayOptimWrapperConstructor",
     "LoadCheckedAnnotations",
+    "LoadScaledImageFromFile",
     "MAEViT",
     "NonFiniteError",
     "NonFiniteGuardHook",

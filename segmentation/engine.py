@@ -9,7 +9,9 @@ for Detectron2).
   instead (its constructor restores the defaults). And mmengine writes checkpoints in place;
   `AtomicLocalBackend` writes them through a temporary file and a rename, so a crash never leaves
   a truncated `iter_N.pth` that `--resume` would pick. Every mmengine load of a local file goes
-  through `mae_core.checkpoint.load_checkpoint_file`, so an unreadable one is a `CheckpointError`.
+  through `mae_core.checkpoint.load_checkpoint_file`, so an unreadable one is a `CheckpointError`,
+  and one holding a NaN or an infinity a `NonFiniteError` naming the file and tensors, before the
+  model is touched (`load_from`, `init_cfg`, `--resume`, a tested checkpoint).
 - CPU: mmengine's `init_dist('pytorch')` calls `torch.cuda.set_device`, the Runner gives DDP
   `device_ids` (which DDP rejects for CPU modules), SyncBN has no CPU kernel and AmpOptimWrapper
   asserts a GPU. `adapt_config_to_device` and `init_cpu_distributed` handle those, so
@@ -30,7 +32,7 @@ from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
 from mmengine.runner import CheckpointLoader
 
-from mae_core.checkpoint import load_checkpoint_file, write_atomically
+from mae_core.checkpoint import NonFiniteError, describe_non_finite, load_checkpoint_file, write_atomically
 
 ATOMIC_BACKEND = "atomic_local"
 
@@ -72,8 +74,14 @@ register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
 
 def load_from_local_file(filename: str, map_location=None):
     """mmengine's loader for local paths (load_from, --resume, init_cfg), replaced so that a
-    missing, truncated or foreign file is a `CheckpointError` naming it, loaded safely."""
-    return load_checkpoint_file(os.path.expanduser(filename), map_location=map_location)
+    missing, truncated or foreign file is a `CheckpointError` naming it, loaded safely, and one
+    holding non-finite weights a `NonFiniteError` (a run would train from them until its first save
+    refuses to write them)."""
+    checkpoint = load_checkpoint_file(os.path.expanduser(filename), map_location=map_location)
+    bad = describe_non_finite(checkpoint)
+    if bad:
+        raise NonFiniteError(f"not loading {filename}: {bad}")
+    return checkpoint
 
 
 CheckpointLoader.register_scheme(prefixes="", loader=load_from_local_file, force=True)

@@ -14,10 +14,12 @@ import os
 from pathlib import Path
 
 from mmengine.config import Config, DictAction
+from mmengine.dist import get_world_size
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from mae_core.checkpoint import CheckpointError
+from mae_core.data import ImageReadError
 
 from .data import DatasetError
 from .engine import adapt_config_to_device, init_cpu_distributed
@@ -73,8 +75,41 @@ def add_non_finite_guard(cfg) -> None:
         hooks.append(dict(type="NonFiniteGuardHook"))
 
 
+class BatchTooSmallError(ValueError):
+    """A per-device batch that the model's BatchNorm cannot train on; names the cause and the fix."""
+
+
+BATCH_NORMS = ("BN", "BN2d", "SyncBN", "MMSyncBN")
+ONE_IMAGE_NORM = "model.decode_head.norm_cfg.type=GN +model.decode_head.norm_cfg.num_groups=8"
+
+
+def check_batch_for_pooling_norm(cfg, world_size: int) -> None:
+    """UperNet's pyramid pooling averages each feature map to 1x1 (pool scale 1) and normalises it;
+    BatchNorm in training needs more than one value per channel, so with one image per device (and
+    no SyncBN across several devices) PyTorch stops at the first step with "Expected more than 1
+    value per channel when training". Refused before training, naming the cause and both fixes."""
+    head = cfg.model.get("decode_head") or {}
+    norm = (head.get("norm_cfg") or {}).get("type")
+    if 1 not in tuple(head.get("pool_scales") or ()) or norm not in BATCH_NORMS:
+        return
+    per_device = cfg.train_dataloader.batch_size
+    synced = world_size if "Sync" in norm else 1
+    if per_device * synced >= 2:
+        return
+    raise BatchTooSmallError(
+        f"train_dataloader.batch_size={per_device} on {world_size} device(s) cannot train this model: "
+        f"the decode head's pyramid pooling (model.decode_head.pool_scales {tuple(head.pool_scales)} "
+        f"includes 1) averages each image's features to 1x1 and normalises them with {norm} "
+        "(model.decode_head.norm_cfg), which in training needs more than one value per channel; PyTorch "
+        "would stop at the first iteration with 'Expected more than 1 value per channel when training'. "
+        "Use train_dataloader.batch_size=2 or more per device (SyncBN on several GPUs counts every "
+        f"device's images), or a norm that trains on one image: --cfg-options {ONE_IMAGE_NORM}"
+    )
+
+
 # What the tools turn into a one-line error instead of a traceback.
-TOOL_ERRORS = (CheckpointError, ConfigOverrideError, DatasetError, NonFiniteError)
+TOOL_ERRORS = (BatchTooSmallError, CheckpointError, ConfigOverrideError, DatasetError, ImageReadError,
+               NonFiniteError)
 
 
 @contextlib.contextmanager
@@ -90,11 +125,14 @@ def exit_on_error(tool: str):
 
 def train(args: argparse.Namespace) -> None:
     """`tools/train_seg.py`: the config's training run, resumed from the work dir's latest
-    checkpoint with `args.resume`."""
+    checkpoint with `args.resume`. A batch that the decode head's BatchNorm cannot train on is
+    refused first."""
     cfg = load_mmseg_config(args.config, args.launcher, args.work_dir, args.cfg_options, amp=args.amp)
     init_cpu_distributed(args.launcher)
     cfg.resume = args.resume
-    Runner.from_cfg(cfg).train()
+    runner = Runner.from_cfg(cfg)  # starts the process group: the world size is known from here
+    check_batch_for_pooling_norm(cfg, get_world_size())
+    runner.train()
 
 
 def evaluate(args: argparse.Namespace) -> dict:

@@ -768,6 +768,103 @@ def _(tmp_path):
                 ["non-finite", key, str(path)], absent=["Traceback", '"metrics"'])
 
 
+def seg_train(tmp_path: Path, data: Path, *extra: str) -> list[str]:
+    return tool("train_seg.py", SEG_TINY, "--work-dir", tmp_path / "work", *seg_data_options(data, 1, *extra))
+
+
+def assert_no_seg_checkpoint(work: Path) -> None:
+    assert not list(work.glob("iter_*.pth")) and not (work / "last_checkpoint").exists()
+
+
+@bad_input("seg_batch_of_one_names_the_cause_and_the_fix")
+def _(tmp_path):
+    """train_dataloader.batch_size=1: UperNet's pool-scale-1 BatchNorm cannot train on one value per
+    channel. Refused before training, naming the cause and the two fixes (PyTorch's own message
+    named neither)."""
+    from helpers_seg import make_shapes_dataset
+
+    from segmentation.train import ONE_IMAGE_NORM
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+    return Case(seg_train(tmp_path, data, "train_dataloader.batch_size=1"),
+                ["train_dataloader.batch_size=1 on 1 device(s)", "pool_scales (1, 2) includes 1",
+                 "Expected more than 1 value per channel when training", "train_dataloader.batch_size=2",
+                 ONE_IMAGE_NORM], exit_code=1, absent=["Traceback"],
+                check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
+
+
+@bad_input("seg_batch_of_one_trains_with_the_suggested_norm")
+def _(tmp_path):
+    """The fix the refusal above suggests (GroupNorm in the decode head) trains at one image per device."""
+    from helpers_seg import make_shapes_dataset
+
+    from segmentation.train import ONE_IMAGE_NORM
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+
+    def check():
+        assert (tmp_path / "work" / "iter_1.pth").is_file()
+
+    return Case(seg_train(tmp_path, data, "train_dataloader.batch_size=1", *ONE_IMAGE_NORM.split()), ["mIoU"],
+                exit_code=0, check=check)
+
+
+def seg_nan_mae(path: Path) -> Path:
+    """A toy MAE (the tiny config's backbone width) whose first qkv weight holds a NaN."""
+    from mae_core.checkpoint import save_checkpoint
+    from mae_core.mae import create_mae
+
+    state = create_mae("vit_toy_patch4").state_dict()
+    state["blocks.0.attn.qkv.weight"][0, 0] = float("nan")
+    return save_checkpoint({"model": state}, path)
+
+
+@bad_input("seg_pretrained_non_finite_refused_at_load")
+def _(tmp_path):
+    """model.pretrained holding a NaN: refused as it loads, naming the file and tensor, no iteration run."""
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=1, n_val=1)
+    ckpt = seg_nan_mae(tmp_path / "nan.pth")
+    return Case(seg_train(tmp_path, data, f"model.pretrained={ckpt}"),
+                [f"not loading {ckpt}", "blocks.0.attn.qkv.weight", "nothing was loaded"], exit_code=1,
+                absent=["Traceback", "Iter(train)"],
+                check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
+
+
+@bad_input("seg_load_from_non_finite_refused_at_load")
+def _(tmp_path):
+    """load_from= a segmentor checkpoint holding an infinity: refused as mmengine loads it, naming it."""
+    import torch
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=1, n_val=1)
+    path = tmp_path / "inf.pth"
+    key = "backbone.patch_embed.proj.weight"
+    torch.save({"state_dict": {key: torch.full((96, 3, 8, 8), torch.inf)}}, path)
+    return Case(seg_train(tmp_path, data, f"load_from={path}"), [f"not loading {path}", f"state_dict.{key}"],
+                exit_code=1, absent=["Traceback", "Iter(train)"],
+                check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
+
+
+@bad_input("seg_32_bit_image_is_refused_by_name")
+def _(tmp_path):
+    """Training images of 32-bit floats (OpenCV cannot decode them; mmcv then failed without naming
+    the file): refused naming the file and mode, as pretraining and detection refuse them."""
+    import numpy as np
+    from helpers_seg import make_shapes_dataset
+    from PIL import Image
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+    folder = data / "images" / "training"
+    for jpg in folder.glob("*.jpg"):
+        depth = Image.fromarray(np.linspace(0, 40, 64 * 64, dtype=np.float32).reshape(64, 64), "F")
+        depth.save(jpg.with_suffix(".tif"))
+        jpg.with_suffix(".tif").rename(jpg)  # a TIFF under the dataset's name: PIL reads by content
+    return Case(seg_train(tmp_path, data), [f"cannot read image {folder}", "mode 'F' (32-bit float grey)"],
+                exit_code=1, absent=["Traceback"])
+
+
 # ---------------------------------------------------------------- rows: images and data
 
 

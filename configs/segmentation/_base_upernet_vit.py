@@ -58,7 +58,7 @@ model = dict(
 dataset_type = "ADE20KFolderDataset"
 data_root = "data/ade/ADEChallengeData2016"
 train_pipeline = [
-    dict(type="LoadImageFromFile"),
+    dict(type="LoadScaledImageFromFile"),
     dict(type="LoadCheckedAnnotations"),
     dict(type="RandomResize", scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type="RandomCrop", crop_size=crop_size, cat_max_ratio=0.75),
@@ -67,7 +67,7 @@ train_pipeline = [
     dict(type="PackSegInputs"),
 ]
 test_pipeline = [
-    dict(type="LoadImageFromFile"),
+    dict(type="LoadScaledImageFromFile"),
     dict(type="Resize", scale=(2048, 512), keep_ratio=True),
     # Labels are loaded after the resize: metrics are computed at the original resolution.
     dict(type="LoadCheckedAnnotations"),
