@@ -177,10 +177,9 @@ def categories(name: str, json_file: str | os.PathLike | None = None) -> list[tu
         listed = _read_coco_json(Path(json_file))["categories"]
         return sorted((c["id"], c["name"]) for c in listed)
     meta = MetadataCatalog.get(name)
-    names = meta.get("thing_classes")
-    if names is None:
-        raise KeyError(f"dataset {name!r} has no registered class names; give its json_file")
-    to_contiguous = meta.get("thing_dataset_id_to_contiguous_id") or {i + 1: i for i in range(len(names))}
+    names, to_contiguous = meta.get("thing_classes"), meta.get("thing_dataset_id_to_contiguous_id")
+    if names is None or to_contiguous is None:
+        raise CocoDatasetError(f"dataset {name!r} has no registered categories; give its json_file")
     return sorted((dataset_id, names[k]) for dataset_id, k in to_contiguous.items())
 
 
@@ -215,11 +214,11 @@ def _config_categories(dataset) -> tuple[str, list[tuple[int, str]]]:
 
 
 def _model_classes(cfg) -> tuple[str, int]:
-    for key in ("model.roi_heads.num_classes", "model.num_classes"):
-        value = OmegaConf.select(cfg, key)
-        if value is not None:
-            return key, int(value)
-    raise CategoryMismatchError("the config's model has no roi_heads.num_classes (nor num_classes)")
+    key = "model.roi_heads.num_classes"
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        raise CategoryMismatchError(f"the config has no {key}: the class count to check the data against")
+    return key, int(value)
 
 
 def _check_same_categories(train: tuple[str, list], test: tuple[str, list]) -> None:
