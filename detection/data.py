@@ -7,27 +7,43 @@ val}2017.json` with images in `coco/{train,val}2017/`, registered at import as `
 which first checks the file, so that a broken dataset fails at start naming the bad item instead
 of deep inside a data-loader worker.
 
+One category list per run: `check_categories` refuses a training set whose category count is not
+the model's `roi_heads.num_classes` (Detectron2 would train the extra classes as background) and a
+test set whose categories differ from the training set's in Detectron2's contiguous order (the
+model's class 0 would be scored as another class). One image reader for every path: the mapper
+`ScaleAwareDatasetMapper` reads through `mae_core.data.read_image`, as pretraining does (16-bit at
+its scale, where PIL's `convert("RGB")` makes every pixel 255; 32-bit refused by name).
+
 Handling of awkward but valid input: an image without annotations is kept; training drops it
 (Detectron2's `filter_empty`, which logs how many), evaluation keeps it (it still counts for
 false positives). Crowd annotations are kept and ignored by training as usual."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
 from pathlib import Path
 
 import detectron2.data.transforms as T
+import numpy as np
+import torch
+from detectron2.config import configurable
 from detectron2.data import (
     DatasetCatalog,
+    DatasetMapper,
     MetadataCatalog,
     build_detection_train_loader,
+    detection_utils,
     get_detection_dataset_dicts,
 )
 from detectron2.data.datasets import load_coco_json
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
+from omegaconf import OmegaConf
+
+from mae_core.data import ConversionNotes, read_image
 
 
 class CocoDatasetError(ValueError):
@@ -40,17 +56,10 @@ def check_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLike)
     category, a polygon with fewer than three points, an empty or missing segmentation (Detectron2
     drops it and the mask head then fails in a data-loader worker), a box that is not [x, y, w, h]."""
     json_file, image_root = Path(json_file), Path(image_root)
-    if not json_file.is_file():
-        raise CocoDatasetError(f"COCO annotation file {json_file} does not exist")
-    try:
-        coco = json.loads(json_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CocoDatasetError(f"{json_file} is not valid JSON: {exc}") from exc
-    for key in ("images", "annotations", "categories"):
+    coco = _read_coco_json(json_file)
+    for key in ("images", "annotations"):
         if not isinstance(coco.get(key), list):
             raise CocoDatasetError(f"{json_file}: expected a list under {key!r} (COCO instances format)")
-    if not coco["categories"]:
-        raise CocoDatasetError(f"{json_file}: 'categories' is empty")
 
     image_files = {}
     for img in coco["images"]:
@@ -100,6 +109,27 @@ def check_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLike)
     return coco
 
 
+def _read_coco_json(json_file: Path) -> dict:
+    """The json, with a non-empty 'categories' list of unique ids and names."""
+    if not json_file.is_file():
+        raise CocoDatasetError(f"COCO annotation file {json_file} does not exist")
+    try:
+        coco = json.loads(json_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CocoDatasetError(f"{json_file} is not valid JSON: {exc}") from exc
+    categories = coco.get("categories") if isinstance(coco, dict) else None
+    if not isinstance(categories, list):
+        raise CocoDatasetError(f"{json_file}: expected a list under 'categories' (COCO instances format)")
+    if not categories:
+        raise CocoDatasetError(f"{json_file}: 'categories' is empty")
+    for key in ("id", "name"):
+        values = [c.get(key) for c in categories]
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise CocoDatasetError(f"{json_file}: category {key}s {', '.join(repeated)} appear twice or more")
+    return coco
+
+
 def register_coco(name: str, json_file: str | os.PathLike, image_root: str | os.PathLike) -> None:
     """Registers a COCO-format dataset under `name` (checked when first loaded). Registering the
     same name again with the same files is a no-op; with other files it is an error."""
@@ -107,9 +137,10 @@ def register_coco(name: str, json_file: str | os.PathLike, image_root: str | os.
     if name in DatasetCatalog.list():
         meta = MetadataCatalog.get(name)
         if (meta.get("json_file"), meta.get("image_root")) != (json_file, image_root):
-            raise ValueError(
+            raise CocoDatasetError(
                 f"dataset {name!r} is already registered with json {meta.get('json_file')} and images "
-                f"{meta.get('image_root')}; choose another name for {json_file}"
+                f"{meta.get('image_root')}; give {json_file} a name of its own (in a config: "
+                "dataloader.train.dataset.name=... or dataloader.test.dataset.name=...)"
             )
         return
 
@@ -130,7 +161,7 @@ def coco_dataset(
     """Dataset dicts for a config: registers `name` first when files are given, else `name` must
     be registered already (e.g. Detectron2's `coco_2017_train`)."""
     if (json_file is None) != (image_root is None):
-        raise ValueError(f"dataset {name!r}: give both json_file and image_root, or neither")
+        raise CocoDatasetError(f"dataset {name!r}: give both json_file and image_root, or neither")
     if json_file is not None:
         register_coco(name, json_file, image_root)
     elif name not in DatasetCatalog.list():
@@ -138,16 +169,124 @@ def coco_dataset(
     return get_detection_dataset_dicts(name, filter_empty=filter_empty)
 
 
-def class_names(name: str, json_file: str | os.PathLike | None = None) -> list[str]:
-    """Category names in Detectron2's contiguous-id order (sorted COCO ids), read from the json's
-    'categories' when one is given, else from the registered metadata (e.g. `coco_2017_val`)."""
+def categories(name: str, json_file: str | os.PathLike | None = None) -> list[tuple[int, str]]:
+    """(COCO category id, name) in Detectron2's contiguous-id order (sorted ids; the model's class k
+    is the k-th), read from the json's 'categories' when one is given, else from the registered
+    metadata (e.g. `coco_2017_val`)."""
     if json_file is not None:
-        categories = json.loads(Path(json_file).read_text())["categories"]
-        return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
-    names = MetadataCatalog.get(name).get("thing_classes")
-    if names is None:
-        raise KeyError(f"dataset {name!r} has no registered class names; give its json_file")
-    return list(names)
+        listed = _read_coco_json(Path(json_file))["categories"]
+        return sorted((c["id"], c["name"]) for c in listed)
+    meta = MetadataCatalog.get(name)
+    names, to_contiguous = meta.get("thing_classes"), meta.get("thing_dataset_id_to_contiguous_id")
+    if names is None or to_contiguous is None:
+        raise CocoDatasetError(f"dataset {name!r} has no registered categories; give its json_file")
+    return sorted((dataset_id, names[k]) for dataset_id, k in to_contiguous.items())
+
+
+class CategoryMismatchError(CocoDatasetError):
+    """A model and a dataset, or a training and a test set, that disagree on the categories."""
+
+
+def check_categories(cfg, *, training: bool) -> list[str]:
+    """The run's class names, in the model's order, once the data and the model agree: the model's
+    `roi_heads.num_classes` is the number of training categories (or of test categories, for a run
+    that only evaluates or infers, `training=False`), and the test set lists the same categories
+    under the same ids as the training set. A test set with fewer categories is refused too:
+    Detectron2's evaluator maps classes by contiguous id, not by name."""
+    test = _config_categories(cfg.dataloader.test.dataset)
+    reference = _config_categories(cfg.dataloader.train.dataset) if training else test
+    key, num_classes = _model_classes(cfg)
+    if len(reference[1]) != num_classes:
+        raise CategoryMismatchError(
+            f"{key} is {num_classes}, but the {'training' if training else 'test'} set {reference[0]} has "
+            f"{len(reference[1])} categories ({_listed(reference[1])}); set {key}={len(reference[1])}"
+        )
+    if training:
+        _check_same_categories(reference, test)
+    return [name for _, name in reference[1]]
+
+
+def _config_categories(dataset) -> tuple[str, list[tuple[int, str]]]:
+    """(where, categories) of a config's dataset node (`coco_dataset`'s arguments)."""
+    json_file = dataset.get("json_file")
+    where = json_file or f"{dataset.name!r} (registered)"
+    return where, categories(dataset.name, json_file)
+
+
+def _model_classes(cfg) -> tuple[str, int]:
+    key = "model.roi_heads.num_classes"
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        raise CategoryMismatchError(f"the config has no {key}: the class count to check the data against")
+    return key, int(value)
+
+
+def _check_same_categories(train: tuple[str, list], test: tuple[str, list]) -> None:
+    (train_where, train_cats), (test_where, test_cats) = train, test
+    for k, (ours, theirs) in enumerate(itertools.zip_longest(train_cats, test_cats)):
+        if ours != theirs:
+            raise CategoryMismatchError(
+                f"the training set {train_where} and the test set {test_where} disagree on the categories: "
+                f"class {k} (Detectron2's contiguous order, sorted ids) is {_category(ours)} in training and "
+                f"{_category(theirs)} in the test set. Give both jsons the same 'categories' list (a "
+                "category without annotations is allowed)"
+            )
+
+
+def _category(category: tuple[int, str] | None) -> str:
+    return "absent" if category is None else f"id {category[0]} {category[1]!r}"
+
+
+def _listed(cats: list[tuple[int, str]], n: int = 10) -> str:
+    shown = ", ".join(f"{i}: {name}" for i, name in cats[:n])
+    return shown + (f", ... {len(cats) - n} more" if len(cats) > n else "")
+
+
+DETECTION_FORMATS = ("RGB", "BGR")
+
+
+def read_detection_image(path: str | os.PathLike, image_format: str, notes: ConversionNotes | None = None):
+    """(H, W, 3) array in `image_format` on Detectron2's 0-255 scale, read by `mae_core.data.read_image`
+    (EXIF orientation applied, as Detectron2's reader does): uint8 for 8-bit files, float32 for 16-bit
+    ones (value / 65535 * 255, full precision kept). 32-bit files are refused naming the file
+    (`ImageReadError`); lossy conversions go to `notes`."""
+    _check_format(image_format)
+    image = read_image(path, 3, notes).permute(1, 2, 0).numpy()
+    if image.dtype != np.uint8:
+        image = image * np.float32(255)
+    return np.ascontiguousarray(image[:, :, ::-1] if image_format == "BGR" else image)
+
+
+def _check_format(image_format: str) -> None:
+    if image_format not in DETECTION_FORMATS:
+        raise ValueError(f"image_format {image_format!r}: the detection reader gives {DETECTION_FORMATS}")
+
+
+class ScaleAwareDatasetMapper(DatasetMapper):
+    """Detectron2's `DatasetMapper` reading images with `read_detection_image` (the toolkit's one
+    reader) instead of PIL's `convert`, which turns a 16-bit image white. Lossy conversions are
+    logged once per mapper (one per split and data-loader worker). Precomputed proposals and
+    semantic-segmentation files, which no config here uses, are not read."""
+
+    @configurable
+    def __init__(self, is_train: bool, **kwargs):
+        super().__init__(is_train, **kwargs)
+        _check_format(self.image_format)
+        self.notes = ConversionNotes(f"detection {'training' if is_train else 'test'} images")
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = read_detection_image(dataset_dict["file_name"], self.image_format, self.notes)
+        detection_utils.check_image_size(dataset_dict, image)
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+        elif "annotations" in dataset_dict:
+            self._transform_annotations(dataset_dict, transforms, image.shape[:2])
+        return dataset_dict
 
 
 class ResumableTrainingSampler(TrainingSampler):
@@ -201,11 +340,15 @@ def eval_augmentations(image_size: int = 1024) -> list:
 
 
 __all__ = [
+    "CategoryMismatchError",
     "CocoDatasetError",
+    "ScaleAwareDatasetMapper",
+    "categories",
+    "check_categories",
     "check_coco_json",
-    "class_names",
     "coco_dataset",
     "lsj_augmentations",
+    "read_detection_image",
     "register_coco",
     "ResumableTrainingSampler",
     "train_loader",

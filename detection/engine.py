@@ -45,8 +45,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
     renamed to this toolkit's. Pickled files (Detectron2's `.pkl` model zoo) need `allow_pickle`.
 
     `strict` (evaluation, inference) refuses a file that leaves any model weight unloaded, which
-    Detectron2 only logs. A state holding a NaN or an infinity is never saved: `save` raises
-    `NonFiniteError` instead, so `last_checkpoint` keeps naming the last finite file."""
+    Detectron2 only logs. Weights holding a NaN or an infinity are neither loaded (a run would train
+    from them until its first save) nor saved: `save` raises `NonFiniteError` instead, so
+    `last_checkpoint` keeps naming the last finite file."""
 
     def __init__(
         self,
@@ -80,6 +81,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
         return loaded
 
     def _load_model(self, checkpoint: dict):
+        bad = describe_non_finite(checkpoint["model"])
+        if bad:
+            raise NonFiniteError(f"not loading {self._loading}: {bad}")
         checkpoint["model"] = from_detectron2_vitdet(checkpoint["model"])
         incompatible = super()._load_model(checkpoint)
         problems = incompatible.missing_keys + [k for k, _, _ in incompatible.incorrect_shapes]
@@ -87,6 +91,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
             raise CheckpointError(
                 f"{self._loading} does not hold the whole model (another architecture or config?): "
                 f"{len(problems)} weights missing or of another shape: {few_names(problems)}"
+                f"{_class_count_note(incompatible.incorrect_shapes)}"
             )
         return incompatible
 
@@ -107,6 +112,18 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def _torch_load(self, f: str):
         return load_checkpoint_file(f, allow_pickle=self.allow_pickle)
+
+
+CLASS_SCORES = "roi_heads.box_predictor.cls_score.weight"  # (classes + background, features)
+
+
+def _class_count_note(incorrect_shapes: list[tuple[str, tuple, tuple]]) -> str:
+    """What a box classifier of another width means: a checkpoint trained on another class count."""
+    for key, saved, model in incorrect_shapes:
+        if key == CLASS_SCORES:
+            return (f"; its box classifier has {saved[0] - 1} classes, the config's model "
+                    f"(model.roi_heads.num_classes) {model[0] - 1}")
+    return ""
 
 
 def init_backbone_from_mae(

@@ -14,7 +14,7 @@ from detectron2.utils import comm
 
 from mae_core.checkpoint import CheckpointError
 
-from .data import train_loader
+from .data import check_categories, train_loader
 from .engine import AtomicCheckpointer, build_optimizer, evaluate, init_backbone_from_mae, wrap_ddp
 from .hooks import FinalEvalHook, NonFiniteGuard, TrainingState, run_training
 
@@ -31,7 +31,9 @@ def build_model(cfg):
 def train(cfg, resume: bool) -> None:
     """Trains `cfg`'s model (from `train.mae_checkpoint` or `train.init_checkpoint`, or, with
     `resume` and a checkpoint in `train.output_dir`, from there: weights, optimizer, schedule,
-    iteration, sampler seed, random generators)."""
+    iteration, sampler seed, random generators). The data's categories are checked against each
+    other and the model first, and every checkpoint it starts from must hold finite weights."""
+    check_categories(cfg, training=True)
     model = build_model(cfg)
     if cfg.train.get("mae_checkpoint"):
         init_backbone_from_mae(
@@ -103,7 +105,9 @@ def build_train_loader(cfg, seed: int, start_iter: int):
 
 def evaluate_checkpoint(cfg, resume: bool) -> dict:
     """COCO evaluation of `train.init_checkpoint` (or, with `resume`, of the last checkpoint in
-    `train.output_dir`), which must hold every weight of the model."""
+    `train.output_dir`), which must hold every weight of the model, finite, with as many classes as
+    the test set has categories."""
+    check_categories(cfg, training=False)
     model = wrap_ddp(cfg, build_model(cfg))
     checkpointer = AtomicCheckpointer(
         model, cfg.train.output_dir, allow_pickle=cfg.train.get("allow_pickle", False), strict=True

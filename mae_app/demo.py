@@ -210,8 +210,6 @@ class Demo:
                 setattr(self.recipe, key, getattr(options, key))
         self.recipe.data = dataclasses.replace(self.recipe.data, seed=options.data_seed)
         self.data = self.out / "data"
-        # Every tool (also those the plan starts) imports the packages from the repository.
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         self.start = time.time()
         if options.sweep_epochs is not None:
             self.recipe.sweep_epochs = options.sweep_epochs

@@ -109,16 +109,16 @@ def classification_metrics(folder: Path) -> dict:
 
 def pretraining_metrics(folder: Path) -> dict:
     """Of a tools/pretrain.py output folder: images per second of training and the parameters
-    the masking strategy added (its loss head; mae_app.bench.masking.extra_parameters on the model
+    the masking strategy added (its loss head; mae_core.mae.extra_parameters on the model
     its checkpoint's arch record builds). The speed comes from the run's own TensorBoard loss
     scalars: steps over wall time summed over consecutive log lines of one epoch, so epoch-end
     monitors and checkpoint saves are left out and the data pipeline (masking noise included) is
     counted in. Too few log lines within an epoch (log_every >= steps per epoch): no speed."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from mae_app.bench.masking import extra_parameters
     from mae_core.checkpoint import load_checkpoint_file
     from mae_core.engine import LAST_CHECKPOINT, mae_from_record
+    from mae_core.mae import extra_parameters
 
     path = folder / LAST_CHECKPOINT
     checkpoint = load_checkpoint_file(path)

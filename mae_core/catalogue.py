@@ -28,7 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import create_backbone
-from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint_file, load_pretrained
+from .checkpoint import (
+    CheckpointError,
+    NonFiniteError,
+    describe_non_finite,
+    extract_state_dict,
+    load_checkpoint_file,
+    load_pretrained,
+)
 from .pyramid import SimpleFeaturePyramid
 
 PYRAMID_STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
@@ -126,6 +133,9 @@ class TimmTrunk(nn.Module):
             )
         except RuntimeError as exc:  # timm's "Unknown model" and missing features_only support
             raise CatalogueError(f"timm cannot build {model_name!r} with features_only: {exc}") from exc
+        bad = describe_non_finite(self.net.state_dict()) if checkpoint else None
+        if bad:
+            raise NonFiniteError(f"not loading {checkpoint}: {bad}")
         reductions = self.net.feature_info.reduction()
         self.levels = [i for i, r in enumerate(reductions) if r in (4, 8, 16, 32)]
         if not self.levels:
@@ -246,6 +256,9 @@ def load_resnet(net: nn.Module, checkpoint: str, allow_pickle: bool = False) -> 
     """A torchvision ResNet-50 state dict (the classifier head is not used)."""
     sd = extract_state_dict(load_checkpoint_file(checkpoint, allow_pickle), str(checkpoint))
     sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    bad = describe_non_finite(sd)
+    if bad:
+        raise NonFiniteError(f"not loading {checkpoint}: {bad}")
     try:
         result = net.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # shape mismatches

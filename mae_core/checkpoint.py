@@ -512,7 +512,9 @@ def load_pretrained(
     decoder for a backbone) are reported as ignored, and parts outside the MAE layout (a
     detector's relative positions) as new. Anything else that does not fit (`LoadReport.problems`)
     raises `IncompleteLoadError` naming the keys before the module is touched, unless the caller
-    opts in with `allow_partial=True`: then what fits is loaded and the report says what did not."""
+    opts in with `allow_partial=True`: then what fits is loaded and the report says what did not.
+    Weights holding a NaN or an infinity are never loaded (`NonFiniteError` naming them): a run
+    would otherwise train from them until its first checkpoint refuses to save."""
     name, converted = _read_and_convert(source, allow_pickle)
     report = LoadReport(name, converted.source_format, ignored=list(converted.dropped))
     model_sd = module.state_dict()
@@ -540,6 +542,9 @@ def load_pretrained(
             f"or opt in to a partial load explicitly (allow_partial=True).\n{report}",
             report,
         )
+    bad = describe_non_finite(to_load)
+    if bad:
+        raise NonFiniteError(f"not loading {name}: {bad}; nothing was loaded")
     module.load_state_dict(to_load, strict=False)
     log.info("%s", report)
     return report

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset, DistributedSampler
 from torchvision.transforms import v2
 
@@ -74,21 +74,19 @@ _DEFAULT_NOTES = ConversionNotes()
 
 def read_image(path: str | os.PathLike, in_chans: int, notes: ConversionNotes | None = None) -> torch.Tensor:
     """(C, H, W) tensor: uint8, or float32 in [0, 1] for a 16-bit file (value / 65535, full
-    precision kept; the transforms take either). 32-bit integer or float files are refused, naming
-    the file and mode; conversions that lose information (alpha, palette transparency, CMYK, colour
-    to grey) are reported to `notes` (once per kind). Decoding problems become an `ImageReadError`
-    naming the file."""
+    precision kept; the transforms take either), turned upright by its EXIF orientation (as
+    Detectron2's reader does: COCO annotations are drawn on the upright picture). 32-bit integer
+    or float files are refused, naming the file and mode; conversions that lose information (alpha,
+    palette transparency, CMYK, colour to grey) are reported to `notes` (once per kind). Decoding
+    problems become an `ImageReadError` naming the file."""
     if in_chans not in PIL_MODES:
         raise ValueError(f"in_chans must be one of {sorted(PIL_MODES)} for image files, got {in_chans}")
     try:
         with Image.open(path) as img:
             img.load()
+            ImageOps.exif_transpose(img, in_place=True)
             mode, lost = img.mode, _lost_in_conversion(img, in_chans)
-            if mode in UNSCALED_MODES:
-                raise ImageReadError(
-                    f"cannot read image {path}: mode {mode!r} ({UNSCALED_MODES[mode]} grey) has no standard "
-                    "scale to [0, 1]; save it as 8-bit or 16-bit PNG/TIFF"
-                )
+            _refuse_unscaled(path, mode)
             if mode in SIXTEEN_BIT_MODES:
                 tensor = _sixteen_bit(np.asarray(img), in_chans)
             else:
@@ -98,6 +96,26 @@ def read_image(path: str | os.PathLike, in_chans: int, notes: ConversionNotes | 
     if lost:
         (notes or _DEFAULT_NOTES).note(path, mode, lost)
     return tensor
+
+
+def check_image_scale(path: str | os.PathLike) -> None:
+    """Refuses, as `read_image` does, an image whose pixels have no standard scale (32-bit integer
+    or float grey), reading only its header: for loaders other than `read_image` (MMSegmentation's,
+    whose OpenCV cannot decode them), so every path refuses them with the same message."""
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+    _refuse_unscaled(path, mode)
+
+
+def _refuse_unscaled(path, mode: str) -> None:
+    if mode in UNSCALED_MODES:
+        raise ImageReadError(
+            f"cannot read image {path}: mode {mode!r} ({UNSCALED_MODES[mode]} grey) has no standard "
+            "scale to [0, 1]; save it as 8-bit or 16-bit PNG/TIFF"
+        )
 
 
 def _sixteen_bit(array: np.ndarray, in_chans: int) -> torch.Tensor:

@@ -254,7 +254,7 @@ def pretrain(
     joined_here = not torch.distributed.is_initialized()
     dist_info = init_distributed(cfg.device)
     try:
-        pretrainer = _Pretrainer(cfg, dist_info, list(hooks) + instantiate_hooks(cfg.epoch_hooks))
+        pretrainer = Pretrainer(cfg, dist_info, list(hooks) + instantiate_hooks(cfg.epoch_hooks))
         return pretrainer.run(resume, overwrite)
     finally:
         if joined_here:  # a caller's own process group stays up
@@ -268,7 +268,10 @@ def _duration(seconds: float) -> str:
     return f"{days}d {hours}h" if days else f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
 
 
-class _Pretrainer:
+class Pretrainer:
+    """One pretraining run, step by step: `pretrain` drives it epoch by epoch; the demo-epoch
+    benchmark and the tests drive single steps (`train_step`) of it."""
+
     def __init__(self, cfg: PretrainConfig, dist_info: DistInfo, hooks: list[EpochHook]):
         self.cfg = cfg
         self.dist = dist_info

@@ -281,3 +281,10 @@ def decoder_preset(arch: str) -> dict:
 def create_mae(arch: str, **kwargs) -> MaskedAutoencoder:
     """`create_mae("vit_base_patch16", norm_pix_loss=True)`; keyword arguments override the preset."""
     return MaskedAutoencoder(**{**get_arch(arch).to_dict(), **decoder_preset(arch), **kwargs})
+
+
+def extra_parameters(model: MaskedAutoencoder) -> int:
+    """Trained parameters the masking strategy added to the MAE (its loss head); 0 for most. The
+    masking sweep's report tables it per strategy."""
+    head = model.decoder_loss_pred
+    return 0 if head is None else sum(p.numel() for p in head.parameters())

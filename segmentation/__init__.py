@@ -2,21 +2,33 @@
 layer-decay optimizer constructor, the checked datasets and transforms, the CPU-capable DDP
 wrapper, the non-finite guard hook, the atomic checkpoint backend and the checked checkpoint
 loader, and allows mmengine checkpoints under
-`torch.load(weights_only=True)`. Configs load it with `custom_imports = dict(imports=["segmentation"])`."""
+`torch.load(weights_only=True)`. Configs load it with `custom_imports = dict(imports=["segmentation"])`.
+
+Modules, as detection's: backbone.py (MAEViT), catalogue.py (catalogue backbones), data.py
+(checked datasets and transforms), optim.py (layer decay), hooks.py (the non-finite guard),
+engine.py (safe and atomic checkpoints, CPU and DDP adaptation), overrides.py (`--cfg-options`
+that must name read keys), train.py (the tools' config loading, flags, one-line errors, and the
+training and test runs)."""
 
 from .backbone import MAEViT
-from .data import ADE20KFolderDataset, DatasetError, LoadCheckedAnnotations, SegFolderDataset
-from .hooks import NonFiniteError, NonFiniteGuardHook
-from .optim import LayerDecayOptimWrapperConstructor
-from .runtime import (
+from .data import (
+    ADE20KFolderDataset,
+    DatasetError,
+    LoadCheckedAnnotations,
+    LoadScaledImageFromFile,
+    SegFolderDataset,
+)
+from .engine import (
     ATOMIC_BACKEND,
     AtomicLocalBackend,
-    ConfigOverrideError,
     DeviceAgnosticDDP,
     adapt_config_to_device,
     init_cpu_distributed,
     register_safe_globals,
 )
+from .hooks import NonFiniteError, NonFiniteGuardHook
+from .optim import LayerDecayOptimWrapperConstructor
+from .overrides import ConfigOverrideError
 
 register_safe_globals()
 
@@ -29,6 +41,7 @@ __all__ = [
     "DeviceAgnosticDDP",
     "LayerDecayOptimWrapperConstructor",
     "LoadCheckedAnnotations",
+    "LoadScaledImageFromFile",
     "MAEViT",
     "NonFiniteError",
     "NonFiniteGuardHook",

@@ -2,7 +2,9 @@
 
 `SegFolderDataset` reads `images/<split>/*<img_suffix>` and `annotations/<split>/*<seg_map_suffix>`
 (ADE20K's `ADEChallengeData2016` layout) with the class names and palette given in `metainfo`, so
-any dataset in that layout works, not only ADE20K's 150 classes. `LoadCheckedAnnotations` is
+any dataset in that layout works, not only ADE20K's 150 classes. `LoadScaledImageFromFile` is mmcv's
+image loader (16-bit read at its scale) refusing 32-bit images by name, as pretraining and detection
+do. `LoadCheckedAnnotations` is
 mmseg's `LoadAnnotations` plus the checks mmseg does not make: a label map whose size differs from
 its image or that holds values outside the classes would otherwise train silently on garbage (or
 fail much later inside a CUDA kernel)."""
@@ -12,9 +14,12 @@ from __future__ import annotations
 import os.path as osp
 
 import numpy as np
+from mmcv.transforms import LoadImageFromFile
 from mmseg.datasets import ADE20KDataset, BaseSegDataset
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import DATASETS, TRANSFORMS
+
+from mae_core.data import check_image_scale
 
 
 class DatasetError(ValueError):
@@ -62,6 +67,17 @@ class ADE20KFolderDataset(SegFolderDataset):
 
     def __init__(self, reduce_zero_label: bool = True, **kwargs):
         super().__init__(reduce_zero_label=reduce_zero_label, **kwargs)
+
+
+@TRANSFORMS.register_module()
+class LoadScaledImageFromFile(LoadImageFromFile):
+    """mmcv's `LoadImageFromFile` (OpenCV scales a 16-bit image to 8-bit) after
+    `mae_core.data.check_image_scale`: OpenCV cannot decode a 32-bit image and mmcv then fails
+    without naming it; here it is an `ImageReadError` naming the file and its mode."""
+
+    def transform(self, results: dict) -> dict:
+        check_image_scale(results["img_path"])
+        return super().transform(results)
 
 
 @TRANSFORMS.register_module()

@@ -30,7 +30,7 @@ from mae_core.checkpoint import NonFiniteError, describe_non_finite
 @HOOKS.register_module()
 class NonFiniteGuardHook(Hook):
     """See the module docstring. The configs list it in `custom_hooks`, and
-    `segmentation.runtime.load_mmseg_config` adds it to any config that does not."""
+    `segmentation.train.load_mmseg_config` adds it to any config that does not."""
 
     # after_train_iter runs before LoggerHook (BELOW_NORMAL) and CheckpointHook (VERY_LOW).
     priority = "ABOVE_NORMAL"

@@ -81,3 +81,13 @@ def make_coco(
     json_file = root / f"{split}.json"
     json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES}))
     return json_file, image_root
+
+
+def to_sixteen_bit_grey(path: str | Path) -> float:
+    """Rewrites the 8-bit picture at `path` as a real 16-bit grey PNG (PIL mode "I;16", value x 257,
+    so each 8-bit level maps to the same fraction of full scale); returns the 8-bit grey mean."""
+    grey = np.asarray(Image.open(path).convert("L"))
+    sixteen = Image.fromarray(grey.astype(np.uint16) * 257)
+    assert sixteen.mode == "I;16", sixteen.mode
+    sixteen.save(path)
+    return float(grey.mean())

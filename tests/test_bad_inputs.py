@@ -220,6 +220,25 @@ def _(tmp_path):
                 names=["dropped 2 records past iteration 1"])
 
 
+@bad_input("pretrain_resume_from_non_finite_weights_refused_at_load")
+def _(tmp_path):
+    """Pretraining's only start from saved weights is --resume: a last.pth whose weights hold a NaN
+    (written by hand: the run itself never saves one) is refused before any step, naming the tensor."""
+    import torch
+
+    out = tmp_path / "run"
+    run_setup(pretrain_cmd(out))
+    state = torch.load(out / "last.pth", weights_only=True)
+    state["model"]["blocks.0.attn.qkv.weight"][0, 0] = float("nan")
+    torch.save(state, out / "last.pth")
+
+    def check():
+        assert [r["iteration"] for r in log_records(out)] == [1, 1]  # the first run's lines only
+
+    return Case(pretrain_cmd(out, "--resume", "epochs=2"), exit_code=1, check=check,
+                names=[f"{out / 'last.pth'} cannot be resumed from", "model.blocks.0.attn.qkv.weight"])
+
+
 @bad_input("pretrain_override_typo_names_the_closest_key")
 def _(tmp_path):
     return Case(pretrain_cmd(tmp_path / "out", "optim.blrr=1e-3"), exit_code=1,
@@ -275,35 +294,39 @@ def _assert_nothing_written(out: Path) -> None:
 DET_TINY = REPO / "configs" / "detection" / "mask_rcnn_vit_tiny_cpu.py"
 
 
-def det_data(root: Path, edit: Callable[[dict], None] | None = None) -> list[str]:
+def det_data(root: Path, edit: Callable[[dict], None] | None = None,
+             edit_val: Callable[[dict], None] | None = None) -> list[str]:
     """Overrides pointing the tiny detection config at a generated COCO set in `root` (4 training,
-    2 validation images); `edit` may spoil the training json first."""
+    2 validation images); `edit` and `edit_val` may spoil the training and validation jsons first."""
     from helpers_coco import make_coco
 
     train_json, images = make_coco(root, "train", 4)
     val_json, _ = make_coco(root, "val", 2, seed=1)
-    if edit is not None:
-        coco = json.loads(train_json.read_text())
-        edit(coco)
-        train_json.write_text(json.dumps(coco))
+    for json_file, change in ((train_json, edit), (val_json, edit_val)):
+        if change is not None:
+            coco = json.loads(json_file.read_text())
+            change(coco)
+            json_file.write_text(json.dumps(coco))
     return [f"dataloader.train.dataset.json_file={train_json}",
             f"dataloader.train.dataset.image_root={images}",
             f"dataloader.test.dataset.json_file={val_json}",
             f"dataloader.test.dataset.image_root={images}"]
 
 
-def det_train(root: Path, *args, edit=None) -> list[str]:
-    return tool("train_det.py", "--config-file", DET_TINY, *det_data(root, edit),
+def det_train(root: Path, *args, edit=None, edit_val=None) -> list[str]:
+    return tool("train_det.py", "--config-file", DET_TINY, *det_data(root, edit, edit_val),
                 f"train.output_dir={root / 'out'}", *args)
 
 
-def det_weights(path: Path, spoil: Callable[[dict], None] | None = None) -> Path:
-    """The tiny detector's initial weights as a Detectron2 checkpoint; `spoil` edits them first."""
+def det_weights(path: Path, spoil: Callable[[dict], None] | None = None, *overrides: str) -> Path:
+    """The tiny detector's initial weights (config `overrides` applied) as a Detectron2 checkpoint;
+    `spoil` edits them first."""
     from detectron2.config import LazyConfig, instantiate
 
     from mae_core.checkpoint import save_checkpoint
 
-    model = instantiate(LazyConfig.load(str(DET_TINY)).model).state_dict()
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(str(DET_TINY)), list(overrides))
+    model = instantiate(cfg.model).state_dict()
     if spoil is not None:
         spoil(model)
     return save_checkpoint({"model": model, "iteration": 3}, path)
@@ -394,13 +417,167 @@ def _(tmp_path):
                 names=[f"{ckpt} does not hold the whole model", "roi_heads."], absent=["copypaste:"])
 
 
+NAN_KEY = "backbone.net.blocks.0.mlp.fc1.weight"
+
+
+def det_nan_weights(path: Path) -> Path:
+    return det_weights(path, lambda sd: sd[NAN_KEY].fill_(float("nan")))
+
+
 @bad_input("det_eval_non_finite_weights")
 def _(tmp_path):
-    """--eval-only on weights holding a NaN: no AP, the file is named."""
-    key = "backbone.net.blocks.0.mlp.fc1.weight"
-    ckpt = det_weights(tmp_path / "nan.pth", lambda sd: sd[key].fill_(float("nan")))
+    """--eval-only on weights holding a NaN: refused as the file loads, naming it; no AP."""
+    ckpt = det_nan_weights(tmp_path / "nan.pth")
     return Case(det_train(tmp_path, "--eval-only", f"train.init_checkpoint={ckpt}"),
-                names=[f"not evaluating {ckpt}", key], absent=["copypaste:"])
+                names=[f"not loading {ckpt}", NAN_KEY], absent=["copypaste:"])
+
+
+@bad_input("det_init_checkpoint_non_finite_refused_before_training")
+def _(tmp_path):
+    """train.init_checkpoint holding a NaN: refused as it loads, before the first iteration (it used
+    to train until the first save)."""
+    ckpt = det_nan_weights(tmp_path / "nan.pth")
+
+    def check():
+        metrics = tmp_path / "out" / "metrics.json"  # Detectron2's writer creates it before training
+        assert not metrics.exists() or not metrics.read_text().strip()
+        assert not list((tmp_path / "out").glob("*.pth"))
+
+    return Case(det_train(tmp_path, f"train.init_checkpoint={ckpt}", "train.max_iter=2"), check=check,
+                names=[f"not loading {ckpt}", NAN_KEY], absent=["Starting training from iteration"])
+
+
+@bad_input("det_mae_checkpoint_non_finite_refused_before_training")
+def _(tmp_path):
+    """train.mae_checkpoint holding an infinity (an MAE of the tiny backbone's shape): refused at load."""
+    from mae_core.checkpoint import save_checkpoint
+    from mae_core.mae import create_mae
+
+    mae = create_mae("vit_base_patch16", embed_dim=96, depth=4, num_heads=3, decoder_embed_dim=32,
+                     decoder_depth=1, decoder_num_heads=2)
+    state = mae.state_dict()
+    state["blocks.1.attn.qkv.weight"][0, 0] = float("inf")
+    ckpt = save_checkpoint({"model": state}, tmp_path / "mae_inf.pth")
+    return Case(det_train(tmp_path, f"train.mae_checkpoint={ckpt}", "train.max_iter=2"),
+                names=[f"not loading {ckpt}", "blocks.1.attn.qkv.weight", "nothing was loaded"],
+                absent=["Starting training from iteration"])
+
+
+def add_triangle(coco: dict) -> None:
+    """A third category, given to the first annotation."""
+    coco["categories"].append({"id": 3, "name": "triangle"})
+    coco["annotations"][0]["category_id"] = 3
+
+
+@bad_input("det_more_categories_than_num_classes")
+def _(tmp_path):
+    """Three categories through the 2-class tiny config: Detectron2 would train the third as background
+    and print `AP-triangle: null`; refused before training, naming both counts and the fix."""
+    return Case(det_train(tmp_path, "train.max_iter=1", edit=add_triangle, edit_val=add_triangle),
+                names=["model.roi_heads.num_classes is 2", str(tmp_path / "train.json"), "has 3 categories",
+                       "3: triangle", "set model.roi_heads.num_classes=3"], absent=["copypaste:"])
+
+
+@bad_input("det_test_categories_swap_the_training_names")
+def _(tmp_path):
+    """The validation json gives ids 1 and 2 each other's names: the model's class 0 would be scored
+    as the other class. Refused naming the first differing class, its id and both names."""
+
+    def swap(coco):
+        coco["categories"] = [{"id": 1, "name": "disc"}, {"id": 2, "name": "square"}]
+
+    return Case(det_train(tmp_path, "train.max_iter=1", edit_val=swap),
+                names=[str(tmp_path / "val.json"), "class 0", "id 1 'square' in training",
+                       "id 1 'disc' in the test set"], absent=["copypaste:"])
+
+
+@bad_input("det_test_set_with_fewer_categories")
+def _(tmp_path):
+    """A validation json listing only 'square': Detectron2's evaluator maps by contiguous id, so a
+    subset is refused, naming the category it lacks."""
+
+    def squares_only(coco):
+        coco["categories"] = coco["categories"][:1]
+        coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] == 1]
+
+    return Case(det_train(tmp_path, "train.max_iter=1", edit_val=squares_only),
+                names=["class 1", "id 2 'disc' in training and absent in the test set"],
+                absent=["copypaste:"])
+
+
+@bad_input("det_eval_checkpoint_of_another_class_count")
+def _(tmp_path):
+    """--eval-only on a 3-class checkpoint with the 2-category data and config: refused as it loads,
+    naming both class counts."""
+    ckpt = det_weights(tmp_path / "three.pth", None, "model.roi_heads.num_classes=3")
+    return Case(det_train(tmp_path, "--eval-only", f"train.init_checkpoint={ckpt}"),
+                names=[f"{ckpt} does not hold the whole model", "its box classifier has 3 classes",
+                       "(model.roi_heads.num_classes) 2"], absent=["copypaste:"])
+
+
+@bad_input("det_eval_config_class_count_other_than_the_test_set")
+def _(tmp_path):
+    """--eval-only with model.roi_heads.num_classes=3 on a 2-category test set: refused naming both."""
+    ckpt = det_weights(tmp_path / "three.pth", None, "model.roi_heads.num_classes=3")
+    return Case(det_train(tmp_path, "--eval-only", f"train.init_checkpoint={ckpt}",
+                          "model.roi_heads.num_classes=3"),
+                names=["model.roi_heads.num_classes is 3", f"{tmp_path / 'val.json'} has 2 categories"],
+                absent=["copypaste:"])
+
+
+@bad_input("det_16_bit_images_are_read_at_their_scale")
+def _(tmp_path):
+    """Every image a real 16-bit grey PNG: training and evaluation run, and the test mapper's tensor
+    keeps the picture (Detectron2's own reader made every pixel 255): its mean is within one level
+    of the 8-bit picture's."""
+    from helpers_coco import to_sixteen_bit_grey
+
+    cmd = det_train(tmp_path, "train.max_iter=1")
+    means = {path.name: to_sixteen_bit_grey(path) for path in sorted((tmp_path / "images").glob("*.png"))}
+
+    def check():
+        from detectron2.config import instantiate
+
+        from detection.data import coco_dataset
+        from detection.overrides import load_lazy_config
+
+        mapper = instantiate(load_lazy_config(str(DET_TINY), []).dataloader.test.mapper)
+        records = coco_dataset(f"sixteen_{tmp_path.name}", tmp_path / "val.json", tmp_path / "images")
+        for record in records:
+            image = mapper(record)["image"]
+            assert abs(image.mean().item() - means[Path(record["file_name"]).name]) < 1.0
+
+    return Case(cmd, exit_code=0, check=check, names=["copypaste: Task: bbox"])
+
+
+@bad_input("det_32_bit_image_is_refused_by_name")
+def _(tmp_path):
+    """A validation image of 32-bit floats: --eval-only stops naming the file and its mode."""
+    import numpy as np
+    from PIL import Image
+
+    ckpt = det_weights(tmp_path / "w.pth")
+    cmd = det_train(tmp_path, "--eval-only", f"train.init_checkpoint={ckpt}")
+    depth = tmp_path / "images" / "val_001.png"
+    Image.fromarray(np.linspace(0, 40, 128 * 128, dtype=np.float32).reshape(128, 128), "F").save(
+        depth.with_suffix(".tif"))
+    depth.with_suffix(".tif").rename(depth)  # a TIFF under the json's name: PIL reads by content
+    return Case(cmd, names=[str(depth), "mode 'F' (32-bit float grey) has no standard scale"],
+                absent=["copypaste:"])
+
+
+@bad_input("det_infer_class_count_other_than_the_test_set")
+def _(tmp_path):
+    """infer_det with model.roi_heads.num_classes=3 and a 2-category test json: refused naming both."""
+    from helpers_coco import make_coco
+
+    val_json, images = make_coco(tmp_path, "val", 1)
+    weights = det_weights(tmp_path / "three.pth", None, "model.roi_heads.num_classes=3")
+    return Case(tool("infer_det.py", "--config-file", DET_TINY, "--weights", weights, "--input", images,
+                     "--output", tmp_path / "o", f"dataloader.test.dataset.json_file={val_json}",
+                     "model.roi_heads.num_classes=3"),
+                names=["model.roi_heads.num_classes is 3", f"test set {val_json} has 2 categories"],
+                check=lambda: _assert_nothing_written(tmp_path / "o"))
 
 
 @bad_input("det_mae_checkpoint_other_architecture")
@@ -429,6 +606,7 @@ def _(tmp_path):
     demo = REPO / "configs" / "detection" / "demo_mask_rcnn_vit_toy.py"
     return Case(tool("train_det.py", "--config-file", demo, *det_data(tmp_path),
                      "model.backbone.name=vit_mae", f"model.backbone.checkpoint={ckpt}",
+                     "model.roi_heads.num_classes=2",
                      f"train.output_dir={tmp_path / 'out'}", "train.max_iter=1"),
                 names=[str(ckpt), "does not fit the model completely", "blocks.0.attn.qkv.weight"])
 
@@ -588,6 +766,103 @@ def _(tmp_path):
     work = tmp_path / "work"
     return Case(tool("test_seg.py", SEG_TINY, path, "--work-dir", work, *seg_data_options(data, 1)),
                 ["non-finite", key, str(path)], absent=["Traceback", '"metrics"'])
+
+
+def seg_train(tmp_path: Path, data: Path, *extra: str) -> list[str]:
+    return tool("train_seg.py", SEG_TINY, "--work-dir", tmp_path / "work", *seg_data_options(data, 1, *extra))
+
+
+def assert_no_seg_checkpoint(work: Path) -> None:
+    assert not list(work.glob("iter_*.pth")) and not (work / "last_checkpoint").exists()
+
+
+@bad_input("seg_batch_of_one_names_the_cause_and_the_fix")
+def _(tmp_path):
+    """train_dataloader.batch_size=1: UperNet's pool-scale-1 BatchNorm cannot train on one value per
+    channel. Refused before training, naming the cause and the two fixes (PyTorch's own message
+    named neither)."""
+    from helpers_seg import make_shapes_dataset
+
+    from segmentation.train import ONE_IMAGE_NORM
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+    return Case(seg_train(tmp_path, data, "train_dataloader.batch_size=1"),
+                ["train_dataloader.batch_size=1 on 1 device(s)", "pool_scales (1, 2) includes 1",
+                 "Expected more than 1 value per channel when training", "train_dataloader.batch_size=2",
+                 ONE_IMAGE_NORM], exit_code=1, absent=["Traceback"],
+                check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
+
+
+@bad_input("seg_batch_of_one_trains_with_the_suggested_norm")
+def _(tmp_path):
+    """The fix the refusal above suggests (GroupNorm in the decode head) trains at one image per device."""
+    from helpers_seg import make_shapes_dataset
+
+    from segmentation.train import ONE_IMAGE_NORM
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+
+    def check():
+        assert (tmp_path / "work" / "iter_1.pth").is_file()
+
+    return Case(seg_train(tmp_path, data, "train_dataloader.batch_size=1", *ONE_IMAGE_NORM.split()), ["mIoU"],
+                exit_code=0, check=check)
+
+
+def seg_nan_mae(path: Path) -> Path:
+    """A toy MAE (the tiny config's backbone width) whose first qkv weight holds a NaN."""
+    from mae_core.checkpoint import save_checkpoint
+    from mae_core.mae import create_mae
+
+    state = create_mae("vit_toy_patch4").state_dict()
+    state["blocks.0.attn.qkv.weight"][0, 0] = float("nan")
+    return save_checkpoint({"model": state}, path)
+
+
+@bad_input("seg_pretrained_non_finite_refused_at_load")
+def _(tmp_path):
+    """model.pretrained holding a NaN: refused as it loads, naming the file and tensor, no iteration run."""
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=1, n_val=1)
+    ckpt = seg_nan_mae(tmp_path / "nan.pth")
+    return Case(seg_train(tmp_path, data, f"model.pretrained={ckpt}"),
+                [f"not loading {ckpt}", "blocks.0.attn.qkv.weight", "nothing was loaded"], exit_code=1,
+                absent=["Traceback", "Iter(train)"],
+                check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
+
+
+@bad_input("seg_load_from_non_finite_refused_at_load")
+def _(tmp_path):
+    """load_from= a segmentor checkpoint holding an infinity: refused as mmengine loads it, naming it."""
+    import torch
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=1, n_val=1)
+    path = tmp_path / "inf.pth"
+    key = "backbone.patch_embed.proj.weight"
+    torch.save({"state_dict": {key: torch.full((96, 3, 8, 8), torch.inf)}}, path)
+    return Case(seg_train(tmp_path, data, f"load_from={path}"), [f"not loading {path}", f"state_dict.{key}"],
+                exit_code=1, absent=["Traceback", "Iter(train)"],
+                check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
+
+
+@bad_input("seg_32_bit_image_is_refused_by_name")
+def _(tmp_path):
+    """Training images of 32-bit floats (OpenCV cannot decode them; mmcv then failed without naming
+    the file): refused naming the file and mode, as pretraining and detection refuse them."""
+    import numpy as np
+    from helpers_seg import make_shapes_dataset
+    from PIL import Image
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+    folder = data / "images" / "training"
+    for jpg in folder.glob("*.jpg"):
+        depth = Image.fromarray(np.linspace(0, 40, 64 * 64, dtype=np.float32).reshape(64, 64), "F")
+        depth.save(jpg.with_suffix(".tif"))
+        jpg.with_suffix(".tif").rename(jpg)  # a TIFF under the dataset's name: PIL reads by content
+    return Case(seg_train(tmp_path, data), [f"cannot read image {folder}", "mode 'F' (32-bit float grey)"],
+                exit_code=1, absent=["Traceback"])
 
 
 # ---------------------------------------------------------------- rows: images and data

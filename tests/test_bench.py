@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mae_app.bench.common import interleaved_medians, paired_ratio
+from benchmarks.common import interleaved_medians, paired_ratio
 from mae_app.flops import flop_count
 
 
@@ -37,7 +37,7 @@ def test_interleaved_rounds_rotate_the_order_and_pair_ratios_by_round():
 
 @pytest.mark.slow
 def test_toolkit_and_hugging_face_losses_agree_before_timing():
-    from mae_app.bench.pretrain import CONFIGS, build_models, check_numerics
+    from benchmarks.pretrain import CONFIGS, build_models, check_numerics
 
     models = build_models(CONFIGS["tiny"], with_hf=True)
     imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)

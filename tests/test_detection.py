@@ -16,15 +16,25 @@ from detectron2.modeling import SimpleFeaturePyramid, ViT
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.solver import LRMultiplier
 from detectron2.structures import ImageList
-from helpers_coco import make_coco
+from helpers_coco import make_coco, to_sixteen_bit_grey
 from torch import nn
 
 from detection.backbone import ViTDetBackbone, from_detectron2_vitdet, to_detectron2_vitdet
-from detection.data import CocoDatasetError, check_coco_json, class_names, coco_dataset
+from detection.data import (
+    CategoryMismatchError,
+    CocoDatasetError,
+    ScaleAwareDatasetMapper,
+    categories,
+    check_categories,
+    check_coco_json,
+    coco_dataset,
+)
 from detection.engine import AtomicCheckpointer, build_optimizer
 from detection.optim import step_lr_schedule
+from detection.overrides import load_lazy_config
 from mae_core.backbone import ViTBackbone
 from mae_core.checkpoint import CheckpointError, load_pretrained, save_checkpoint
+from mae_core.data import ImageReadError
 from mae_core.mae import create_mae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -290,9 +300,158 @@ def test_image_without_annotations_kept_for_evaluation_dropped_for_training(coco
     training = coco_dataset(f"eval_{tmp_path.name}", str(json_file), str(image_root), filter_empty=True)
     assert [d["image_id"] for d in evaluation] == [1, 2, 3]
     assert [d["image_id"] for d in training] == [1, 2]
-    assert class_names(f"eval_{tmp_path.name}", json_file) == ["square", "disc"]
+    assert categories(f"eval_{tmp_path.name}", json_file) == [(1, "square"), (2, "disc")]
     with pytest.raises(ValueError, match="already registered"):
         coco_dataset(f"eval_{tmp_path.name}", str(tmp_path / "other.json"), str(image_root))
+
+
+# --- The data contract: one category list, one image reader ----------------------------------------
+
+
+def split_overrides(split, json_file, image_root, name):
+    return [f"dataloader.{split}.dataset.name={name}", f"dataloader.{split}.dataset.json_file={json_file}",
+            f"dataloader.{split}.dataset.image_root={image_root}"]
+
+
+def categories_config(tmp_path, edit_train=None, edit_val=None, *overrides):
+    """The tiny config on a generated set (2 categories) whose jsons `edit_*` may change first."""
+    paths = {}
+    for split, n, edit in (("train", 2, edit_train), ("val", 1, edit_val)):
+        json_file, images = make_coco(tmp_path, split, n, seed=len(split))
+        if edit is not None:
+            data = json.loads(json_file.read_text())
+            edit(data)
+            write(data, json_file)
+        paths[split] = (json_file, images)
+    return tiny_config(*split_overrides("train", *paths["train"], f"cats_train_{tmp_path.name}"),
+                       *split_overrides("test", *paths["val"], f"cats_val_{tmp_path.name}"), *overrides)
+
+
+def add_triangle(data):
+    data["categories"].append({"id": 3, "name": "triangle"})
+    data["annotations"][0]["category_id"] = 3
+
+
+def test_categories_that_agree_with_the_model_give_the_class_names(tmp_path):
+    assert check_categories(categories_config(tmp_path), training=True) == ["square", "disc"]
+
+
+def test_more_training_categories_than_the_model_has_classes_is_refused(tmp_path):
+    cfg = categories_config(tmp_path, add_triangle, add_triangle)
+    with pytest.raises(CategoryMismatchError, match=r"model.roi_heads.num_classes is 2, but the training set "
+                       r".*train.json has 3 categories \(1: square, 2: disc, 3: triangle\); set "
+                       r"model.roi_heads.num_classes=3"):
+        check_categories(cfg, training=True)
+    check_categories(categories_config(tmp_path / "b", add_triangle, add_triangle,
+                                       "model.roi_heads.num_classes=3"), training=True)
+
+
+def test_evaluation_checks_the_test_sets_categories_against_the_model(tmp_path):
+    cfg = categories_config(tmp_path, None, add_triangle)
+    with pytest.raises(CategoryMismatchError, match=r"the test set .*val.json has 3 categories"):
+        check_categories(cfg, training=False)
+
+
+def swap_names(data):
+    data["categories"] = [{"id": 1, "name": "disc"}, {"id": 2, "name": "square"}]
+
+
+def shift_ids(data):
+    for item in data["categories"]:
+        item["id"] += 10
+    for ann in data["annotations"]:
+        ann["category_id"] += 10
+
+
+def squares_only(data):
+    data["categories"] = data["categories"][:1]
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] == 1]
+
+
+@pytest.mark.parametrize("edit, names", [
+    (swap_names, "class 0 .* is id 1 'square' in training and id 1 'disc' in the test set"),
+    (shift_ids, "class 0 .* is id 1 'square' in training and id 11 'square' in the test set"),
+    (squares_only, "class 1 .* is id 2 'disc' in training and absent in the test set"),
+])
+def test_a_test_set_whose_categories_differ_from_training_is_refused(tmp_path, edit, names):
+    cfg = categories_config(tmp_path, None, edit)
+    with pytest.raises(CategoryMismatchError, match=names):
+        check_categories(cfg, training=True)
+
+
+def test_the_registered_coco_sets_categories_match_the_base_config():
+    """Detectron2's coco_2017_* metadata (80 thing classes under COCO's sparse ids, no files read)."""
+    cfg = load_lazy_config(str(REPO / "configs/detection/mask_rcnn_vit_base_100ep.py"), [])
+    names = check_categories(cfg, training=True)
+    assert len(names) == 80 and names[0] == "person" and names[-1] == "toothbrush"
+    assert categories("coco_2017_val")[-1] == (90, "toothbrush")
+
+
+def test_custom_data_on_the_base_config_with_plain_overrides(tmp_path):
+    """`dataloader.*.dataset.{name,json_file,image_root}` exist on the ViT-B config (no `+`) and land
+    in the dataset it builds; the same json under Detectron2's own name is refused naming the key."""
+    train_json, images = make_coco(tmp_path, "train", 2)
+    val_json, _ = make_coco(tmp_path, "val", 1, seed=1)
+    base = str(REPO / "configs/detection/mask_rcnn_vit_base_100ep.py")
+    cfg = load_lazy_config(base, ["model.roi_heads.num_classes=2",
+                                  *split_overrides("train", train_json, images, f"mine_{tmp_path.name}"),
+                                  *split_overrides("test", val_json, images, f"mine_val_{tmp_path.name}")])
+    assert check_categories(cfg, training=True) == ["square", "disc"]
+    dicts = instantiate(cfg.dataloader.train.dataset)
+    assert [Path(d["file_name"]) for d in dicts] == [images / "train_000.png", images / "train_001.png"]
+    unnamed = load_lazy_config(base, [f"dataloader.test.dataset.json_file={val_json}",
+                                      f"dataloader.test.dataset.image_root={images}"])
+    with pytest.raises(CocoDatasetError, match=r"'coco_2017_val' is already registered.*test.dataset.name"):
+        instantiate(unnamed.dataloader.test.dataset)
+
+
+def test_mapper_reads_16_bit_images_at_their_scale(tmp_path):
+    """A real 16-bit PNG: Detectron2's DatasetMapper turns every pixel white (PIL's convert); the
+    toolkit's mapper keeps the picture, its mean within one level of the 8-bit picture's."""
+    from detectron2.data import DatasetMapper
+
+    json_file, images = make_coco(tmp_path, "val", 1)
+    record = coco_dataset(f"sixteen_{tmp_path.name}", str(json_file), str(images), filter_empty=False)[0]
+    mean8 = to_sixteen_bit_grey(record["file_name"])
+    ours = ScaleAwareDatasetMapper(is_train=False, augmentations=[], image_format="BGR")(record)["image"]
+    assert ours.dtype == torch.float32 and ours.shape == (3, 128, 128)
+    assert abs(ours.mean().item() - mean8) < 1.0, (ours.mean().item(), mean8)
+    upstream = DatasetMapper(is_train=False, augmentations=[], image_format="BGR")(record)["image"]
+    assert upstream.float().mean().item() == 255.0  # the bug this mapper exists for
+
+
+def test_mapper_gives_8_bit_images_exactly_as_detectron2_with_exif_orientation(tmp_path):
+    """8-bit RGB: the same uint8 tensor as Detectron2's mapper, for a JPEG stored sideways with an
+    EXIF orientation (both turn it upright), and the same transformed annotations."""
+    from detectron2.data import DatasetMapper
+    from PIL import Image
+
+    json_file, images = make_coco(tmp_path, "train", 1, size=(96, 128))
+    record = coco_dataset(f"exif_{tmp_path.name}", str(json_file), str(images))[0]
+    upright = Image.open(record["file_name"])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated; turn 90 degrees clockwise to view
+    jpeg = images / "train_000.jpg"
+    upright.transpose(Image.Transpose.ROTATE_90).save(jpeg, exif=exif, quality=95)
+    record["file_name"] = str(jpeg)
+    kwargs = dict(is_train=True, augmentations=[], image_format="RGB", use_instance_mask=True)
+    ours, upstream = ScaleAwareDatasetMapper(**kwargs)(record), DatasetMapper(**kwargs)(record)
+    assert ours["image"].dtype == torch.uint8 and ours["image"].shape == (3, 96, 128)
+    assert torch.equal(ours["image"], upstream["image"])
+    assert torch.equal(ours["instances"].gt_boxes.tensor, upstream["instances"].gt_boxes.tensor)
+
+
+def test_mapper_refuses_a_32_bit_image_by_name(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    json_file, images = make_coco(tmp_path, "val", 1)
+    record = coco_dataset(f"f32_{tmp_path.name}", str(json_file), str(images), filter_empty=False)[0]
+    depth = images / "depth.tif"
+    Image.fromarray(np.linspace(0, 40, 128 * 128, dtype=np.float32).reshape(128, 128), "F").save(depth)
+    record["file_name"] = str(depth)
+    with pytest.raises(ImageReadError, match=rf"{depth}: mode 'F' \(32-bit float grey\) has no standard"):
+        ScaleAwareDatasetMapper(is_train=False, augmentations=[], image_format="RGB")(record)
 
 
 # --- The command-line tools, end to end (tiny model, CPU) -----------------------------------------

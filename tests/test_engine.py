@@ -18,7 +18,7 @@ from mae_core.data import ImageReadError
 from mae_core.distributed import init_distributed
 from mae_core.engine import (
     LRSchedule,
-    _Pretrainer,
+    Pretrainer,
     accumulation_steps,
     build_optimizer,
     mae_from_record,
@@ -196,7 +196,7 @@ def test_non_finite_gradient_with_a_finite_loss_stops_at_its_iteration(tmp_path)
     embedding's gradient infinite on the third backward pass) stops training at that iteration,
     named by the gradient norm clipping computes, before any checkpoint holds the step."""
     cfg = toy_config(tmp_path, {"epochs": 1, "optim.clip_grad": 1.0, "log_every": 2})
-    pretrainer = _Pretrainer(cfg, init_distributed("cpu"), [])
+    pretrainer = Pretrainer(cfg, init_distributed("cpu"), [])
     backward_passes = []
 
     def overflow_on_third(grad):

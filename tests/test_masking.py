@@ -11,13 +11,13 @@ import torch
 from helpers_pretrain import require_fashion_mnist, toy_config
 from scipy import ndimage
 
-from mae_app.bench.masking import extra_parameters, pretrain_speed
+from benchmarks.masking import pretrain_speed
 from mae_core.backbone import ViTBackbone
 from mae_core.checkpoint import load_pretrained, save_checkpoint
 from mae_core.config import ConfigError, ModelConfig, override
 from mae_core.data import FashionMNIST, MaskedViews
 from mae_core.engine import mae_from_record, model_record, pretrain
-from mae_core.mae import create_mae
+from mae_core.mae import create_mae, extra_parameters
 from mae_core.masking import MASKING, FilteredNoiseMasking, LossPredictor, build_masking
 
 STRATEGIES = {

@@ -13,13 +13,13 @@ import pytest
 from helpers_pretrain import toy_config
 from PIL import Image
 
-from mae_app.bench.masking import extra_parameters
 from mae_app.demo import MASKING_SWEEP, PRETRAIN_CONFIG, Demo, DemoOptions
 from mae_app.report import stack_pictures, write_report
 from mae_app.runs import RunError, load_run, pretraining_metrics
 from mae_core.checkpoint import save_checkpoint
 from mae_core.config import PretrainConfig, load_pretrain_config, override, parse_overrides, to_dict
 from mae_core.engine import mae_from_record, model_record, pretrain
+from mae_core.mae import extra_parameters
 
 
 def test_the_sweep_pretrains_each_strategy_alike_and_probes_it_with_three_seeds(tmp_path):

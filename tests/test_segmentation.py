@@ -505,7 +505,7 @@ def test_two_process_torchrun_on_cpu(tmp_path):
 
 
 def test_cfg_options_must_name_existing_keys_and_new_ones_take_a_plus():
-    from segmentation.runtime import load_mmseg_config
+    from segmentation.train import load_mmseg_config
 
     options = {"optim_wrapper.optimizer.lr": 0.5, "param_scheduler.1.end": 7,
                "+model.backbone.drop_path_rate": 0.1, "++train_cfg.val_interval": 5}
@@ -528,7 +528,7 @@ def test_cfg_options_must_name_existing_keys_and_new_ones_take_a_plus():
 
 
 def test_every_config_gets_the_non_finite_guard_once():
-    from segmentation.runtime import load_mmseg_config
+    from segmentation.train import load_mmseg_config
 
     for config in (TINY, CONFIGS / "upernet_vit_base_512x512_160k_ade20k.py"):
         hooks = load_mmseg_config(str(config)).custom_hooks
@@ -625,3 +625,23 @@ def test_guard_refuses_to_save_or_evaluate_a_non_finite_model(tmp_path):
     with pytest.raises(NonFiniteError, match=r"at training iteration 7: .*no validation metric"):
         hook.before_val(runner)
 
+
+
+def test_image_loader_reads_16_bit_at_its_scale_and_refuses_32_bit_by_name(tmp_path):
+    """The configs' `LoadScaledImageFromFile`: a real 16-bit PNG comes out as its 8-bit picture
+    (OpenCV's scaling; mean within one level), a 32-bit float TIFF is refused naming file and mode."""
+    from helpers_coco import to_sixteen_bit_grey
+
+    from mae_core.data import ImageReadError
+    from segmentation.data import LoadScaledImageFromFile
+
+    path = tmp_path / "sixteen.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(40, 200, (32, 48, 3), dtype=np.uint8)).save(path)
+    mean8 = to_sixteen_bit_grey(path)
+    image = LoadScaledImageFromFile()(dict(img_path=str(path)))["img"]
+    assert image.shape == (32, 48, 3) and abs(image.mean() - mean8) < 1.0, (image.mean(), mean8)
+    depth = tmp_path / "depth.tif"
+    Image.fromarray(np.linspace(0, 40, 32 * 48, dtype=np.float32).reshape(32, 48), "F").save(depth)
+    with pytest.raises(ImageReadError, match=rf"{depth}: mode 'F' \(32-bit float grey\)"):
+        LoadScaledImageFromFile()(dict(img_path=str(depth)))

@@ -2,22 +2,22 @@
 ViTDet `ViT` + `SimpleFeaturePyramid` (ViT-B), and the toolkit's segmentation backbone against
 MMSegmentation's `MAE`. Same weights, outputs compared before timing; medians of interleaved
 rounds; peak memory per case in a fresh process. The cases and the report are
-mae_app/bench/backbone.py.
+benchmarks/backbone.py.
 
     python tools/bench_backbone.py                          # det at 512 and 1024, seg at 512
     python tools/bench_backbone.py --sizes 512 --rounds 2 --suites det --no-memory   # quick look
 
-FLOPs: mae_app/flops.py on the plain ViT + pyramid forward (2 per MAC); fwd+bwd counts 3x forward."""
+FLOPs: benchmarks.common.forward_flops on the plain ViT + pyramid forward (2 per MAC); fwd+bwd
+counts 3x forward."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from mae_app.bench.backbone import Options, bench_suite, prepare_process, report
-from mae_app.bench.common import machine_description
+from benchmarks.backbone import bench_suite, prepare_process, report_sections
+from benchmarks.common import Options, machine_description, write_report
 
 
 def main(argv=None) -> int:
@@ -42,8 +42,8 @@ def main(argv=None) -> int:
                              "does with retain_host_memory; both implementations alike")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    opts = Options(args.modes.split(","), args.precision, args.batch, args.rounds, args.warmup, args.threads,
-                   args.device, memory=not args.no_memory,
+    opts = Options([args.precision], args.rounds, args.warmup, args.threads, args.device, batch=args.batch,
+                   modes=args.modes.split(","), memory=not args.no_memory,
                    attention_paths=tuple(p for p in args.attention_paths.split(",") if p),
                    retain_host_memory=args.retain_host_memory)
     device = prepare_process(opts)
@@ -53,10 +53,8 @@ def main(argv=None) -> int:
         sizes = [int(s) for s in args.sizes.split(",")] if suite == "det" else [args.seg_size]
         runs += [(suite, size) for size in sizes]
     results = [bench_suite(suite, size, opts, device) for suite, size in runs]
-    text = report(results, opts, f"python tools/bench_backbone.py {' '.join(sys.argv[1:])}")
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "report": text}, indent=1, default=str))
-    print("\n" + text)
+    write_report(report_sections(results, opts), results,
+                 f"python tools/bench_backbone.py {' '.join(sys.argv[1:])}", args.json)
     return 0
 
 

@@ -1,25 +1,32 @@
 """MAE training-step benchmark: the toolkit against Hugging Face's ViTMAEForPreTraining, and
 against its own model with mask tokens in the encoder (the paper's speed claim). The cases, the
-numerics check and the report are mae_app/bench/pretrain.py.
+numerics check and the report are benchmarks/pretrain.py.
 
     python tools/bench_pretrain.py                      # base + tiny + large, fp32 and bf16
     python tools/bench_pretrain.py --quick              # tiny + base, 2 rounds
     python tools/bench_pretrain.py --configs base --precisions fp32 --rounds 5 --ablations
     python tools/bench_pretrain.py --device cuda --precisions bf16   # see tools/gpu_check.sh
 
-FLOPs: mae_app/flops.py on the forward pass (2 FLOPs per multiply-accumulate, attention included);
-a training step counts as 3x the forward (backward = 2x forward; the optimizer is not counted)."""
+FLOPs: benchmarks.common.forward_flops on the forward pass (2 FLOPs per multiply-accumulate,
+attention included); a training step counts as 3x the forward (backward = 2x forward; the
+optimizer is not counted)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
-from mae_app.bench.common import PRECISION_DTYPES, device_from_arg, machine_description, setup_threads
-from mae_app.bench.pretrain import CONFIGS, Options, bench_config, report
+from benchmarks.common import (
+    PRECISION_DTYPES,
+    Options,
+    device_from_arg,
+    machine_description,
+    setup_threads,
+    write_report,
+)
+from benchmarks.pretrain import CONFIGS, bench_config, report_sections
 
 
 def main(argv=None) -> int:
@@ -55,7 +62,8 @@ def main(argv=None) -> int:
     for n in names:
         if n not in CONFIGS:
             parser.error(f"unknown config {n!r}; known: {', '.join(CONFIGS)}")
-    opts = Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options)})
+    chosen = {f.name: getattr(args, f.name) for f in dataclasses.fields(Options) if hasattr(args, f.name)}
+    opts = Options(**chosen)
     device = device_from_arg(args.device)
     setup_threads(args.threads)
     print(machine_description())
@@ -63,10 +71,8 @@ def main(argv=None) -> int:
     for n in names:
         cfg = CONFIGS[n] if not args.batch else dataclasses.replace(CONFIGS[n], batch=args.batch)
         results.append(bench_config(n, cfg, opts, device))
-    text = report(results, opts, f"python tools/bench_pretrain.py {' '.join(sys.argv[1:])}")
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "report": text}, indent=1, default=str))
-    print("\n" + text)
+    write_report(report_sections(results, opts), results,
+                 f"python tools/bench_pretrain.py {' '.join(sys.argv[1:])}", args.json)
     return 0
 
 

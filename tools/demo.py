@@ -60,5 +60,9 @@ def parse_args(argv=None) -> DemoOptions:
         p.error(str(exc))
 
 
+def main(argv=None) -> int:
+    return Demo(parse_args(argv)).main()
+
+
 if __name__ == "__main__":
-    sys.exit(Demo(parse_args()).main())
+    sys.exit(main())

@@ -6,7 +6,7 @@
 #   GPU_CHECK_DRY=1 bash tools/gpu_check.sh  (the same steps on the CPU at tiny sizes: catches typos, about 1 min)
 # Steps (OUT/<step>.log each, OUT/<step>.json where the tool writes one, OUT/status.txt):
 #   pretrain  MAE step, toolkit vs Hugging Face ViTMAE and vs mask tokens in the encoder (ViT-B, ViT-L)
-#   demo      the demo's pretraining epoch, old path vs fast path (mae_app.bench.demo_epoch, on the
+#   demo      the demo's pretraining epoch, old path vs fast path (tools/bench_demo_epoch.py, on the
 #             device; its own data made first)
 #   det       backbone + pyramid at 1024 vs Detectron2, forward+backward, the rel-pos attention path
 #             chosen for CUDA ("toolkit") and each path forced (toolkit:fused, toolkit:chunked)
@@ -71,7 +71,8 @@ step pretrain 75 "$PY" tools/bench_pretrain.py --device "$DEVICE" --precisions "
 
 # 2. The demo's pretraining epoch, old vs fast, on the demo's own kind of images.
 step demo_data 30 "$PY" tools/make_demo_data.py --out "$OUT/demo_data" --seed 0 "${DEMO_DATA[@]}"
-step demo 50 "$PY" -m mae_app.bench.demo_epoch --data "$OUT/demo_data/pretrain" --device "$DEVICE" "${DEMO[@]}"
+step demo 50 "$PY" tools/bench_demo_epoch.py --data "$OUT/demo_data/pretrain" --device "$DEVICE" "${DEMO[@]}" \
+    --json "$OUT/demo.json"
 
 # 3. Detection backbone at 1024 vs Detectron2: chosen path and each path forced.
 if have detectron2; then
@@ -94,15 +95,11 @@ fi
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-for name in ("pretrain", "det", "seg"):
+for name in ("pretrain", "demo", "det", "seg"):
     path = out / f"{name}.json"
     if path.exists():
         print(f"\n## {name}\n")
         print(json.loads(path.read_text())["report"])
-demo = out / "demo.log"
-if demo.exists():
-    print("\n## demo epoch (last lines of its log)\n")
-    print("\n".join(demo.read_text().splitlines()[-8:]))
 PYEOF
 echo; echo "## steps"; cat "$OUT/status.txt"
 exit "$failed"

@@ -6,7 +6,9 @@
 
 Folders are searched for images at any depth. Images are preprocessed as the config's test loader
 does; boxes, masks, class names and scores are drawn with Detectron2's `Visualizer`. Class names come
-from the config's test dataset.
+from the config's test dataset, whose category count must be the model's class count. Images are
+read as training reads them (16-bit at its scale). The predictor and the drawing are
+detection/predict.py.
 An image that cannot be read is named and skipped; the others are still drawn, and the tool then
 exits with status 1 listing the skipped files. A checkpoint that cannot be read, or that does not
 hold every weight of the config's model, stops the tool naming the file."""
@@ -14,57 +16,17 @@ hold every weight of the config's model, stops the tool naming the file."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from pathlib import Path
 
-import torch
-from detectron2.config import instantiate
-from detectron2.data import MetadataCatalog, detection_utils
-from detectron2.data import transforms as T
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.visualizer import Visualizer
 
-from detection.data import class_names
-from detection.engine import AtomicCheckpointer
+from detection.data import CocoDatasetError
 from detection.overrides import OverrideError, load_lazy_config
-from mae_core.checkpoint import CheckpointError
-from mae_core.data import list_images_recursively
-
-logger = logging.getLogger("detection")
+from detection.predict import draw_predictions
+from mae_core.checkpoint import CheckpointError, NonFiniteError
 
 
-class Predictor:
-    """The config's model with its weights, fed as the test loader feeds it."""
-
-    def __init__(self, cfg, weights: str):
-        self.model = instantiate(cfg.model).to(cfg.train.device).eval()
-        allow_pickle = cfg.train.get("allow_pickle", False)
-        AtomicCheckpointer(self.model, allow_pickle=allow_pickle, strict=True).load(weights)
-        self.augment = T.AugmentationList(instantiate(cfg.dataloader.test.mapper.augmentations))
-        self.image_format = cfg.dataloader.test.mapper.image_format
-        self.device = cfg.train.device
-
-    @torch.no_grad()
-    def __call__(self, image):
-        h, w = image.shape[:2]
-        aug = T.AugInput(image)
-        self.augment(aug)
-        tensor = torch.as_tensor(aug.image.transpose(2, 0, 1).copy()).to(self.device)
-        return self.model([{"image": tensor, "height": h, "width": w}])[0]["instances"].to("cpu")
-
-
-def main(argv=None) -> None:
-    try:
-        skipped = run(argv)
-    except (CheckpointError, OverrideError, FileNotFoundError) as exc:
-        sys.exit(f"infer_det.py: error: {exc}")
-    if skipped:
-        sys.exit(f"infer_det.py: {len(skipped)} unreadable image(s) skipped: {', '.join(map(str, skipped))}")
-
-
-def run(argv=None) -> list[Path]:
-    """Draws every readable image; returns the images that could not be read."""
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -76,37 +38,18 @@ def run(argv=None) -> list[Path]:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
     setup_logger(name="detection")
-
-    cfg = load_lazy_config(args.config_file, args.opts)
-    weights = args.weights or cfg.train.init_checkpoint
-    if not weights:
-        parser.error("no weights: pass --weights or train.init_checkpoint=PATH")
-    images = list_images_recursively(args.input)
-    predictor = Predictor(cfg, weights)
-    dataset = cfg.dataloader.test.dataset
-    metadata = MetadataCatalog.get(f"{dataset.name}_inference").set(
-        thing_classes=class_names(dataset.name, dataset.get("json_file"))
-    )
-
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    skipped = []
-    for path in images:
-        try:
-            image = detection_utils.read_image(str(path), format=predictor.image_format)
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL: unknown format, truncated data
-            logger.error(f"{path}: cannot read this image, skipped ({exc})")
-            skipped.append(path)
-            continue
-        instances = predictor(image)
-        instances = instances[instances.scores >= args.confidence]
-        rgb = image if predictor.image_format == "RGB" else image[:, :, ::-1]
-        overlay = Visualizer(rgb, metadata).draw_instance_predictions(instances)
-        target = out_dir / f"{path.stem}.png"
-        overlay.save(str(target))
-        logger.info(f"{path}: {len(instances)} detections >= {args.confidence} -> {target}")
-    return skipped
+    try:
+        cfg = load_lazy_config(args.config_file, args.opts)
+        weights = args.weights or cfg.train.init_checkpoint
+        if not weights:
+            parser.error("no weights: pass --weights or train.init_checkpoint=PATH")
+        skipped = draw_predictions(cfg, weights, args.input, args.output, args.confidence)
+    except (CheckpointError, CocoDatasetError, NonFiniteError, OverrideError, FileNotFoundError) as exc:
+        sys.exit(f"infer_det.py: error: {exc}")
+    if skipped:
+        sys.exit(f"infer_det.py: {len(skipped)} unreadable image(s) skipped: {', '.join(map(str, skipped))}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

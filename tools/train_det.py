@@ -30,9 +30,12 @@ from detection.engine import NonFiniteError
 from detection.overrides import OverrideError, load_lazy_config
 from detection.train import evaluate_checkpoint, parse_args, train
 from mae_core.checkpoint import CheckpointError
+from mae_core.data import ImageReadError
 
 
-def main(args) -> None:
+def run_process(args) -> None:
+    """What each process Detectron2's `launch` starts runs: the config set up, then training or
+    evaluation (detection.train)."""
     cfg = load_lazy_config(args.config_file, args.opts)
     default_setup(cfg, args)
     setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="detection")
@@ -42,20 +45,21 @@ def main(args) -> None:
         train(cfg, args.resume)
 
 
-def cli(argv=None) -> None:
+def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         launch(
-            main,
+            run_process,
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (CheckpointError, CocoDatasetError, NonFiniteError, OverrideError) as exc:
+    except (CheckpointError, CocoDatasetError, ImageReadError, NonFiniteError, OverrideError) as exc:
         sys.exit(f"train_det.py: error: {exc}")
+    return 0
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(main())

@@ -1,5 +1,6 @@
 """Train a segmentor from an mmengine config: MMSegmentation's tools/train.py flags, and also on a
 machine without CUDA (BN for SyncBN, float32 for AMP, gloo for `--launcher pytorch` under torchrun).
+The run is segmentation.train.train.
 
     python tools/train_seg.py configs/segmentation/upernet_vit_tiny_cpu.py --work-dir work_dirs/tiny
     torchrun --nproc-per-node 8 tools/train_seg.py \
@@ -10,18 +11,12 @@ machine without CUDA (BN for SyncBN, float32 for AMP, gloo for `--launcher pytor
 from __future__ import annotations
 
 import argparse
+import sys
 
-from mmengine.runner import Runner
-
-from segmentation.runtime import (
-    exit_on_error,
-    init_cpu_distributed,
-    load_mmseg_config,
-    parse_with_launcher_args,
-)
+from segmentation.train import exit_on_error, parse_with_launcher_args, train
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -33,17 +28,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--amp", action="store_true", help="mixed precision (GPU only; the ViT configs have it on)"
     )
-    return parse_with_launcher_args(parser, argv)
-
-
-def main(argv=None) -> None:
-    args = parse_args(argv)
+    args = parse_with_launcher_args(parser, argv)
     with exit_on_error("train_seg"):
-        cfg = load_mmseg_config(args.config, args.launcher, args.work_dir, args.cfg_options, amp=args.amp)
-        init_cpu_distributed(args.launcher)
-        cfg.resume = args.resume
-        Runner.from_cfg(cfg).train()
+        train(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

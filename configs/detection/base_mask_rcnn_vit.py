@@ -5,17 +5,32 @@ ViTDet's 100-epoch step schedule, AMP. Variants override a few fields.
 Initialise from an MAE checkpoint (the toolkit's or the official one) with
 `train.mae_checkpoint=PATH`; official releases pickle extra objects: add `train.allow_pickle=True`
 only for files you trust. A checkpoint that does not fit the backbone completely is refused, naming
-the keys, unless `train.allow_partial_load=True`."""
+the keys, unless `train.allow_partial_load=True`.
+
+Data: Detectron2's registered COCO 2017 (`$DETECTRON2_DATASETS/coco`). A COCO-format set of your own
+takes plain overrides per split, and the model's class count:
+    dataloader.train.dataset.name=my_train dataloader.train.dataset.json_file=DIR/train.json
+    dataloader.train.dataset.image_root=DIR/images (the same three for dataloader.test.dataset)
+    model.roi_heads.num_classes=K
+The run refuses a class count other than the training set's, and a test set whose categories
+(ids and names) differ from the training set's. Images are read by the toolkit's reader
+(`detection.data.ScaleAwareDatasetMapper`): 16-bit at their scale, 32-bit refused by name."""
 
 import torch
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
-from detectron2.data import DatasetMapper, build_detection_test_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import COCOEvaluator
 from omegaconf import OmegaConf
 
 from detection.backbone import ViTDetBackbone
-from detection.data import coco_dataset, eval_augmentations, lsj_augmentations, train_loader
+from detection.data import (
+    ScaleAwareDatasetMapper,
+    coco_dataset,
+    eval_augmentations,
+    lsj_augmentations,
+    train_loader,
+)
 from detection.optim import layer_decay_params, step_lr_schedule
 from mae_core.backbone import create_backbone
 
@@ -37,8 +52,9 @@ model.backbone = L(ViTDetBackbone)(
 dataloader = OmegaConf.create()
 # train_det.py fills in the sampler's seed and the iteration it starts at (resume).
 dataloader.train = L(train_loader)(
-    dataset=L(coco_dataset)(name="coco_2017_train"),
-    mapper=L(DatasetMapper)(
+    # json_file and image_root None: the registered files of `name`.
+    dataset=L(coco_dataset)(name="coco_2017_train", json_file=None, image_root=None),
+    mapper=L(ScaleAwareDatasetMapper)(
         is_train=True,
         augmentations=L(lsj_augmentations)(image_size=1024, min_scale=0.1, max_scale=2.0),
         image_format="RGB",
@@ -49,8 +65,8 @@ dataloader.train = L(train_loader)(
     num_workers=4,
 )
 dataloader.test = L(build_detection_test_loader)(
-    dataset=L(coco_dataset)(name="coco_2017_val", filter_empty=False),
-    mapper=L(DatasetMapper)(
+    dataset=L(coco_dataset)(name="coco_2017_val", json_file=None, image_root=None, filter_empty=False),
+    mapper=L(ScaleAwareDatasetMapper)(
         is_train=False,
         augmentations=L(eval_augmentations)(image_size="${....train.mapper.augmentations.image_size}"),
         image_format="RGB",

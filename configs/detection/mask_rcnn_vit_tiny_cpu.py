@@ -6,7 +6,8 @@ and AdamW's two moments) took 265 MB.
 
 Data: a COCO-format json + image folder per split, e.g.
     dataloader.train.dataset.json_file=DIR/train.json dataloader.train.dataset.image_root=DIR/images
-and the same for dataloader.test.dataset; `model.roi_heads.num_classes` must match its categories."""
+and the same for dataloader.test.dataset; `model.roi_heads.num_classes` must match its categories
+(a run with another count is refused, naming both)."""
 
 from detectron2.layers import ShapeSpec
 

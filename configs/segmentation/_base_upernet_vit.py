@@ -58,7 +58,7 @@ model = dict(
 dataset_type = "ADE20KFolderDataset"
 data_root = "data/ade/ADEChallengeData2016"
 train_pipeline = [
-    dict(type="LoadImageFromFile"),
+    dict(type="LoadScaledImageFromFile"),
     dict(type="LoadCheckedAnnotations"),
     dict(type="RandomResize", scale=(2048, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type="RandomCrop", crop_size=crop_size, cat_max_ratio=0.75),
@@ -67,7 +67,7 @@ train_pipeline = [
     dict(type="PackSegInputs"),
 ]
 test_pipeline = [
-    dict(type="LoadImageFromFile"),
+    dict(type="LoadScaledImageFromFile"),
     dict(type="Resize", scale=(2048, 512), keep_ratio=True),
     # Labels are loaded after the resize: metrics are computed at the original resolution.
     dict(type="LoadCheckedAnnotations"),
@@ -123,7 +123,7 @@ default_hooks = dict(
     timer=dict(type="IterTimerHook"),
     logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
     param_scheduler=dict(type="ParamSchedulerHook"),
-    # Written through a temporary file and a rename (segmentation.runtime.AtomicLocalBackend).
+    # Written through a temporary file and a rename (segmentation.engine.AtomicLocalBackend).
     checkpoint=dict(
         type="CheckpointHook", by_epoch=False, interval=16000, backend_args=dict(backend="atomic_local")
     ),

@@ -45,7 +45,7 @@ demo_dataset = dict(
 )
 # The base pipeline was written for its own crop size; the scenes are crop-sized already.
 train_pipeline = [
-    dict(type="LoadImageFromFile"),
+    dict(type="LoadScaledImageFromFile"),
     dict(type="LoadCheckedAnnotations"),
     dict(type="RandomCrop", crop_size=crop_size),
     dict(type="RandomFlip", prob=0.5),

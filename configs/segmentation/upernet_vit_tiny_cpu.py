@@ -32,14 +32,14 @@ model = dict(
 )
 
 train_pipeline = [
-    dict(type="LoadImageFromFile"),
+    dict(type="LoadScaledImageFromFile"),
     dict(type="LoadCheckedAnnotations"),
     dict(type="RandomCrop", crop_size=crop_size),
     dict(type="RandomFlip", prob=0.5),
     dict(type="PackSegInputs"),
 ]
 test_pipeline = [
-    dict(type="LoadImageFromFile"),
+    dict(type="LoadScaledImageFromFile"),
     dict(type="LoadCheckedAnnotations"),
     dict(type="PackSegInputs"),
 ]

@@ -1,6 +1,7 @@
-"""The demo's pretraining steps, old path against fast path, data loading included:
+"""The demo's pretraining steps, old path against fast path, data loading included
+(tools/bench_demo_epoch.py is its command line):
 
-    python -m mae_app.bench.demo_epoch --data <demo out>/data/pretrain --steps 31 --rounds 3
+    python tools/bench_demo_epoch.py --data <demo out>/data/pretrain --steps 31 --rounds 3
 
 Both paths are the engine's own `train_step` on the demo's configuration (tools/demo.py's
 overrides of configs/pretrain/fashion_mnist_toy.py), built with the same seed, so the same initial
@@ -17,29 +18,27 @@ runs both on the GPU (the augmentation and the allocator switches stay on the ho
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import math
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from mae_app.bench.common import machine_description, markdown_table, setup_threads
+from benchmarks.common import AUGMENTATION_LOSS_TOLERANCE, Options, markdown_table, reached, setup_threads
 from mae_core.config import load_pretrain_config, override
 from mae_core.distributed import init_distributed
-from mae_core.engine import _Pretrainer
+from mae_core.engine import Pretrainer
 from mae_core.host_memory import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_LIMIT, TRIM_LIMIT
 
-TOY_CONFIG = Path(__file__).resolve().parents[2] / "configs/pretrain/fashion_mnist_toy.py"
+TOY_CONFIG = Path(__file__).resolve().parents[1] / "configs/pretrain/fashion_mnist_toy.py"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GLIBC_STEADY_STATE = (32 << 20, 64 << 20)  # DEFAULT_MMAP_THRESHOLD_MAX and twice it (malloc.c)
 FAST = {"data.batched_augment": True, "data.cache_images": True, "retain_host_memory": True}
 OLD = {key: False for key in FAST}
-LOSS_TOLERANCE = 1e-3  # relative, first step's loss: same weights, crops within 2 uint8 levels
+GOAL_SPEEDUP = 2.0  # old / fast
 
 
 def demo_config(data: str, output_dir: str, changes: dict):
@@ -61,7 +60,7 @@ def set_allocator(thresholds: tuple[int, int]) -> None:
         raise RuntimeError("mallopt refused the thresholds")
 
 
-def run_steps(trainer: _Pretrainer, epoch: int, steps: int) -> float:
+def run_steps(trainer: Pretrainer, epoch: int, steps: int) -> float:
     """`steps` optimizer steps of `epoch` as train_epoch runs them; returns the last loss."""
     trainer.sampler.set_epoch(epoch)
     trainer.model.train()
@@ -87,47 +86,48 @@ def first_losses(trainers: dict) -> dict[str, float]:
     return losses
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True,
-                        help="the demo's pretraining images (tools/make_demo_data.py)")
-    parser.add_argument("--steps", type=int, default=31, help="steps per round and path (31 = one epoch)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    args = parser.parse_args(argv)
-    threads = setup_threads(args.threads)
+def bench_demo_epoch(data: str, steps: int, opts: Options) -> dict:
+    """Both paths' first-batch losses (they must agree within AUGMENTATION_LOSS_TOLERANCE, or
+    nothing is timed), then `opts.rounds` rounds of `steps` steps each, after a warm-up round that
+    also fills the image cache. Returns the losses and every round's seconds per path."""
+    threads = setup_threads(opts.threads)
     out = tempfile.mkdtemp(prefix="bench_demo_epoch_")
     allocator = {"old": GLIBC_STEADY_STATE, "fast": (MMAP_LIMIT, TRIM_LIMIT)}
     trainers = {}
     for name, changes in (("old", OLD), ("fast", FAST)):
-        cfg = demo_config(args.data, f"{out}/{name}", changes)
-        trainers[name] = _Pretrainer(cfg, init_distributed(args.device), [])
+        cfg = demo_config(data, f"{out}/{name}", changes)
+        trainers[name] = Pretrainer(cfg, init_distributed(opts.device), [])
     losses = first_losses(trainers)
-    if abs(losses["fast"] - losses["old"]) > LOSS_TOLERANCE * abs(losses["old"]):
-        raise SystemExit(f"error: first-step losses differ beyond {LOSS_TOLERANCE:.0e} relative: {losses}")
-    print(machine_description(), f"on {args.device}")
+    if abs(losses["fast"] - losses["old"]) > AUGMENTATION_LOSS_TOLERANCE * abs(losses["old"]):
+        raise SystemExit(f"error: first-step losses differ beyond {AUGMENTATION_LOSS_TOLERANCE:.0e} "
+                         f"relative: {losses}")
     print(f"first-batch loss, same weights: old {losses['old']:.6f}, fast {losses['fast']:.6f}")
     times: dict[str, list[float]] = {"old": [], "fast": []}
-    for r in range(args.rounds + 1):  # round 0 warms up (and fills the image cache)
+    for r in range(opts.rounds + 1):  # round 0 warms up (and fills the image cache)
         for name in (["old", "fast"] if r % 2 else ["fast", "old"]):
             set_allocator(allocator[name])
             start = time.perf_counter()
-            run_steps(trainers[name], r, args.steps)
+            run_steps(trainers[name], r, steps)
             if r:
                 times[name].append(time.perf_counter() - start)
         if r:
-            print(f"  round {r}/{args.rounds}: old {times['old'][-1]:.1f} s, fast {times['fast'][-1]:.1f} s",
+            print(f"  round {r}/{opts.rounds}: old {times['old'][-1]:.1f} s, fast {times['fast'][-1]:.1f} s",
                   flush=True)
+    return {"steps": steps, "threads": threads, "device": opts.device, "losses": losses, "times": times}
+
+
+def report_sections(result: dict) -> list[str]:
+    """The table and the goal line of `bench_demo_epoch`'s result, for benchmarks.common.write_report."""
+    times, steps = result["times"], result["steps"]
     ratio = statistics.median(a / b for a, b in zip(times["old"], times["fast"], strict=True))
-    rows = [[name, args.steps, f"{statistics.median(t):.1f}", f"{min(t):.1f}-{max(t):.1f}",
-             f"{statistics.median(t) / args.steps:.2f}"] for name, t in times.items()]
-    print(markdown_table(["path", "steps per round", "s (median)", "min-max", "s per step"], rows))
-    print(f"old / fast (per-round ratios, median of {args.rounds}): {ratio:.2f}x at {threads} threads; "
-          f"goal >= 2x: {'reached' if ratio >= 2 else 'NOT reached'}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    rows = [[name, steps, f"{statistics.median(t):.1f}", f"{min(t):.1f}-{max(t):.1f}",
+             f"{statistics.median(t) / steps:.2f}"] for name, t in times.items()]
+    return [
+        f"on {result['device']}; first-batch loss, same weights: old {result['losses']['old']:.6f}, "
+        f"fast {result['losses']['fast']:.6f}",
+        "",
+        markdown_table(["path", "steps per round", "s (median)", "min-max", "s per step"], rows),
+        "",
+        f"old / fast (per-round ratios, median of {len(times['old'])}): {ratio:.2f}x at {result['threads']} "
+        f"threads; goal >= {GOAL_SPEEDUP:g}x: {reached(ratio >= GOAL_SPEEDUP)}",
+    ]

@@ -10,10 +10,10 @@ outputs must agree within 1e-4 before anything is timed. The detection suite can
 toolkit with each decomposed rel-pos attention path forced (`Options.attention_paths`, cases
 `toolkit:fused`, `toolkit:chunked`; plain `toolkit` is the path `choose_rel_pos_path` picks). Times are
 medians of interleaved rounds in one process; peak memory is measured per case in a fresh
-process (`python -m mae_app.bench.backbone SUITE IMPL SIZE MODE`; a process peak never goes down),
+process (`python -m benchmarks.backbone SUITE IMPL SIZE MODE`; a process peak never goes down),
 as the step's peak resident memory above the process's resident memory after building the model.
 
-FLOPs: mae_app.flops on the forward of the same architecture without relative positions (the
+FLOPs: benchmarks.common.forward_flops on the forward of the same architecture without relative positions (the
 plain ViT + pyramid FLOPs, identical for both implementations); forward+backward counts 3x forward."""
 
 from __future__ import annotations
@@ -23,27 +23,28 @@ import copy
 import json
 import sys
 import time
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch import nn
 
-from mae_app.bench.common import (
+from benchmarks.common import (
+    OUTPUT_TOLERANCE,
     PRECISION_DTYPES,
+    Options,
     autocast,
     device_from_arg,
+    forward_flops,
     interleaved_medians,
-    machine_description,
     markdown_table,
     matmul_case,
     paired_ratio,
     peak_rss_gib,
+    reached,
     run_isolated,
     setup_threads,
     synchronize,
 )
-from mae_app.flops import flop_count
 from mae_core.backbone import VITDET_GLOBAL_BLOCKS, ViTBackbone, create_backbone
 from mae_core.checkpoint import load_pretrained
 from mae_core.host_memory import retain_freed_memory
@@ -52,7 +53,6 @@ from mae_core.pyramid import SimpleFeaturePyramid
 
 ARCH = "vit_base_patch16"
 SEG_OUT_INDICES = (3, 5, 7, 11)
-OUTPUT_TOLERANCE = 1e-4
 # The goals the report checks: speed against the framework's own backbone (issue 4: 1.3x; issue 12
 # relaxed det at 1024 to 1.1x), and Detectron2 forward+backward peak memory above the model (at 1024).
 GOAL_SPEEDUP_VS_PEER = 1.30
@@ -200,29 +200,10 @@ def make_case(model, x, mode: str, device, precision: str):
     return fwd if mode == "fwd" else fwdbwd
 
 
-def flops_forward(suite: str, size: int) -> float:
+def plain_forward_flops(suite: str, size: int) -> float | None:
+    """The FLOPs both implementations share: the plain ViT-B + pyramid, relative positions off."""
     model = ToolkitDet(size, use_rel_pos=False) if suite == "det" else toolkit_seg(size, rel_pos_bias=False)
-    with torch.no_grad():
-        return flop_count(model.eval(), (torch.randn(1, 3, size, size),))[0]
-
-
-@dataclass
-class Options:
-    """What tools/bench_backbone.py chooses (its --help says more)."""
-
-    modes: list[str]
-    precision: str = "fp32"
-    batch: int = 1
-    rounds: int = 3
-    warmup: int = 1
-    threads: int | None = None
-    device: str = "cpu"
-    memory: bool = True
-    # det only: the toolkit also timed with each of these rel-pos paths forced (mae_core.layers).
-    attention_paths: tuple[str, ...] = ()
-    # glibc keeps freed blocks (mae_core.host_memory), as pretraining does with retain_host_memory; applies to
-    # both implementations of a run alike (one process) and to each memory process.
-    retain_host_memory: bool = False
+    return forward_flops(model, (torch.randn(1, 3, size, size),))
 
 
 WORKER_BUILDERS = {
@@ -259,7 +240,7 @@ def worker(suite: str, impl: str, size: int, mode: str, opts: Options) -> dict:
     model = build_impl(suite, impl, size).to(device)
     model.train()  # not chained: MMSegmentation's BEiT.train() returns None
     x = torch.randn(opts.batch, 3, size, size, device=device)
-    step = make_case(model, x, mode, device, opts.precision)
+    step = make_case(model, x, mode, device, opts.precisions[0])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device) / 2**30
@@ -276,14 +257,14 @@ def worker(suite: str, impl: str, size: int, mode: str, opts: Options) -> dict:
 def measure_memory(suite: str, size: int, impls: tuple[str, ...], opts: Options) -> dict:
     """Every (implementation, mode) case's peak memory, each in its own process."""
     memory = {}
-    extra = ["--device", opts.device, "--precision", opts.precision, "--batch", str(opts.batch)]
+    extra = ["--device", opts.device, "--precision", opts.precisions[0], "--batch", str(opts.batch)]
     if opts.threads:
         extra += ["--threads", str(opts.threads)]
     if opts.retain_host_memory:
         extra.append("--retain-host-memory")
     for mode in opts.modes:
         for impl in impls:
-            mem = run_isolated("mae_app.bench.backbone", [suite, impl, str(size), mode, *extra])
+            mem = run_isolated("benchmarks.backbone", [suite, impl, str(size), mode, *extra])
             memory[f"{impl}/{mode}"] = mem
             print(f"  peak memory {impl}/{mode}: {mem['step_peak_gib']:.2f} GiB "
                   f"above the model ({mem['peak_gib']:.2f} GiB process peak)")
@@ -303,7 +284,7 @@ def bench_suite(suite: str, size: int, opts: Options, device: torch.device) -> d
     """Outputs compared (stops unless equal), FLOPs counted, the implementations and the matmul
     reference timed in interleaved rounds, and (unless switched off) the peak memory of every case."""
     peer_name = "detectron2" if suite == "det" else "mmseg"
-    print(f"\n== {suite} at {size}: toolkit vs {peer_name}, batch {opts.batch}, {opts.precision}")
+    print(f"\n== {suite} at {size}: toolkit vs {peer_name}, batch {opts.batch}, {opts.precisions[0]}")
     torch.manual_seed(0)
     ours, peer = build_pair(suite, size)
     ours.to(device).train()
@@ -317,13 +298,15 @@ def bench_suite(suite: str, size: int, opts: Options, device: torch.device) -> d
     if diff > OUTPUT_TOLERANCE:
         raise SystemExit(f"error: {suite} at {size}: outputs differ from {peer_name}'s by {diff:.2e} "
                          f"(> {OUTPUT_TOLERANCE:.0e}); nothing timed")
-    fwd_flops = flops_forward(suite, size) * opts.batch
+    fwd_flops = plain_forward_flops(suite, size)
+    fwd_flops = fwd_flops * opts.batch if fwd_flops else None
     cases = {}
     for mode in opts.modes:
         for name, model in variants.items():
-            cases[f"{name}/{mode}"] = make_case(model, x, mode, device, opts.precision)
-        cases[f"{peer_name}/{mode}"] = make_case(peer, x, mode, device, opts.precision)
-    cases["matmul"], matmul_flops = matmul_case(device, PRECISION_DTYPES[opts.precision])
+            cases[f"{name}/{mode}"] = make_case(model, x, mode, device, opts.precisions[0])
+        cases[f"{peer_name}/{mode}"] = make_case(peer, x, mode, device, opts.precisions[0])
+    cases["matmul"], matmul_flops = matmul_case(device, PRECISION_DTYPES[opts.precisions[0]],
+                                                opts.matmul_size, opts.matmul_reps)
     timings = interleaved_medians(cases, device, rounds=opts.rounds, warmup=opts.warmup)
     impls = (*variants, peer_name)
     memory = measure_memory(suite, size, impls, opts) if opts.memory else {}
@@ -332,14 +315,10 @@ def bench_suite(suite: str, size: int, opts: Options, device: torch.device) -> d
             "matmul_flops_per_s": matmul_flops / timings["matmul"]["median"], "memory": memory}
 
 
-def reached(ok: bool) -> str:
-    return "reached" if ok else "NOT reached"
-
-
 def suite_rows(r: dict, mode: str) -> tuple[list, list[str]]:
     """One result's table rows for `mode` and its goal lines."""
     t, mm, peer = r["timings"], r["matmul_flops_per_s"], r["peer"]
-    flops = r["forward_flops"] * (1 if mode == "fwd" else 3)
+    flops = r["forward_flops"] and r["forward_flops"] * (1 if mode == "fwd" else 3)
     rows = []
     for impl in r["impls"]:
         med = t[f"{impl}/{mode}"]["median"]
@@ -347,8 +326,8 @@ def suite_rows(r: dict, mode: str) -> tuple[list, list[str]]:
         ratio = paired_ratio(t[f"{peer}/{mode}"], t[f"{impl}/{mode}"])
         rows.append([r["suite"], r["size"], mode, impl, f"{med:.3f}",
                      f"{t[f'{impl}/{mode}']['min']:.3f}-{t[f'{impl}/{mode}']['max']:.3f}", f"{ratio:.2f}x",
-                     f"{100 * flops / med / mm:.0f}%", f"{mem['step_peak_gib']:.2f}" if mem else "-",
-                     f"{mem['peak_gib']:.2f}" if mem else "-"])
+                     f"{100 * flops / med / mm:.0f}%" if flops else "n/a",
+                     f"{mem['step_peak_gib']:.2f}" if mem else "-", f"{mem['peak_gib']:.2f}" if mem else "-"])
     speedup = paired_ratio(t[f"{peer}/{mode}"], t[f"toolkit/{mode}"])
     equal = "equal" if r["max_output_diff"] <= OUTPUT_TOLERANCE else "NOT equal"
     goal = speed_goal(r["suite"], r["size"])
@@ -370,7 +349,8 @@ HEADER = ["suite", "size", "mode", "implementation", "s (median)", "min-max",
           "process peak GiB"]
 
 
-def report(results: list[dict], opts: Options, command: str) -> str:
+def report_sections(results: list[dict], opts: Options) -> list[str]:
+    """The table and goal lines of `results`, for benchmarks.common.write_report."""
     rows, goals = [], []
     for r in results:
         for mode in opts.modes:
@@ -379,10 +359,9 @@ def report(results: list[dict], opts: Options, command: str) -> str:
             goals += mode_goals
     matmul = ", ".join(f"{r['suite']} {r['size']}: {r['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s"
                        for r in results)
-    return "\n".join([
-        f"Machine: {machine_description()}",
-        f"Command: {command}",
-        f"{opts.precision}, batch {opts.batch}, {opts.rounds} rounds after {opts.warmup} warm-up, medians; "
+    return [
+        f"{opts.precisions[0]}, batch {opts.batch}, {opts.rounds} rounds after {opts.warmup} warm-up, "
+        "medians; "
         "FLOPs = plain ViT-B + pyramid (fvcore, 2 per MAC), fwd+bwd = 3x fwd; host allocator: "
         + ("freed memory retained (mae_core.host_memory)" if opts.retain_host_memory else "glibc defaults"),
         "",
@@ -392,7 +371,7 @@ def report(results: list[dict], opts: Options, command: str) -> str:
         "",
         "Goals:",
         *goals,
-    ])
+    ]
 
 
 if __name__ == "__main__":  # one memory case: SUITE IMPL SIZE MODE [--device ...]
@@ -407,7 +386,7 @@ if __name__ == "__main__":  # one memory case: SUITE IMPL SIZE MODE [--device ..
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--retain-host-memory", action="store_true")
     a = p.parse_args()
-    opts = Options([a.mode], a.precision, a.batch, threads=a.threads, device=a.device,
+    opts = Options([a.precision], batch=a.batch, threads=a.threads, device=a.device, modes=[a.mode],
                    retain_host_memory=a.retain_host_memory)
     print(json.dumps(worker(a.suite, a.impl, a.size, a.mode, opts)))
     sys.exit(0)

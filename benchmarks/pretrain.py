@@ -6,8 +6,9 @@ One process, one thread setting, every case warmed up and then timed in interlea
 (median reported). A step is forward, backward and the AdamW step. Before timing, both
 implementations get the same weights and the same masking noise and their losses must agree.
 
-FLOPs: mae_app.flops on the forward pass (2 FLOPs per multiply-accumulate, attention included); a
-training step counts as 3x the forward (backward = 2x forward; the optimizer is not counted).
+FLOPs: benchmarks.common.forward_flops on the forward pass (2 FLOPs per multiply-accumulate,
+attention included); a training step counts as 3x the forward (backward = 2x forward; the
+optimizer is not counted).
 The same model FLOPs are used for both implementations (they compute the same function)."""
 
 from __future__ import annotations
@@ -20,16 +21,19 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from mae_app.bench.common import (
+from benchmarks.common import (
+    BF16_LOSS_TOLERANCE,
     PRECISION_DTYPES,
+    SAME_INPUT_LOSS_TOLERANCE,
+    Options,
     autocast,
+    forward_flops,
     interleaved_medians,
-    machine_description,
     markdown_table,
     matmul_case,
     paired_ratio,
+    reached,
 )
-from mae_app.flops import flop_count
 from mae_core.checkpoint import to_official_layout
 from mae_core.layer_decay import param_groups
 from mae_core.mae import MaskedAutoencoder, create_mae
@@ -49,8 +53,6 @@ CONFIGS = {
     "large": BenchConfig("vit_large_patch16", 224, 8, False),
 }
 MASK_RATIO = 0.75
-LOSS_TOLERANCE = 1e-5  # fp32, same weights and noise
-BF16_LOSS_TOLERANCE = 2e-2  # relative; bf16 rounding differs between the two op orders
 # The goals the report checks (issue 3): speed against Hugging Face, share of the matmul FLOP/s in
 # fp32, and the mask-token variant's time ratio as a share of its FLOP ratio.
 GOAL_SPEEDUP_VS_HF = 1.30
@@ -143,7 +145,7 @@ class LossOf(nn.Module):
 
 def check_numerics(models, imgs, noise, device, precisions) -> list[dict]:
     """Loss and prediction differences between the toolkit and HF at the same weights and noise.
-    fp32 must agree within LOSS_TOLERANCE; bf16 is reported against a looser relative bound."""
+    fp32 must agree within SAME_INPUT_LOSS_TOLERANCE; bf16 is reported against a looser relative bound."""
     rows = []
     for precision in precisions:
         with torch.no_grad(), autocast(device, precision):
@@ -151,7 +153,8 @@ def check_numerics(models, imgs, noise, device, precisions) -> list[dict]:
             theirs = models["hf"](imgs, noise=noise)
         loss_diff = abs(ours.loss.float() - theirs.loss.float()).item()
         pred_diff = (ours.pred.float() - theirs.logits.float()).abs().max().item()
-        bound = LOSS_TOLERANCE if precision == "fp32" else BF16_LOSS_TOLERANCE * abs(theirs.loss.item())
+        bound = (SAME_INPUT_LOSS_TOLERANCE if precision == "fp32"
+                 else BF16_LOSS_TOLERANCE * abs(theirs.loss.item()))
         rows.append(
             {
                 "precision": precision,
@@ -164,31 +167,6 @@ def check_numerics(models, imgs, noise, device, precisions) -> list[dict]:
             }
         )
     return rows
-
-
-def forward_flops(model: nn.Module, imgs, noise) -> float | None:
-    try:
-        with torch.no_grad():
-            return flop_count(LossOf(model).eval(), (imgs, noise))[0]
-    except Exception as exc:  # a model fvcore cannot trace is reported, not fatal
-        print(f"  fvcore could not count {type(model).__name__}: {type(exc).__name__}: {exc}")
-        return None
-
-
-@dataclass
-class Options:
-    """What tools/bench_pretrain.py chooses (its --help says more)."""
-
-    precisions: list[str]
-    rounds: int = 3
-    warmup: int = 1
-    no_hf: bool = False
-    ablations: bool = False
-    compile: bool = False
-    foreach_adamw: bool = False
-    skip_flops: bool = False
-    matmul_size: int = 2048
-    matmul_reps: int = 4
 
 
 def numerics(models, imgs, noise, device, name: str, opts: Options) -> list[dict]:
@@ -251,7 +229,7 @@ def bench_config(name: str, cfg: BenchConfig, opts: Options, device) -> dict:
         result["numerics"] = numerics(models, imgs, noise, device, name, opts)
     if not opts.skip_flops:
         for key in ("toolkit", "toolkit_mask_tokens") + (("hf",) if with_hf else ()):
-            per_sample = forward_flops(models[key], imgs[:1], noise[:1])
+            per_sample = forward_flops(LossOf(models[key]), (imgs[:1], noise[:1]))
             result["flops"][key] = per_sample * cfg.batch if per_sample else None
         print("  forward GFLOP per batch: "
               + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in result["flops"].items() if v))
@@ -270,10 +248,6 @@ def step_flops(result: dict, key: str) -> float | None:
     base = "toolkit_mask_tokens" if key.startswith("toolkit_mask_tokens") else "toolkit"
     fwd = result["flops"].get(base)
     return 3 * fwd if fwd else None
-
-
-def reached(ok: bool) -> str:
-    return "reached" if ok else "NOT reached"
 
 
 def step_rows(r: dict, precision: str) -> tuple[list, list, list[str]]:
@@ -326,10 +300,9 @@ MASK_HEADER = ["config", "precision", "visible-only s", "mask tokens s", "time r
                "FLOP ratio", "time ratio / FLOP ratio"]
 
 
-def report(results: list[dict], opts: Options, command: str) -> str:
+def report_sections(results: list[dict], opts: Options) -> list[str]:
+    """The tables and goal lines of `results`, for benchmarks.common.write_report."""
     out = [
-        f"Machine: {machine_description()}",
-        f"Command: {command}",
         f"Rounds: {opts.rounds} (after {opts.warmup} warm-up step(s)), medians; "
         "step = forward + backward + AdamW; step FLOPs = 3 x forward (fvcore, 2 FLOPs per MAC).",
         "",
@@ -366,4 +339,4 @@ def report(results: list[dict], opts: Options, command: str) -> str:
             out.append(f"- numerics {r['config']} {row['precision']}: |loss diff| {row['loss_diff']:.1e} "
                        f"(bound {row['bound']:.0e}), max |pred diff| {row['pred_max_diff']:.1e}")
     out += ["", "Goals:", *goals]
-    return "\n".join(out)
+    return out

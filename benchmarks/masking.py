@@ -1,8 +1,8 @@
-"""What a masking strategy costs: extra trained parameters, and pretraining speed measured with
-every strategy on the same model and the same batch, in interleaved rounds (mae_app.bench.common)
-so that a busy machine slows all of them alike. For the masking docs and the sweep's table
-(mae_app.demo measures each sweep run's own speed from its log); speed is measured, never asserted
-in tests."""
+"""What a masking strategy costs (tools/bench_masking.py is its command line): extra trained
+parameters (mae_core.mae.extra_parameters), and pretraining speed measured with every strategy on
+the same model and the same batch, in interleaved rounds (benchmarks.common) so that a busy machine
+slows all of them alike. For the masking docs and the sweep's table (mae_app.demo measures each
+sweep run's own speed from its log); speed is measured, never asserted in tests."""
 
 from __future__ import annotations
 
@@ -10,15 +10,9 @@ import time
 
 import torch
 
-from mae_app.bench.common import interleaved_medians
-from mae_core.mae import MaskedAutoencoder, create_mae
+from benchmarks.common import Options, interleaved_medians, markdown_table
+from mae_core.mae import MaskedAutoencoder, create_mae, extra_parameters
 from mae_core.masking import build_masking
-
-
-def extra_parameters(model: MaskedAutoencoder) -> int:
-    """Trained parameters the masking strategy added to the MAE (its head); 0 for most."""
-    head = model.decoder_loss_pred
-    return 0 if head is None else sum(p.numel() for p in head.parameters())
 
 
 def pipeline_ms_per_sample(strategy, grid: tuple[int, int], num_masked: int, samples: int = 200) -> float:
@@ -71,3 +65,11 @@ def pretrain_speed(
             "pipeline_ms_per_sample": pipeline_ms_per_sample(model.masking, model.grid_size, masked),
         }
     return result
+
+
+def report_sections(result: dict[str, dict[str, float]], steps: int, opts: Options) -> list[str]:
+    """`pretrain_speed`'s result as a table, for benchmarks.common.write_report."""
+    rows = [[label, f"{r['img_per_s']:.0f}", r["extra_params"], f"{r['pipeline_ms_per_sample']:.3f}"]
+            for label, r in result.items()]
+    return [f"{opts.rounds} rounds x {steps} steps, batch {opts.batch}, medians", "",
+            markdown_table(["masking", "img/s", "extra parameters", "noise ms per sample"], rows)]

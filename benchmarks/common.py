@@ -1,4 +1,5 @@
-"""Timing helpers shared by the benchmarks (mae_app.bench.pretrain, mae_app.bench.backbone).
+"""What every benchmark shares: the options, the tolerances, the timing, the FLOP count and the
+report writer (benchmarks.pretrain, benchmarks.backbone, benchmarks.demo_epoch, benchmarks.masking).
 
 Timings on a shared machine drift by ±15% over minutes, so implementations are never timed one
 after the other: each round runs every case once (in a rotating order) and the report takes the
@@ -8,6 +9,7 @@ in the same rounds (`matmul_case`), the machine's practical limit at that moment
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -21,8 +23,66 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from mae_app.flops import flop_count
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+# One tolerance per compared quantity, each checked before anything is timed.
+# MAE loss, toolkit vs Hugging Face, fp32, same weights and masking noise (absolute).
+SAME_INPUT_LOSS_TOLERANCE = 1e-5
+# The same in bf16, relative: bf16 rounding differs between the two op orders.
+BF16_LOSS_TOLERANCE = 2e-2
+# First-batch MAE loss, demo's old vs fast data path, same weights (relative): the two
+# augmentations give crops within 2 uint8 levels of each other, not the same crops.
+AUGMENTATION_LOSS_TOLERANCE = 1e-3
+# Backbone outputs, toolkit vs Detectron2 / MMSegmentation, same weights (absolute).
+OUTPUT_TOLERANCE = 1e-4
+
+
+@dataclasses.dataclass
+class Options:
+    """What a benchmark's command line chooses (the tools' --help says more). The timing fields
+    apply to every benchmark; the rest to the one named in their comment."""
+
+    # pretrain times each of these; backbone and demo_epoch the one they are given.
+    precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32"])
+    rounds: int = 3
+    warmup: int = 1
+    threads: int | None = None
+    device: str = "cpu"
+    matmul_size: int = 2048
+    matmul_reps: int = 4
+    # pretrain: the Hugging Face comparison off; variants of the toolkit step also timed.
+    no_hf: bool = False
+    ablations: bool = False
+    compile: bool = False
+    foreach_adamw: bool = False
+    skip_flops: bool = False
+    # Batch size; None: each pretrain config's own.
+    batch: int | None = None
+    # backbone: modes (fwd, fwdbwd), per-case peak memory, rel-pos paths forced (det), and glibc
+    # keeping freed blocks (mae_core.host_memory) as pretraining does with retain_host_memory.
+    modes: list[str] = dataclasses.field(default_factory=lambda: ["fwd", "fwdbwd"])
+    memory: bool = True
+    attention_paths: tuple[str, ...] = ()
+    retain_host_memory: bool = False
+
+
+def reached(ok: bool) -> str:
+    """A goal line's verdict."""
+    return "reached" if ok else "NOT reached"
+
+
+def forward_flops(model: torch.nn.Module, inputs: tuple) -> float | None:
+    """FLOPs of one forward of `model(*inputs)` in eval mode (mae_app.flops, 2 per MAC); None, with
+    a printed reason, for a model fvcore cannot trace (the report then shows n/a, never a guess)."""
+    try:
+        with torch.no_grad():
+            return flop_count(model.eval(), inputs)[0]
+    except Exception as exc:
+        print(f"  fvcore could not count {type(model).__name__}: {type(exc).__name__}: {exc}")
+        return None
 
 
 def setup_threads(threads: int | None) -> int:
@@ -168,3 +228,13 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
+
+
+def write_report(sections: list[str], results: list[dict], command: str, json_path: Path | None) -> str:
+    """The one report of every benchmark: the machine and the command, then `sections` (tables,
+    goal lines); printed, and with `json_path` written there with the raw results."""
+    text = "\n".join([f"Machine: {machine_description()}", f"Command: {command}", *sections])
+    if json_path:
+        json_path.write_text(json.dumps({"results": results, "report": text}, indent=1, default=str))
+    print("\n" + text)
+    return text
