@@ -47,6 +47,8 @@ BACKGROUND_PHOTOS = (
 # BACKGROUND_PHOTOS (stereo_motorcycle: its left frame).
 HELDOUT_PHOTOS = ("stereo_motorcycle", "microaneurysms", "logo", "checkerboard")
 
+HELDOUT = "heldout"  # the held-out scenes' split: their folders, and the run records of their evaluations
+
 # Pixels of a resized item brighter than this (of 255) belong to its mask; Fashion-MNIST
 # backgrounds are exactly 0, so this only trims the interpolation halo.
 MASK_THRESHOLD = 30
@@ -170,7 +172,7 @@ class DemoDataBuilder:
     `drawn[split]` records the indices of the Fashion-MNIST items each split's files show."""
 
     SPLITS = {"train": "train", "val": "test"}  # our split -> Fashion-MNIST split it draws items from
-    ADE_SPLITS = {"train": "training", "val": "validation", "heldout": "heldout"}
+    ADE_SPLITS = {"train": "training", "val": "validation", HELDOUT: HELDOUT}
 
     def __init__(self, spec: DemoDataSpec, progress: Callable | None = None):
         self.spec = spec
@@ -233,16 +235,16 @@ class DemoDataBuilder:
         on HELDOUT_PHOTOS, from a random stream of their own."""
         images, labels = self.items["val"]
         unseen = np.setdiff1d(np.arange(len(images)), sorted(self.drawn["val"]))
-        self.items["heldout"] = (images[unseen], labels[unseen])
-        self.build_scenes(root, "heldout", self.rng(4), self.heldout_backgrounds)
-        self.drawn["heldout"] = {int(unseen[i]) for i in self.drawn["heldout"]}  # as test-set indices
+        self.items[HELDOUT] = (images[unseen], labels[unseen])
+        self.build_scenes(root, HELDOUT, self.rng(4), self.heldout_backgrounds)
+        self.drawn[HELDOUT] = {int(unseen[i]) for i in self.drawn[HELDOUT]}  # as test-set indices
 
     def build_scenes(self, root: Path, split: str, rng: np.random.Generator,
                      backgrounds: Backgrounds | None = None) -> None:
         from pycocotools import mask as mask_utils
 
         spec = self.spec
-        count = {"train": spec.train_scenes, "val": spec.val_scenes, "heldout": spec.heldout_scenes}[split]
+        count = {"train": spec.train_scenes, "val": spec.val_scenes, HELDOUT: spec.heldout_scenes}[split]
         ade_split = self.ADE_SPLITS[split]
         backgrounds = backgrounds or self.backgrounds
         images, annotations = [], []
@@ -313,5 +315,5 @@ def build_demo_data(root: str | Path, spec: DemoDataSpec | None = None,
     return DemoDataBuilder(spec or DemoDataSpec(), progress).build(root)
 
 
-__all__ = ["FASHION_CLASSES", "HELDOUT_PHOTOS", "DemoDataSpec", "DemoDataBuilder", "build_demo_data",
-           "class_folder", "compose"]
+__all__ = ["FASHION_CLASSES", "HELDOUT", "HELDOUT_PHOTOS", "DemoDataSpec", "DemoDataBuilder",
+           "build_demo_data", "class_folder", "compose"]
