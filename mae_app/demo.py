@@ -3,19 +3,26 @@ its command line).
 
     build the data -> pretrain a tiny MAE -> reconstruction picture -> k-NN and linear probe of the
     MAE encoder against random initialisation -> Mask R-CNN from MAE init and from random init ->
-    UperNet from both -> comparison report (report.md, plots; the table printed at the end)
+    UperNet from both -> the trained models evaluated on the held-out scenes -> comparison report
+    (report.md, plots; the table printed at the end)
+
+Every probe and fine-tuning runs with three seeds, so the report's verdicts (mae_app.report's rule:
+a difference of means against twice its standard error) have a spread to judge by.
 
 Sweeps pretrain several MAEs that differ in one setting and probe each: `mask_ratio_sweep` the
 mask ratio (beside the main demo), `masking_sweep` the masking strategy (instead of it: every
-strategy at the same ratio and epochs, probes with three seeds, detection and segmentation with
-`sweep_transfer`, one picture of every strategy's masks). Both are a list of `Pretraining`s.
+strategy at the same ratio and epochs, each with two or more pretraining seeds so the spread covers
+the pretraining, detection and segmentation with `sweep_transfer`, one picture of every strategy's
+masks). Both are a list of `Pretraining`s.
 
 Every step's files go under `out`; a finished step (a `.done` marker) is not run again, so an
 interrupted demo continues where it stopped. Each step runs a tool by its command line (its log in
 its folder): tools/make_demo_data.py, tools/pretrain.py, tools/visualize_mae.py, tools/eval_cls.py,
 and tools/train_det.py / tools/train_seg.py on the demo's config files
 (configs/detection/demo_mask_rcnn_vit_toy.py, configs/segmentation/demo_upernet_vit_toy.py), which
-take the backbone, checkpoint, seed, iterations, output folder and data paths as overrides."""
+take the backbone, checkpoint, seed, iterations, output folder and data paths as overrides; the
+held-out evaluations are tools/train_det.py --eval-only and tools/test_seg.py on the same configs
+with the trained run's weights and the held-out scenes as the test set."""
 
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mae_app.demo_data import DemoDataSpec
+from mae_app.demo_data import HELDOUT, DemoDataBuilder, DemoDataSpec
 from mae_app.jobs import execute_plan, thread_env
 from mae_app.report import stack_pictures, write_report
 from mae_app.runs import load_run
@@ -68,8 +75,10 @@ class Recipe:
 
     data: DemoDataSpec = field(default_factory=DemoDataSpec)
     arch: str = "vit_toy_patch4"
-    pretrain_epochs: int = 15     # about 9 minutes on two cores
-    sweep_epochs: int = 8         # each of the masking sweep's pretrainings (docs/masking.md: its time)
+    pretrain_epochs: int = 15     # about 6 minutes on two cores
+    # Each of the masking sweep's pretrainings: the main demo's length, at which random masking is
+    # ahead of random initialisation on the probes (at 8 epochs it was not; docs/masking.md: time).
+    sweep_epochs: int = 15
     pretrain_batch: int = 128
     knn_every: int = 5
     det_iters: int = 500
@@ -78,8 +87,8 @@ class Recipe:
 
     @classmethod
     def quick(cls) -> Recipe:
-        data = DemoDataSpec(train_scenes=8, val_scenes=4, pretrain_images=128, cls_train_per_class=6,
-                            cls_val_per_class=3)
+        data = DemoDataSpec(train_scenes=8, val_scenes=4, heldout_scenes=4, pretrain_images=128,
+                            cls_train_per_class=6, cls_val_per_class=3)
         return cls(data=data, pretrain_epochs=1, sweep_epochs=1, pretrain_batch=32, knn_every=1, det_iters=4,
                    seg_iters=4, supervised_epochs=1)
 
@@ -95,7 +104,7 @@ class DemoOptions:
     """What the demo's command line chooses (tools/demo.py --help)."""
 
     out: Path
-    seeds: list[int] | None = None  # default: 0 1, and 0 1 2 for the masking sweep
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     mask_ratio: float = 0.75
     mask_ratio_sweep: bool = False
     masking_sweep: bool = False
@@ -104,6 +113,7 @@ class DemoOptions:
     jobs: int = 2
     data_seed: int = 0
     pretrain_seed: int = 0
+    pretrain_seeds: list[int] | None = None  # the masking sweep's; default 0 1
     pretrain_epochs: int | None = None
     det_iters: int | None = None
     seg_iters: int | None = None
@@ -122,10 +132,12 @@ class DemoOptions:
                              "with --mask-ratio-sweep")
         if self.mask_ratio_sweep and self.masking_sweep:
             raise ValueError("--mask-ratio-sweep and --masking-sweep: one sweep at a time")
-        if (self.sweep_transfer or self.sweep_epochs is not None) and not self.masking_sweep:
-            raise ValueError("--sweep-transfer and --sweep-epochs belong to --masking-sweep")
-        if self.seeds is None:
-            self.seeds = [0, 1, 2] if self.masking_sweep else [0, 1]
+        swept = (self.sweep_transfer, self.sweep_epochs is not None, self.pretrain_seeds is not None)
+        if any(swept) and not self.masking_sweep:
+            raise ValueError("--sweep-transfer, --sweep-epochs and --pretrain-seeds belong to "
+                             "--masking-sweep")
+        if self.masking_sweep and self.pretrain_seeds is None:
+            self.pretrain_seeds = [0, 1]
 
 
 @dataclass(frozen=True)
@@ -137,21 +149,24 @@ class Pretraining:
     mask_ratio: float = 0.75
     masking: str = "random"
     masking_args: dict = field(default_factory=dict)
+    seed: int = 0
 
     def folder_name(self, main_epochs: int) -> str:
-        """`mask75` for the main demo's; the strategy and the epochs are added where they differ
-        from it, so a finished run of other settings is never taken for this one."""
+        """`mask75` for the main demo's at seed 0; the strategy, the epochs and the seed are added
+        where they differ from it, so a finished run of other settings is never taken for this one."""
         strategy = "" if self.masking == "random" else f"_{self.masking}"
         epochs = "" if self.epochs == main_epochs else f"_{self.epochs}ep"
-        return f"mask{round(100 * self.mask_ratio)}{strategy}{epochs}"
+        seed = "" if self.seed == 0 else f"_seed{self.seed}"
+        return f"mask{round(100 * self.mask_ratio)}{strategy}{epochs}{seed}"
 
     def overrides(self) -> list[str]:
         return [f"model.mask_ratio={self.mask_ratio}", f"model.masking={self.masking}",
-                f"model.masking_args={self.masking_args!r}", f"epochs={self.epochs}"]
+                f"model.masking_args={self.masking_args!r}", f"epochs={self.epochs}", f"seed={self.seed}"]
 
     def record(self) -> dict:
-        """What the run records of its probes and fine-tunings say about it (the report's sweeps)."""
-        return {"mask_ratio": self.mask_ratio, "masking": self.masking}
+        """What the run records of its probes and fine-tunings say about it (the report's sweeps;
+        a report row spans the pretraining seeds)."""
+        return {"mask_ratio": self.mask_ratio, "masking": self.masking, "pretrain_seed": self.seed}
 
 
 def spec_argv(spec: DemoDataSpec) -> list[str]:
@@ -164,8 +179,9 @@ def spec_argv(spec: DemoDataSpec) -> list[str]:
 
 
 def detection_overrides(backbone: str, checkpoint: str | None, data: Path, output_dir: Path, seed: int,
-                        iters: int) -> list[str]:
-    """Detectron2 `key=value` overrides (hydra syntax: strings quoted, null) of DET_CONFIG for one run."""
+                        iters: int, test_split: str = "val") -> list[str]:
+    """Detectron2 `key=value` overrides (hydra syntax: strings quoted, null) of DET_CONFIG for one run;
+    `test_split` is the scenes it evaluates on (val, or heldout: mae_app.demo_data)."""
     coco = data / "coco"
     out = [f"model.backbone.name='{backbone}'",
            f"model.backbone.checkpoint='{checkpoint}'" if checkpoint else "model.backbone.checkpoint=null"]
@@ -174,8 +190,8 @@ def detection_overrides(backbone: str, checkpoint: str | None, data: Path, outpu
     return out + [
         f"dataloader.train.dataset.json_file='{coco / 'annotations/instances_train.json'}'",
         f"dataloader.train.dataset.image_root='{coco / 'train'}'",
-        f"dataloader.test.dataset.json_file='{coco / 'annotations/instances_val.json'}'",
-        f"dataloader.test.dataset.image_root='{coco / 'val'}'",
+        f"dataloader.test.dataset.json_file='{coco / f'annotations/instances_{test_split}.json'}'",
+        f"dataloader.test.dataset.image_root='{coco / test_split}'",
         f"train.max_iter={iters}", f"train.eval_period={iters}", f"train.checkpointer.period={iters}",
         f"train.log_period={max(1, min(20, iters))}", f"train.seed={seed}",
         f"train.output_dir='{output_dir}'",
@@ -183,12 +199,17 @@ def detection_overrides(backbone: str, checkpoint: str | None, data: Path, outpu
 
 
 def segmentation_overrides(backbone: str, checkpoint: str | None, data: Path, seed: int,
-                           iters: int) -> list[str]:
-    """mmengine `--cfg-options` of SEG_CONFIG for one run: a linear warm-up over the first tenth."""
+                           iters: int, test_split: str = "val") -> list[str]:
+    """mmengine `--cfg-options` of SEG_CONFIG for one run: a linear warm-up over the first tenth;
+    the test set is the val scenes (SEG_CONFIG's) or, with `test_split="heldout"`, the held-out ones."""
     warmup = max(1, iters // 10)
     out = [f"model.backbone.name={backbone}", f"model.backbone.checkpoint={checkpoint}"]
     if not backbone.startswith("vit_"):
         out.append("model.backbone.options=None")
+    if test_split != "val":
+        folder = DemoDataBuilder.ADE_SPLITS[test_split]
+        out += [f"test_dataloader.dataset.data_prefix.img_path=images/{folder}",
+                f"test_dataloader.dataset.data_prefix.seg_map_path=annotations/{folder}"]
     return out + [
         *(f"{split}_dataloader.dataset.data_root={data / 'ade'}" for split in ("train", "val", "test")),
         f"train_cfg.max_iters={iters}", f"train_cfg.val_interval={iters}",
@@ -213,14 +234,15 @@ class Demo:
         self.start = time.time()
         if options.sweep_epochs is not None:
             self.recipe.sweep_epochs = options.sweep_epochs
-        self.main_pretraining = main = Pretraining(self.recipe.pretrain_epochs, options.mask_ratio)
+        self.main_pretraining = main = Pretraining(self.recipe.pretrain_epochs, options.mask_ratio,
+                                                   seed=options.pretrain_seed)
         # Every pretraining, and those detection and segmentation start from.
         self.pretrainings, self.transfer = [main], [main]
         if options.mask_ratio_sweep:
             self.pretrainings = [dataclasses.replace(main, mask_ratio=r) for r in RATIO_SWEEP]
         if options.masking_sweep:
-            self.pretrainings = [Pretraining(self.recipe.sweep_epochs, options.mask_ratio, name, args)
-                                 for name, args in MASKING_SWEEP.items()]
+            self.pretrainings = [Pretraining(self.recipe.sweep_epochs, options.mask_ratio, name, args, seed)
+                                 for name, args in MASKING_SWEEP.items() for seed in options.pretrain_seeds]
             self.transfer = self.pretrainings if options.sweep_transfer else []
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -286,19 +308,19 @@ class Demo:
                 f"data.root={self.data / 'pretrain'}", f"data.mean={IMAGENET_MEAN}",
                 f"data.std={IMAGENET_STD}", "data.limit=None", "data.num_workers=0", "log_every=2",
                 f"batch_size={r.pretrain_batch}", f"effective_batch={r.pretrain_batch}",
-                f"seed={self.options.pretrain_seed}", f"epoch_hooks=({hook!r},)"]
+                f"epoch_hooks=({hook!r},)"]
 
     def pretrain(self) -> None:
         for i, p in enumerate(self.pretrainings):
             self.step(f"2/7 MAE pretraining ({i + 1}/{len(self.pretrainings)}): {self.recipe.arch}, "
-                      f"mask ratio {p.mask_ratio:.0%}, {p.masking} masking, {p.epochs} epochs, k-NN monitor "
-                      f"every {self.recipe.knn_every}")
+                      f"mask ratio {p.mask_ratio:.0%}, {p.masking} masking, {p.epochs} epochs, "
+                      f"seed {p.seed}, k-NN monitor every {self.recipe.knn_every}")
             self.run(self.pretrain_command(p), self.pretrain_dir(p) / ".done", threads=os.cpu_count() or 1)
 
     def pictures(self) -> None:
         """tools/visualize_mae.py's pictures of the main MAE; for the masking sweep, of every
-        strategy's MAE on the same images with the same seed, stacked into one figure (a row per
-        strategy: original, its mask, reconstruction)."""
+        strategy's MAE (its first pretraining seed's) on the same images with the same seed, stacked
+        into one figure (a row per strategy: original, its mask, reconstruction)."""
         self.step("3/7 reconstruction pictures")
         folder = self.out / "pictures"
         if not self.options.masking_sweep:
@@ -308,6 +330,8 @@ class Demo:
             return
         rows = {}
         for p in self.pretrainings:
+            if p.masking in rows:
+                continue
             sub = folder / p.folder_name(self.recipe.pretrain_epochs)
             self.run([PYTHON, tool("visualize_mae"), str(self.checkpoint(p)), "--num-images", "3",
                       "--seed", "0", "--output-dir", str(sub)], sub / ".done", sub / "log.txt")
@@ -336,6 +360,30 @@ class Demo:
                 for backbone in ("vit_random", *self.options.also):
                     entries.append(self.dense_entry(task, backbone, seed))
         return entries
+
+    def heldout_plan(self, plan: list[dict]) -> list[dict]:
+        """An evaluation on the held-out scenes of every detection and segmentation run of `plan`,
+        with the weights it ends with; to run once those runs have finished."""
+        return [self.heldout_entry(entry) for entry in plan if entry["run"]["task"] in ("det", "seg")]
+
+    def heldout_entry(self, trained: dict) -> dict:
+        """The held-out evaluation of one trained run, in `runs/<task>_heldout/<its folder name>`:
+        its record is the trained run's with `"split": "heldout"` (mae_app.report puts its numbers
+        beside the val ones)."""
+        run, r = trained["run"], self.recipe
+        source = Path(trained["output_dir"])
+        folder = source.parent.parent / f"{run['task']}_{HELDOUT}" / source.name
+        model = (run["backbone"], run["checkpoint"], self.data)
+        if run["task"] == "det":
+            command = [PYTHON, tool("train_det"), "--config-file", str(DET_CONFIG), "--eval-only",
+                       *detection_overrides(*model, folder, run["seed"], r.det_iters, test_split=HELDOUT),
+                       f"train.init_checkpoint='{source / 'model_final.pth'}'"]
+        else:
+            command = [PYTHON, tool("test_seg"), str(SEG_CONFIG), str(source / f"iter_{r.seg_iters}.pth"),
+                       "--work-dir", str(folder), "--cfg-options",
+                       *segmentation_overrides(*model, run["seed"], r.seg_iters, test_split=HELDOUT)]
+        record = {**run, "split": HELDOUT, "trained_in": str(source)}
+        return {"run": record, "output_dir": str(folder), "command": command}
 
     def mae_record(self, pretraining: Pretraining) -> dict:
         return {**pretraining.record(), "pretrain_dir": str(self.pretrain_dir(pretraining))}
@@ -411,6 +459,13 @@ class Demo:
         self.step(f"4-6/7 {tasks} from MAE and random init: {len(plan)} runs "
                   f"(seeds {', '.join(map(str, self.options.seeds))}); logs in {self.out / 'runs'}")
         folders = execute_plan(plan_file, jobs=self.options.jobs)
+        heldout = self.heldout_plan(plan)
+        if heldout:
+            heldout_file = self.out / "plan_heldout.json"
+            heldout_file.write_text(json.dumps(heldout, indent=2))
+            self.step(f"6b/7 the {len(heldout)} trained models on the held-out scenes; logs in "
+                      f"{self.out / 'runs'}/*_{HELDOUT}")
+            folders += execute_plan(heldout_file, jobs=self.options.jobs)
         self.step("7/7 comparison report")
         measured: dict = {}
         runs = [load_run(folder, cache=measured) for folder in folders]

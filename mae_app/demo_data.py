@@ -6,14 +6,17 @@ gives byte-identical files: every random draw comes from a numpy generator seede
 are written without metadata at a fixed compression level, and JSON with sorted keys.
 
 Train files use Fashion-MNIST *train* items only and val files *test* items only, so no object
-seen in training appears at validation. Layout under the output root:
+seen in training appears at validation. The held-out scenes (`heldout`) are a second test set for
+the models the demo trains and validates: *test* items that no val file shows, on photos that no
+other file shows (HELDOUT_PHOTOS), so a recipe tuned on val shows itself there. Layout under the
+output root:
 
     pretrain/images/*.png                      unlabelled images for MAE (1-3 items on a photo crop)
     cls/{train,val}/<NN_class>/*.png           one item per image, ImageFolder layout (probes, k-NN)
-    coco/{train,val}/*.png                     scenes of several items
-    coco/annotations/instances_{train,val}.json    COCO instances, masks as compressed RLE
-    ade/images/{training,validation}/*.png     the same scenes, ADE20K layout
-    ade/annotations/{training,validation}/*.png    label maps: 0 background, k+1 class k
+    coco/{train,val,heldout}/*.png             scenes of several items
+    coco/annotations/instances_{train,val,heldout}.json    COCO instances, masks as compressed RLE
+    ade/images/{training,validation,heldout}/*.png     the same scenes, ADE20K layout
+    ade/annotations/{training,validation,heldout}/*.png    label maps: 0 background, k+1 class k
     dataset_info.json                          classes, sizes, counts, seed and sources
 """
 
@@ -40,6 +43,11 @@ BACKGROUND_PHOTOS = (
     "astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "moon",
     "immunohistochemistry", "page", "text", "cell", "clock", "colorwheel",
 )
+# The held-out scenes' backgrounds: the other PNG images of scikit-image, none of them in
+# BACKGROUND_PHOTOS (stereo_motorcycle: its left frame).
+HELDOUT_PHOTOS = ("stereo_motorcycle", "microaneurysms", "logo", "checkerboard")
+
+HELDOUT = "heldout"  # the held-out scenes' split: their folders, and the run records of their evaluations
 
 # Pixels of a resized item brighter than this (of 255) belong to its mask; Fashion-MNIST
 # backgrounds are exactly 0, so this only trims the interpolation halo.
@@ -58,6 +66,7 @@ class DemoDataSpec:
     pretrain_images: int = 4000
     cls_train_per_class: int = 200
     cls_val_per_class: int = 100
+    heldout_scenes: int = 100
     min_visible: float = 0.6        # a later item may hide at most 40% of an earlier one
 
     def __post_init__(self):
@@ -68,7 +77,7 @@ class DemoDataSpec:
         if not 1 <= self.objects_per_scene[0] <= self.objects_per_scene[1]:
             raise ValueError(f"objects_per_scene {self.objects_per_scene} must be 1 <= min <= max")
         for name in ("scene_size", "image_size", "train_scenes", "val_scenes", "pretrain_images",
-                     "cls_train_per_class", "cls_val_per_class"):
+                     "cls_train_per_class", "cls_val_per_class", "heldout_scenes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -81,7 +90,8 @@ class Backgrounds:
 
         self.photos = []
         for name in names:
-            img = np.asarray(getattr(skimage.data, name)())
+            img = getattr(skimage.data, name)()
+            img = np.asarray(img[0] if isinstance(img, tuple) else img)  # a stereo pair: its left frame
             if img.ndim == 2:
                 img = np.repeat(img[..., None], 3, axis=2)
             self.photos.append(np.ascontiguousarray(img[..., :3].astype(np.uint8)))
@@ -158,15 +168,19 @@ def write_json(path: Path, obj) -> None:
 
 
 class DemoDataBuilder:
-    """Builds every split from `spec`; `progress(label, iterable, total)` may wrap loops (tqdm)."""
+    """Builds every split from `spec`; `progress(label, iterable, total)` may wrap loops (tqdm).
+    `drawn[split]` records the indices of the Fashion-MNIST items each split's files show."""
 
     SPLITS = {"train": "train", "val": "test"}  # our split -> Fashion-MNIST split it draws items from
+    ADE_SPLITS = {"train": "training", "val": "validation", HELDOUT: HELDOUT}
 
     def __init__(self, spec: DemoDataSpec, progress: Callable | None = None):
         self.spec = spec
         self.progress = progress or (lambda label, it, total: it)
         self.backgrounds = Backgrounds()
+        self.heldout_backgrounds = Backgrounds(HELDOUT_PHOTOS)
         self.items = {}
+        self.drawn: dict[str, set[int]] = {split: set() for split in self.ADE_SPLITS}
         for split, source in self.SPLITS.items():
             fmnist = FashionMNIST(split=source)
             self.items[split] = (fmnist.images[:, 0].numpy(), fmnist.labels.numpy())
@@ -181,12 +195,14 @@ class DemoDataBuilder:
         for index, split in enumerate(self.SPLITS):
             self.build_cls(root / "cls" / split, split, self.rng(2, index))
             self.build_scenes(root, split, self.rng(3, index))
+        self.build_heldout(root)
         write_json(root / "dataset_info.json", self.info())
         return root
 
     def random_items(self, split: str, rng: np.random.Generator, n: int) -> list[tuple[np.ndarray, int]]:
         images, labels = self.items[split]
         picks = rng.integers(len(images), size=n)
+        self.drawn[split].update(picks.tolist())
         return [(images[i], int(labels[i])) for i in picks]
 
     def build_pretrain(self, out: Path) -> None:
@@ -208,22 +224,34 @@ class DemoDataBuilder:
         chosen = [rng.choice(np.flatnonzero(labels == label), per_class, replace=False)
                   for label in range(len(FASHION_CLASSES))]
         picks = [(label, j, index) for label, indices in enumerate(chosen) for j, index in enumerate(indices)]
+        self.drawn[split].update(int(index) for _, _, index in picks)
         for label, j, index in self.progress(f"classification {split}", picks, len(picks)):
             side = int(rng.integers(size * 11 // 20, size * 9 // 10 + 1))
             scene = compose(self.backgrounds.crop(rng, size), [(images[index], label)], [side], rng, 1.0)
             write_png(out / class_folder(label) / f"{j:05d}.png", scene.image)
 
-    def build_scenes(self, root: Path, split: str, rng: np.random.Generator) -> None:
+    def build_heldout(self, root: Path) -> None:
+        """The held-out scenes: Fashion-MNIST test items that no val file drew (built after val),
+        on HELDOUT_PHOTOS, from a random stream of their own."""
+        images, labels = self.items["val"]
+        unseen = np.setdiff1d(np.arange(len(images)), sorted(self.drawn["val"]))
+        self.items[HELDOUT] = (images[unseen], labels[unseen])
+        self.build_scenes(root, HELDOUT, self.rng(4), self.heldout_backgrounds)
+        self.drawn[HELDOUT] = {int(unseen[i]) for i in self.drawn[HELDOUT]}  # as test-set indices
+
+    def build_scenes(self, root: Path, split: str, rng: np.random.Generator,
+                     backgrounds: Backgrounds | None = None) -> None:
         from pycocotools import mask as mask_utils
 
         spec = self.spec
-        count = spec.train_scenes if split == "train" else spec.val_scenes
-        ade_split = "training" if split == "train" else "validation"
+        count = {"train": spec.train_scenes, "val": spec.val_scenes, HELDOUT: spec.heldout_scenes}[split]
+        ade_split = self.ADE_SPLITS[split]
+        backgrounds = backgrounds or self.backgrounds
         images, annotations = [], []
         for i in self.progress(f"scenes {split}", range(count), count):
             n = int(rng.integers(spec.objects_per_scene[0], spec.objects_per_scene[1] + 1))
             sizes = [int(rng.integers(spec.object_size[0], spec.object_size[1] + 1)) for _ in range(n)]
-            background = self.backgrounds.crop(rng, spec.scene_size)
+            background = backgrounds.crop(rng, spec.scene_size)
             scene = compose(background, self.random_items(split, rng, n), sizes, rng, spec.min_visible)
             name = f"{split}_{i:06d}.png"
             write_png(root / "coco" / split / name, scene.image)
@@ -266,8 +294,9 @@ class DemoDataBuilder:
                     "img_suffix": ".png", "seg_map_suffix": ".png"},
             "sources": {
                 "objects": "Fashion-MNIST (Debian dataset-fashion-mnist, MIT licence): train items for train "
-                           "files, test items for val files",
+                           "files, test items for val files, test items no val file shows for heldout files",
                 "backgrounds": "scikit-image data: " + ", ".join(BACKGROUND_PHOTOS),
+                "heldout_backgrounds": "scikit-image data: " + ", ".join(HELDOUT_PHOTOS),
             },
         }
 
@@ -286,4 +315,5 @@ def build_demo_data(root: str | Path, spec: DemoDataSpec | None = None,
     return DemoDataBuilder(spec or DemoDataSpec(), progress).build(root)
 
 
-__all__ = ["FASHION_CLASSES", "DemoDataSpec", "DemoDataBuilder", "build_demo_data", "class_folder", "compose"]
+__all__ = ["FASHION_CLASSES", "HELDOUT", "HELDOUT_PHOTOS", "DemoDataSpec", "DemoDataBuilder",
+           "build_demo_data", "class_folder", "compose"]

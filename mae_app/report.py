@@ -1,12 +1,16 @@
-"""The comparison report: runs (mae_app.runs) aggregated per backbone into markdown tables with
-mean ± sample standard deviation over seeds, verdicts of MAE against random initialisation beyond
-the seeds' spread, and PNG plots. Runs of pretrainings that differ in one setting (a `Sweep`: the
-mask ratio, the masking strategy) get a section of their own: a row per value with every metric,
-the pretraining's speed and extra parameters, verdicts against the reference value, and a plot."""
+"""The comparison report: runs (mae_app.runs) aggregated per row (a backbone, and the pretraining's
+settings where they vary) into markdown tables with mean ± sample standard deviation over seeds,
+verdicts by one stated rule (VERDICT_RULE, `separation`) of MAE against random initialisation,
+per-class IoU of every segmentation row, and PNG plots. A run evaluated on the held-out scenes
+(`"split": "heldout"`, mae_app.demo) fills its row's held-out columns beside the val ones. Runs of
+pretrainings that differ in one setting (a `Sweep`: the mask ratio, the masking strategy) get a
+section of their own: a row per value with every metric, the pretraining's speed and extra
+parameters, verdicts against the reference value, and a plot."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from collections import defaultdict
@@ -14,7 +18,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mae_app.demo_data import HELDOUT
 from mae_app.runs import CLS_METRICS, COST_METRICS, DENSE_METRICS, PRETRAIN_METRICS
+
+# A held-out evaluation's AP and mIoU, under these keys in its training run's row.
+HELDOUT_METRICS = [(f"{key}_{HELDOUT}", f"{title} held-out", digits) for key, title, digits in DENSE_METRICS]
+ALL_METRICS = DENSE_METRICS + HELDOUT_METRICS + COST_METRICS + CLS_METRICS + PRETRAIN_METRICS
+
+VERDICT_RULE = (
+    "Verdict rule: A is **ahead** of B on a metric when the difference of their means exceeds twice the "
+    "standard error of that difference, √(s_A²/n_A + s_B²/n_B), s being the sample standard deviation over "
+    "the n runs of each (seeds; pretraining seeds × seeds where several pretrainings share a row); "
+    "**behind** when it is below minus twice that; otherwise A and B **do not separate** on that metric. "
+    "A side with a single run, or two sides without any spread, get no verdict.")
 
 
 def spread(values: list[float]) -> tuple[float, float]:
@@ -23,13 +39,73 @@ def spread(values: list[float]) -> tuple[float, float]:
     return mean, statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+@dataclass(frozen=True)
+class Separation:
+    """A − B on one metric, judged by VERDICT_RULE."""
+
+    difference: float
+    standard_error: float
+    judgement: str  # "ahead", "behind", "does not separate", or why there is no verdict
+
+
+def separation(a: list[float], b: list[float]) -> Separation:
+    """VERDICT_RULE on the per-run values of A and B: the one place the report judges. Twice the
+    standard error is about a 95 % margin for many runs; with three a side it is looser (Welch's t
+    with about 4 degrees of freedom puts it near p = 0.1)."""
+    (ma, sa), (mb, sb) = spread(a), spread(b)
+    difference = ma - mb
+    error = math.sqrt(sa**2 / len(a) + sb**2 / len(b))
+    if len(a) < 2 or len(b) < 2:
+        judgement = "single run: no spread to judge by"
+    elif abs(difference) < 1e-9:
+        judgement = "no difference"
+    elif error == 0:
+        judgement = "every run gave the same result: no spread to judge by"
+    elif difference > 2 * error:
+        judgement = "ahead"
+    elif difference < -2 * error:
+        judgement = "behind"
+    else:
+        judgement = "does not separate"
+    return Separation(difference, error, judgement)
+
+
+VERDICT_CELL = "Each cell: the difference of the means A − B, twice its standard error (2 SE), the verdict."
+
+
+def verdict_cell(result: Separation, digits: int) -> str:
+    """`+3.3 (2 SE 1.4): **ahead**`: the difference, the margin it is judged against, the verdict."""
+    word = f"**{result.judgement}**" if result.judgement in ("ahead", "behind") else result.judgement
+    return f"{result.difference:+.{digits}f} (2 SE {2 * result.standard_error:.{digits}f}): {word}"
+
+
+def row_name(run: dict) -> str:
+    """The backbone, with the settings of the MAE pretraining it starts from (mask ratio, a masking
+    strategy other than random); the pretraining seed is left out, so a row spans them."""
+    settings = [f"mask {100 * run['mask_ratio']:.0f}%"] if run.get("mask_ratio") is not None else []
+    if run.get("masking", "random") != "random":
+        settings.append(run["masking"])
+    return run["backbone"] + (f" ({', '.join(settings)})" if settings else "")
+
+
+def on_heldout(run: dict) -> dict:
+    """A held-out evaluation's record with its AP and mIoU under the held-out keys, so it joins its
+    training run's row; its cost is that of the training run's backbone and is not counted twice."""
+    metrics = {key for key, _, _ in ALL_METRICS}
+    moved = {key: value for key, value in run.items() if key not in metrics}
+    return {**moved, **{f"{key}_{HELDOUT}": run[key] for key, _, _ in DENSE_METRICS if key in run}}
+
+
 def aggregate(runs: list[dict], key: str = "backbone") -> dict[str, dict]:
-    """Per `key` value: every metric's values over its runs, and the seeds used."""
-    table: dict[str, dict] = defaultdict(lambda: {"seeds": set(), "values": defaultdict(list)})
+    """Per `key` value: every metric's values over its runs, the seeds and the pretraining seeds."""
+    table: dict[str, dict] = defaultdict(lambda: {"seeds": set(), "pretrain_seeds": set(),
+                                                  "values": defaultdict(list)})
     for run in runs:
         row = table[run[key]]
         row["seeds"].add(run.get("seed", 0))
-        for metric, _, _ in DENSE_METRICS + COST_METRICS + CLS_METRICS + PRETRAIN_METRICS:
+        if run.get("pretrain_seed") is not None:
+            row["pretrain_seeds"].add(run["pretrain_seed"])
+        for metric, _, _ in ALL_METRICS:
             if run.get(metric) is not None:
                 row["values"][metric].append(float(run[metric]))
     return dict(table)
@@ -44,35 +120,41 @@ def cell(values: list[float], digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def verdict(table: dict, better: str, worse: str, metric: str) -> str | None:
-    """Does `better` beat `worse` on `metric`, beyond the seeds' spread?"""
-    a = table.get(better, {}).get("values", {}).get(metric)
-    b = table.get(worse, {}).get("values", {}).get(metric)
-    if not a or not b:
-        return None
-    (ma, sa), (mb, sb) = spread(a), spread(b)
-    diff = ma - mb
-    if len(a) < 2 or len(b) < 2:
-        judgement = "single seed: no spread to judge by"
-    elif sa + sb == 0 and abs(diff) >= 1e-9:
-        judgement = "every seed gave the same result: no spread to judge by"
-    elif abs(diff) < 1e-9:
-        judgement = "no difference"
-    elif diff > sa + sb:
-        judgement = "yes, beyond the seeds' spread"
-    elif diff > 0:
-        judgement = "higher, but within the seeds' spread"
-    else:
-        judgement = "no"
-    return (f"{better} − {worse} = {diff:+.2f} ({ma:.2f} ± {sa:.2f} vs {mb:.2f} ± {sb:.2f}, "
-            f"n = {len(a)}/{len(b)}): {judgement}")
+def verdict_table(table: dict, pairs: list[tuple[str, str]], metrics, first: str) -> list[str]:
+    """A row per (A, B) pair of `table` rows that share a metric, a column per metric a pair shares,
+    each cell A − B judged by `separation`; no lines when no pair shares a metric."""
+    def values(name, metric):
+        return table.get(name, {}).get("values", {}).get(metric)
+
+    def shared(a, b, metric):
+        return bool(values(a, metric) and values(b, metric))
+
+    pairs = [(a, b) for a, b in pairs if any(shared(a, b, m) for m, _, _ in metrics)]
+    metrics = [m for m in metrics if any(shared(a, b, m[0]) for a, b in pairs)]
+    if not pairs:
+        return []
+    lines = [f"| {first} | " + " | ".join(title for _, title, _ in metrics) + " |",
+             "|" + "---|" * (len(metrics) + 1)]
+    for a, b in pairs:
+        cells = [verdict_cell(separation(values(a, m), values(b, m)), d) if shared(a, b, m) else "—"
+                 for m, _, d in metrics]
+        lines.append(f"| {a} vs {b} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def seeds_cell(row: dict) -> str:
+    """`0, 1, 2`, or `0, 1, 2 × pretraining 0, 1` where the row spans several pretrainings."""
+    seeds = ", ".join(str(s) for s in sorted(row["seeds"]))
+    if len(row["pretrain_seeds"]) > 1:
+        seeds += " × pretraining " + ", ".join(str(s) for s in sorted(row["pretrain_seeds"]))
+    return seeds
 
 
 def render_table(table: dict, metrics: list[tuple[str, str, int]], first: str = "backbone") -> list[str]:
     lines = [f"| {first} | seeds | " + " | ".join(title for _, title, _ in metrics) + " |",
              "|" + "---|" * (len(metrics) + 2)]
     for name, row in table.items():
-        seeds = ", ".join(str(s) for s in sorted(row["seeds"]))
+        seeds = seeds_cell(row)
         cells = [cell(row["values"].get(m, []), d) for m, _, d in metrics]
         lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
     return lines
@@ -129,7 +211,7 @@ SWEEPS = (
           "mask_ratio_sweep.png"),
     Sweep("masking", "Masking strategies", "masking", "random", str, "masking_sweep.png"),
 )
-PERCENT_METRICS = CLS_METRICS + DENSE_METRICS
+PERCENT_METRICS = CLS_METRICS + DENSE_METRICS + HELDOUT_METRICS
 SPEED_RATIO = "pretrain_speed_ratio"  # a sweep row's pretraining img/s over the reference's
 
 
@@ -166,20 +248,17 @@ def sweep_section(runs: list[dict], sweep: Sweep, out: Path) -> list[str]:
     speed = [*PRETRAIN_METRICS[:1], (SPEED_RATIO, f"img/s vs {sweep.label(sweep.reference)}", 2),
              *PRETRAIN_METRICS[1:]]
     lines = [f"## {sweep.title}", "",
-             "Mean ± std over the seeds listed (accuracy, AP and mIoU in %); one pretraining per row. "
-             "Pretraining img/s is read from each pretraining's own log (log lines within an epoch); "
-             "extra params are those its masking strategy adds (a loss head).", ""]
+             "Mean ± std over the runs of each row (accuracy, AP and mIoU in %): its seeds, times its "
+             "pretraining seeds where it has several (the seeds column). Pretraining img/s is read from each "
+             "pretraining's own log (log lines within an epoch); extra params are those its masking strategy "
+             "adds (a loss head).", ""]
     lines += render_table(named, metrics + speed, first=sweep.column) + [""]
     reference = sweep.label(sweep.reference)
-    if reference in named:
-        for name in named:
-            if name in (reference, "random init"):
-                continue
-            for metric, title, _ in metrics:
-                text = verdict(named, name, reference, metric)
-                if text:
-                    lines.append(f"- **{title}**: {text}")
-        lines.append("")
+    pairs = [(name, reference) for name in named if name not in (reference, "random init")]
+    table = verdict_table(named, [*pairs, (reference, "random init")], metrics, first="comparison")
+    if table:
+        lines += [f"Each {sweep.column} against {reference}, and {reference} against random init. "
+                  f"{VERDICT_CELL} {VERDICT_RULE}", "", *table, ""]
     path = out / sweep.plot_file
     plotted = plot_sweep_lines(rows, metrics, path) if sweep.numeric else plot_metrics(named, metrics, path)
     if plotted:
@@ -236,64 +315,73 @@ def stack_pictures(rows: dict[str, list[Path]], path: Path) -> Path:
     return path
 
 
-def probe_row_name(run: dict) -> str:
-    settings = [f"mask {100 * run['mask_ratio']:.0f}%"] if run.get("mask_ratio") is not None else []
-    if run.get("masking", "random") != "random":
-        settings.append(run["masking"])
-    return run["backbone"] + (f" ({', '.join(settings)})" if settings else "")
+def class_iou_section(seg_runs: list[dict]) -> list[str]:
+    """Per-class IoU (mae_app.runs.mmseg_class_iou) of every segmentation row, on val and held out."""
+    rows: dict[str, dict[str, list[float]]] = defaultdict(dict)
+    for run in sorted(seg_runs, key=lambda r: r.get("split") == HELDOUT):
+        label = f"{run['row']}, {'held-out' if run.get('split') == HELDOUT else 'val'}"
+        for name, value in (run.get("class_IoU") or {}).items():
+            rows[label].setdefault(name, []).extend([] if value is None else [value])
+    if not rows:
+        return []
+    classes = list(dict.fromkeys(name for row in rows.values() for name in row))
+    lines = ["### Per-class IoU", "",
+             "IoU in % per class, mean ± std over seeds, from each run's last evaluation (MMSegmentation's "
+             "per-class table in its log); — where no run of the row saw the class in its labels or "
+             "predictions.", "", "| backbone, data | " + " | ".join(classes) + " |",
+             "|" + "---|" * (len(classes) + 1)]
+    lines += [f"| {label} | " + " | ".join(cell(row.get(name, []), 1) for name in classes) + " |"
+              for label, row in rows.items()]
+    return lines + [""]
+
+
+DENSE_TEXT = ("Mean ± sample standard deviation over the seeds listed (AP and mIoU in %) on the val "
+              "split{held}. Parameters, FLOPs and latency are those of the backbone with its feature pyramid "
+              "for one image at the task's image size; throughput is of the whole model in training.")
+HELDOUT_TEXT = (", and held out: the same trained models on the held-out scenes (Fashion-MNIST test items "
+                "and photos that no train or val file shows)")
 
 
 def write_report(runs: list[dict], out: Path, title: str = "Backbone comparison",
                  figures: dict[str, Path] | None = None) -> Path:
     """report.md (and its plots, runs.json) in `out`; `figures` (title: picture) are shown at the end."""
     out.mkdir(parents=True, exist_ok=True)
-    dense = [r for r in runs if r["task"] in ("det", "seg")]
-    cls = [r for r in runs if r["task"] == "cls"]
+    runs = [{**run, "row": row_name(run)} for run in runs]
+    joined = [on_heldout(r) if r.get("split") == HELDOUT else r for r in runs]
     lines = [f"# {title}", ""]
     for task, title_, metrics in (("det", "Detection (Mask R-CNN)", DENSE_METRICS[:2]),
                                   ("seg", "Semantic segmentation (UperNet)", DENSE_METRICS[2:])):
-        runs_of_task = [r for r in dense if r["task"] == task]
+        runs_of_task = [r for r in joined if r["task"] == task]
         if not runs_of_task:
             continue
-        table = aggregate(runs_of_task)
-        lines += [f"## {title_}", "",
-                  "Mean ± sample standard deviation over the seeds listed (AP and mIoU in %). Parameters, "
-                  "FLOPs and latency are those of the backbone with its feature pyramid for one image at the "
-                  "task's image size; throughput is of the whole model in training.", ""]
-        lines += render_table(table, metrics + COST_METRICS) + [""]
-        if plot_metrics(table, metrics + COST_METRICS, out / f"{task}.png"):
+        table = aggregate(runs_of_task, key="row")
+        keys = {key for key, _, _ in metrics}
+        held = [m for m in HELDOUT_METRICS if m[0].removesuffix(f"_{HELDOUT}") in keys
+                and any(row["values"].get(m[0]) for row in table.values())]
+        lines += [f"## {title_}", "", DENSE_TEXT.format(held=HELDOUT_TEXT if held else ""), ""]
+        lines += render_table(table, metrics + held + COST_METRICS) + [""]
+        if plot_metrics(table, metrics + held + COST_METRICS, out / f"{task}.png"):
             lines += [f"![{task}]({task}.png)", ""]
-    if dense:
-        table = aggregate(dense)
-        if "vit_mae" in table and "vit_random" in table:
-            lines += ["## Does MAE pretraining beat random initialisation?", ""]
-            for metric, title_, _ in DENSE_METRICS:
-                text = verdict(table, "vit_mae", "vit_random", metric)
-                if text:
-                    lines.append(f"- **{title_}**: {text}")
-            if lines[-1] == "":
-                lines.append("Not enough results to compare (both need box AP, mask AP or mIoU).")
-            lines.append("")
+        if task == "seg":
+            lines += class_iou_section([r for r in runs if r["task"] == "seg"])
+    table = aggregate(joined, key="row")
+    comparison = verdict_table(table, [(name, "vit_random") for name in table if name.startswith("vit_mae")],
+                               DENSE_METRICS + HELDOUT_METRICS + CLS_METRICS, first="comparison")
+    if comparison:
+        lines += ["## MAE vs random initialisation", "", f"{VERDICT_CELL} {VERDICT_RULE}", "",
+                  *comparison, ""]
+    cls = [r for r in runs if r["task"] == "cls"]
     if cls:
-        labelled = [{**r, "probe_row": probe_row_name(r)} for r in cls]
-        table = aggregate(labelled, key="probe_row")
         lines += ["## Classification probes", "",
                   "Accuracy in % on the val split, mean ± std over seeds.", ""]
-        lines += render_table(table, CLS_METRICS, first="encoder") + [""]
-        if "vit_random" in table:
-            for row in (name for name in table if name.startswith("vit_mae")):
-                for metric, title_, _ in CLS_METRICS:
-                    text = verdict(table, row, "vit_random", metric)
-                    if text:
-                        lines.append(f"- **{title_}**: {text}")
-            lines.append("")
+        lines += render_table(aggregate(cls, key="row"), CLS_METRICS, first="encoder") + [""]
     for sweep in SWEEPS:
-        lines += sweep_section(runs, sweep, out)
+        lines += sweep_section(joined, sweep, out)
     for caption, picture in (figures or {}).items():
         lines += [f"## {caption}", "", f"![{caption}]({os.path.relpath(picture, out)})", ""]
-    lines += ["## Runs", "", "| task | backbone | seed | source | notes |", "|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['backbone']} | {r.get('seed', 0)} | {r['source']} | {r.get('notes', '')} |"
-              for r in runs]
+    lines += ["## Runs", "", "| task | backbone | seed | data | source | notes |", "|" + "---|" * 6]
+    lines += [f"| {r['task']} | {r['backbone']} | {r.get('seed', 0)} | {r.get('split', 'val')} | "
+              f"{r['source']} | {r.get('notes', '')} |" for r in runs]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     (out / "runs.json").write_text(json.dumps(runs, indent=2, sort_keys=True, default=str) + "\n")

@@ -1,12 +1,14 @@
 """Reading runs: a run folder's `run.json` completed from the logs its tool left (Detectron2's
-`eval_results.json` and `metrics.json`, MMEngine's `*/vis_data/scalars.json`, tools/eval_cls.py's
-`eval_cls.json`) and by measuring the catalogue backbone (parameters, FLOPs, latency).
+`eval_results.json` and `metrics.json`; MMEngine's `*/vis_data/scalars.json`, or a test's
+`*/<timestamp>.json`, and the per-class IoU table in its log; tools/eval_cls.py's `eval_cls.json`)
+and by measuring the catalogue backbone (parameters, FLOPs, latency).
 
 A run is described by `run.json` in its folder:
     {"task": "det" | "seg" | "cls", "backbone": "vit_mae", "seed": 0,
      "backbone_kwargs": {...}, "checkpoint": "...", "img_size": 128, "batch_size": 2,
      "mask_ratio": 0.75, "masking": "block",   # optional, for pretraining sweeps
      "pretrain_dir": "...",             # optional: the MAE pretraining, for its speed and extra parameters
+     "split": "heldout",                # optional: an evaluation on the demo's held-out scenes (else val)
      "box_AP": ..., "mask_AP": ..., "mIoU": ..., "knn_acc": ..., "linear_acc": ...}
 Metrics that are absent are read from the folder; params, FLOPs and latency are measured on the
 catalogue backbone (mae_core/catalogue.py) at `img_size`."""
@@ -83,19 +85,58 @@ def detectron2_metrics(folder: Path) -> dict:
 
 
 def mmseg_metrics(folder: Path) -> dict:
-    """mIoU of the last validation and the median seconds per iteration from the newest
-    `<timestamp>/vis_data/scalars.json` under the work dir."""
-    logs = sorted(folder.glob("*/vis_data/scalars.json"))
-    if not logs:
+    """Of the newest MMEngine run under the work dir (a `<timestamp>` folder): mIoU of its last
+    evaluation and the median seconds per training iteration, from a training's
+    `vis_data/scalars.json` or a test's (tools/test_seg.py) `<timestamp>.json`; per-class IoU
+    from its text log (`mmseg_class_iou`)."""
+    runs = sorted(p for p in folder.glob("*/") if (p / "vis_data/scalars.json").is_file()
+                  or (p / f"{p.name}.json").is_file())
+    if not runs:
         return {}
-    rows = json_lines(logs[-1])
+    newest = runs[-1]
+    scalars = newest / "vis_data/scalars.json"
+    rows = json_lines(scalars if scalars.is_file() else newest / f"{newest.name}.json")
     out = {}
     evals = [row for row in rows if "mIoU" in row]
     if evals:
         out["mIoU"] = evals[-1]["mIoU"]
+        per_class = mmseg_class_iou(newest / f"{newest.name}.log")
+        if per_class:
+            out["class_IoU"] = per_class
     times = [row["time"] for row in rows if "time" in row and "mIoU" not in row]
     if times:
         out["seconds_per_iter"] = statistics.median(times)
+    return out
+
+
+def mmseg_class_iou(log: Path) -> dict[str, float | None]:
+    """Per-class IoU (in %) of the last evaluation in an MMEngine text log. MMSegmentation's
+    IoUMetric returns only the means; the per-class values it prints, as a table after "per class
+    results:". A class with no pixel in the labels or the predictions (nan) gets None."""
+    if not log.is_file():
+        return {}
+    lines = log.read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.endswith("per class results:")]
+    if not starts:
+        return {}
+    table: list[str] = []
+    for line in lines[starts[-1] + 1:]:
+        if line.startswith(("|", "+")):
+            table.append(line)
+        elif table:
+            break
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table if line.startswith("|")]
+    if len(table) < 4 or not table[-1].startswith("+") or not {"Class", "IoU"} <= set(rows[0]):
+        raise RunError(f"{log}: the table after its last 'per class results:' is not a whole table with "
+                       "Class and IoU columns (a log cut short?)")
+    name, iou = rows[0].index("Class"), rows[0].index("IoU")
+    out = {}
+    for row in rows[1:]:
+        try:
+            value = float(row[iou])
+        except (ValueError, IndexError) as exc:
+            raise RunError(f"{log}: the per-class IoU of {row[name]!r} is not a number: {row}") from exc
+        out[row[name]] = None if math.isnan(value) else value
     return out
 
 

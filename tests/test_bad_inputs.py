@@ -864,6 +864,41 @@ def _(tmp_path):
     return Case(seg_train(tmp_path, data), [f"cannot read image {folder}", "mode 'F' (32-bit float grey)"],
                 exit_code=1, absent=["Traceback"])
 
+# ---------------------------------------------------------------- rows: reports
+
+
+@bad_input("compare_seg_log_with_its_per_class_table_cut_short")
+def _(tmp_path):
+    """A segmentation run killed while MMSegmentation logged its per-class IoU table (IoUMetric's
+    own output, cut): compare.py stops naming the log, no report."""
+    import numpy as np
+    import torch
+    from mmengine.logging import MMLogger
+    from mmengine.structures import PixelData
+    from mmseg.evaluation import IoUMetric
+    from mmseg.structures import SegDataSample
+
+    run = tmp_path / "seg/20260101_000000"
+    (run / "vis_data").mkdir(parents=True)
+    log = run / "20260101_000000.log"
+    MMLogger.get_instance("cut_table", log_file=str(log))
+    metric = IoUMetric(iou_metrics=["mIoU"])
+    metric.dataset_meta = {"classes": ["background", "item"]}
+    label = PixelData(data=torch.from_numpy(np.eye(4, dtype=np.int64))[None])
+    metric.process({}, [SegDataSample(pred_sem_seg=label, gt_sem_seg=label).to_dict()])
+    miou = float(metric.compute_metrics(metric.results)["mIoU"])
+    (run / "vis_data/scalars.json").write_text(json.dumps({"mIoU": miou, "step": 4}) + "\n")
+    log.write_text("\n".join(log.read_text().splitlines()[:-2]) + "\n")  # the last row and border lost
+    record = {"task": "seg", "backbone": "vit_random", "img_size": 64}
+    (tmp_path / "seg/run.json").write_text(json.dumps(record))
+    out = tmp_path / "report"
+
+    def check():
+        assert not (out / "report.md").exists()
+
+    return Case(tool("compare.py", "--runs", tmp_path / "seg", "--out", out), [str(log), "per class results"],
+                exit_code=1, absent=["Traceback"], check=check)
+
 
 # ---------------------------------------------------------------- rows: images and data
 

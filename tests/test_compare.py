@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mae_app.demo_data import FASHION_CLASSES
 from mae_app.jobs import execute_plan
-from mae_app.report import aggregate, verdict
-from mae_app.runs import RunError, load_run
+from mae_app.report import VERDICT_RULE, aggregate, separation
+from mae_app.runs import RunError, load_run, mmseg_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,22 +63,36 @@ def coco_eval_of_jittered_truth(scenes: Path, jitter: float, seed: int) -> dict:
     return results
 
 
-def miou_of_noisy_maps(scenes: Path, flip: float, seed: int, num_classes: int = 11) -> float:
-    """Mean IoU (in %) of the val label maps against copies with a fraction `flip` of pixels relabelled."""
+def noisy_maps(scenes: Path, flip: float, seed: int, num_classes: int = 11) -> list[tuple]:
+    """(prediction, truth) of every val label map, the prediction a copy with a fraction `flip` of its
+    pixels relabelled at random."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    inter, union = np.zeros(num_classes), np.zeros(num_classes)
+    pairs = []
     for path in sorted((scenes / "ade/annotations/validation").glob("*.png")):
         truth = np.asarray(Image.open(path)).astype(int)
         pred = truth.copy()
         noisy = rng.random(truth.shape) < flip
         pred[noisy] = rng.integers(0, num_classes, noisy.sum())
+        pairs.append((pred, truth))
+    return pairs
+
+
+def class_iou(pairs, num_classes: int = 11) -> np.ndarray:
+    """IoU (in %) per class over all pairs, counted here; nan for a class in neither map."""
+    inter, union = np.zeros(num_classes), np.zeros(num_classes)
+    for pred, truth in pairs:
         for c in range(num_classes):
             inter[c] += np.sum((pred == c) & (truth == c))
             union[c] += np.sum((pred == c) | (truth == c))
-    present = union > 0
-    return float(100 * np.mean(inter[present] / union[present]))
+    with np.errstate(invalid="ignore"):
+        return 100 * inter / union
+
+
+def miou_of_noisy_maps(scenes: Path, flip: float, seed: int) -> float:
+    """Mean IoU (in %) of the val label maps against copies with a fraction `flip` of pixels relabelled."""
+    return float(np.nanmean(class_iou(noisy_maps(scenes, flip, seed))))
 
 
 def write_det_run(folder: Path, backbone: str, seed: int, results: dict, kwargs: dict) -> None:
@@ -99,6 +114,130 @@ def write_seg_run(folder: Path, backbone: str, seed: int, miou: float, kwargs: d
     (logs / "scalars.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "run.json").write_text(json.dumps({"task": "seg", "backbone": backbone, "seed": seed,
                                                  "img_size": 64, "batch_size": 4, "backbone_kwargs": kwargs}))
+
+
+def write_mmseg_evaluation(folder: Path, pairs, name: str, test: bool = False) -> dict:
+    """MMSegmentation's IoUMetric on `pairs`, logging through an MMEngine logger into the work dir
+    as a run does (`<timestamp>/<timestamp>.log`, its per-class table in it); the returned means in
+    `vis_data/scalars.json` as training writes them, or with `test` in `<timestamp>.json` as
+    tools/test_seg.py does. Returns them."""
+    import torch
+    from mmengine.logging import MMLogger
+    from mmengine.structures import PixelData
+    from mmseg.evaluation import IoUMetric
+    from mmseg.structures import SegDataSample
+
+    run = folder / "20260101_000000"
+    (run / "vis_data").mkdir(parents=True)
+    logger = MMLogger.get_instance(name, log_file=str(run / "20260101_000000.log"))
+    metric = IoUMetric(iou_metrics=["mIoU"])
+    metric.dataset_meta = {"classes": ["background", *FASHION_CLASSES]}
+    samples = [SegDataSample(pred_sem_seg=PixelData(data=torch.from_numpy(pred)[None]),
+                             gt_sem_seg=PixelData(data=torch.from_numpy(truth)[None])).to_dict()
+               for pred, truth in pairs]
+    metric.process({}, samples)
+    metrics = {key: float(value) for key, value in metric.compute_metrics(metric.results).items()}
+    for handler in logger.handlers:
+        handler.flush()
+    if test:
+        (run / "20260101_000000.json").write_text(json.dumps({**metrics, "time": 0.05}))
+    else:
+        (run / "vis_data/scalars.json").write_text(json.dumps({**metrics, "step": 3}) + "\n")
+    return metrics
+
+
+def test_per_class_iou_is_read_from_the_table_mmseg_logs(scenes, tmp_path):
+    """The per-class IoU of a run is the table IoUMetric logged for it (it returns only the mean):
+    it matches an independent count on the same maps, nan (a class in neither map) becoming None;
+    a table cut short stops with the log's name."""
+    # label 9 ("bag") taken out of every map, so one class is in neither
+    pairs = [(np.where(p == 9, 0, p), np.where(t == 9, 0, t)) for p, t in noisy_maps(scenes, 0.3, seed=0)]
+    metrics = write_mmseg_evaluation(tmp_path / "seg", pairs, "per_class")
+    found = mmseg_metrics(tmp_path / "seg")
+    assert list(found["class_IoU"]) == ["background", *FASHION_CLASSES]
+    for value, (name, got) in zip(class_iou(pairs), found["class_IoU"].items(), strict=True):
+        assert got is None if np.isnan(value) else got == pytest.approx(value, abs=0.006), name
+    assert found["class_IoU"]["bag"] is None and 0 < found["class_IoU"]["background"] < 100
+    assert found["mIoU"] == pytest.approx(metrics["mIoU"])
+
+    log = tmp_path / "seg/20260101_000000/20260101_000000.log"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:-3]) + "\n")  # killed while writing the table
+    with pytest.raises(RunError, match=r"000000\.log: the table after its last 'per class results:'"):
+        mmseg_metrics(tmp_path / "seg")
+
+
+def test_report_puts_heldout_beside_val_and_judges_every_metric_by_the_rule(scenes, tmp_path):
+    """Three seeds of MAE and random init, each trained run also evaluated on held-out scenes (a
+    record with "split": "heldout", segmentation as tools/test_seg.py logs): the tables hold val and
+    held-out numbers in their own columns, the per-class IoU of every row and data, and one verdict
+    table whose every cell is the rule applied to the runs' values."""
+    from mae_app.report import VERDICT_CELL, cell, verdict_cell, write_report
+
+    measured = {"params": 0.8, "flops": 2.2, "latency": 15.0, "img_size": 64, "batch_size": 2}
+    quality = {("vit_mae", "val"): 0.05, ("vit_random", "val"): 0.4,
+               ("vit_mae", "heldout"): 0.3, ("vit_random", "heldout"): 0.35}
+    runs = []
+    for (backbone, split), q in quality.items():
+        for seed in (0, 1, 2):
+            record = {"backbone": backbone, "seed": seed, **measured,
+                      **({"split": split} if split == "heldout" else {})}
+            det = tmp_path / f"det_{backbone}_{split}_{seed}"
+            write_det_run(det, backbone, seed, coco_eval_of_jittered_truth(scenes, q, seed), VIT)
+            (det / "run.json").write_text(json.dumps({"task": "det", **record}))
+            seg = tmp_path / f"seg_{backbone}_{split}_{seed}"
+            write_mmseg_evaluation(seg, noisy_maps(scenes, q, seed), seg.name, test=split == "heldout")
+            (seg / "run.json").write_text(json.dumps({"task": "seg", **record}))
+            runs += [load_run(det, measure=False), load_run(seg, measure=False)]
+    for backbone, knn in (("vit_mae", 40.0), ("vit_random", 39.5)):
+        for seed in (0, 1, 2):
+            folder = tmp_path / f"cls_{backbone}_{seed}"
+            folder.mkdir()
+            (folder / "eval_cls.json").write_text(json.dumps({"knn_acc": (knn + seed) / 100}))
+            (folder / "run.json").write_text(json.dumps({"task": "cls", "backbone": backbone, "seed": seed}))
+            runs.append(load_run(folder))
+
+    report = write_report(runs, tmp_path / "report").read_text()
+
+    def values(task, backbone, split, metric):
+        return [r[metric] for r in runs if r["task"] == task and r["backbone"] == backbone
+                and r.get("split", "val") == split]
+
+    det = report.split("## Detection (Mask R-CNN)")[1].split("\n\n")[2].splitlines()
+    assert det[0] == ("| backbone | seeds | box AP | mask AP | box AP held-out | mask AP held-out | "
+                      "params (M) | GFLOPs | train img/s | latency (ms) |")
+    mae = [c.strip() for c in det[2].strip("|").split("|")]
+    assert mae[:6] == ["vit_mae", "0, 1, 2", cell(values("det", "vit_mae", "val", "box_AP"), 1),
+                       cell(values("det", "vit_mae", "val", "mask_AP"), 1),
+                       cell(values("det", "vit_mae", "heldout", "box_AP"), 1),
+                       cell(values("det", "vit_mae", "heldout", "mask_AP"), 1)]
+    assert mae[6] == "0.80"  # the backbone's cost once, from the trained runs
+    seg = report.split("## Semantic segmentation (UperNet)")[1]
+    assert "| backbone | seeds | mIoU | mIoU held-out |" in seg
+    per_class = seg.split("### Per-class IoU")[1].split("\n\n")[2].splitlines()
+    assert per_class[0] == "| backbone, data | background | " + " | ".join(FASHION_CLASSES) + " |"
+    assert [line.split(" | ")[0] for line in per_class[2:]] == [
+        "| vit_mae, val", "| vit_random, val", "| vit_mae, held-out", "| vit_random, held-out"]
+    background = [r["class_IoU"]["background"] for r in runs
+                  if r["task"] == "seg" and r["backbone"] == "vit_random" and r.get("split") == "heldout"]
+    assert per_class[5].split(" | ")[1] == cell(background, 1)
+
+    section = report.split("## MAE vs random initialisation")[1].split("\n## ")[0]
+    assert VERDICT_CELL in section and VERDICT_RULE in section
+    table = section.split("\n\n")[2].splitlines()
+    assert table[0] == ("| comparison | box AP | mask AP | mIoU | box AP held-out | mask AP held-out | "
+                        "mIoU held-out | k-NN acc |")
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    compared = (("det", "box_AP", "val"), ("det", "mask_AP", "val"), ("seg", "mIoU", "val"),
+                ("det", "box_AP", "heldout"), ("det", "mask_AP", "heldout"), ("seg", "mIoU", "heldout"),
+                ("cls", "knn_acc", "val"))
+    expected = []
+    for task, key, split in compared:
+        result = separation(values(task, "vit_mae", split, key), values(task, "vit_random", split, key))
+        expected.append(verdict_cell(result, 1))
+    assert cells == ["vit_mae vs vit_random", *expected]
+    assert cells[1].endswith("**ahead**") and cells[-1].endswith("does not separate")
+    assert "| det | vit_mae | 0 | heldout |" in report  # the runs' table names the data
 
 
 @pytest.mark.slow
@@ -138,8 +277,10 @@ def test_report_of_two_backbones_and_two_seeds_has_every_column_filled(scenes, t
                 assert cells[1] == "0, 1" and all("±" in c for c in cells[2 : 2 + metrics]), row
     for png in ("det.png", "seg.png", "mask_ratio_sweep.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # the better predictions are judged better, beyond the seeds' spread
-    assert "**box AP**: vit_mae − vit_random = +" in report and "beyond the seeds' spread" in report
+    # the better predictions are judged better by the rule (two seeds: a spread, a verdict)
+    verdicts = report.split("## MAE vs random initialisation")[1].split("\n\n")[2].splitlines()
+    box = verdicts[2].strip("|").split("|")[1].strip()
+    assert verdicts[2].startswith("| vit_mae vs vit_random | +") and box.endswith("**ahead**"), verdicts
     runs = json.loads((out / "runs.json").read_text())
     det = next(r for r in runs if r["task"] == "det")
     assert det["train_throughput"] == pytest.approx(2 / 0.22)  # batch 2 / median time, truncated line skipped
@@ -148,15 +289,28 @@ def test_report_of_two_backbones_and_two_seeds_has_every_column_filled(scenes, t
     assert "±" not in det_row.split("|")[5]  # params: one measurement, no made-up spread
 
 
-def test_verdict_needs_two_seeds_and_a_margin_beyond_the_spread():
-    table = aggregate([
-        {"backbone": "a", "seed": 0, "mIoU": 50.0}, {"backbone": "a", "seed": 1, "mIoU": 52.0},
-        {"backbone": "b", "seed": 0, "mIoU": 49.0}, {"backbone": "b", "seed": 1, "mIoU": 51.0},
-    ])
-    assert "within the seeds' spread" in verdict(table, "a", "b", "mIoU")
-    assert verdict(table, "b", "a", "mIoU").endswith(": no")
-    single = aggregate([{"backbone": "a", "mIoU": 60.0}, {"backbone": "b", "mIoU": 10.0}])
-    assert "single seed" in verdict(single, "a", "b", "mIoU")
+def test_verdict_rule_is_the_difference_of_means_against_twice_its_standard_error():
+    """Two seeds with the means and standard deviations the demo measured (README, 2026-12-02):
+    box AP separates, mIoU does not; more runs, no spread or a single run change the verdict as the
+    rule says."""
+    box = separation([5.29, 3.15], [0.52, 0.42])  # MAE init vs random init: 4.22 ± 1.51 vs 0.47 ± 0.07
+    # difference 3.75; standard error sqrt(1.513²/2 + 0.0707²/2) = 1.0712
+    assert box.difference == pytest.approx(3.75) and box.standard_error == pytest.approx(1.0712, abs=1e-4)
+    assert box.judgement == "ahead"
+    assert separation([0.52, 0.42], [5.29, 3.15]).judgement == "behind"
+    miou = separation([10.59, 11.14], [9.38, 10.64])  # 10.87 ± 0.39 vs 10.01 ± 0.89
+    # +0.855 against 2 SE = 2 sqrt(0.389²/2 + 0.891²/2) = 1.375
+    assert miou.standard_error == pytest.approx(0.6874, abs=1e-4) and miou.judgement == "does not separate"
+    # either side of the margin: SE = sqrt(2 / 2) = 1 (sample std sqrt(2) for n = 2), so 2 SE = 2
+    assert separation([2.0, 4.0], [1.1, 1.1]).judgement == "does not separate"  # difference 1.9
+    assert separation([2.0, 4.0], [0.9, 0.9]).judgement == "ahead"  # 2.1
+    assert separation([2.0, 4.0, 3.0], [1.1, 1.1]).judgement == "ahead"  # 1.9 > 2 sqrt(1/3) = 1.15
+    assert "no spread" in separation([17.3, 17.3], [16.5, 16.5]).judgement
+    assert separation([16.5, 16.5], [16.5, 16.5]).judgement == "no difference"
+    assert "single run" in separation([60.0], [10.0, 11.0]).judgement
+    assert "twice the standard error" in VERDICT_RULE and "√(s_A²/n_A + s_B²/n_B)" in VERDICT_RULE
+    table = aggregate([{"backbone": "a", "seed": s, "mIoU": v} for s, v in enumerate((50.0, 52.0))])
+    assert table["a"]["values"]["mIoU"] == [50.0, 52.0] and table["a"]["seeds"] == {0, 1}
 
 
 def test_bad_run_records_name_the_file_and_key(tmp_path):

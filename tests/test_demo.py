@@ -1,6 +1,7 @@
-"""mae_app.demo: the plan covers every cell with every seed (and the sweep when asked), and the demo's
+"""mae_app.demo: the plan covers every cell with every seed (three by default; the sweep when asked),
+every trained model is evaluated on the held-out scenes with its own final weights, and the demo's
 config files, with the overrides a run gives them, build the catalogue backbone inside Detectron2's
-Mask R-CNN and MMSeg's UperNet."""
+Mask R-CNN and MMSeg's UperNet and test on the held-out scenes when told to."""
 
 from __future__ import annotations
 
@@ -31,13 +32,41 @@ def plan_of(tmp_path, **options):
 
 
 def test_plan_has_every_cell_for_every_seed(tmp_path):
-    plan = plan_of(tmp_path, seeds=[0, 1, 2])
+    plan = plan_of(tmp_path)  # the default seeds: 0 1 2
     cells = {(e["run"]["task"], e["run"]["backbone"], e["run"]["seed"]) for e in plan}
     assert cells == {(task, backbone, seed) for task in ("cls", "det", "seg")
                      for backbone in ("vit_mae", "vit_random") for seed in (0, 1, 2)}
     assert len({e["output_dir"] for e in plan}) == len(plan)
     mae_det = next(e for e in plan if e["run"]["task"] == "det" and e["run"]["backbone"] == "vit_mae")
     assert mae_det["run"]["checkpoint"].endswith("pretrain/mask75/last.pth")
+
+
+def test_every_trained_model_is_evaluated_on_the_heldout_scenes(tmp_path):
+    demo = Demo(DemoOptions(out=tmp_path, seeds=[0, 1], also=["resnet50_fpn"]))
+    plan = demo.plan()
+    heldout = demo.heldout_plan(plan)
+    trained = [e for e in plan if e["run"]["task"] in ("det", "seg")]
+    assert len(heldout) == len(trained) == 2 * 2 * 3
+    assert len({e["output_dir"] for e in plan + heldout}) == len(plan) + len(heldout)
+    data = demo.data
+    for source, entry in zip(trained, heldout, strict=True):
+        run, command = entry["run"], entry["command"]
+        assert run == {**source["run"], "split": "heldout", "trained_in": source["output_dir"]}
+        assert Path(entry["output_dir"]).parent.name == f"{run['task']}_heldout"
+        if run["task"] == "det":
+            assert command[1].endswith("tools/train_det.py") and "--eval-only" in command
+            assert f"train.init_checkpoint='{source['output_dir']}/model_final.pth'" in command
+            coco = data / "coco"
+            assert f"dataloader.test.dataset.json_file='{coco}/annotations/instances_heldout.json'" in command
+            assert f"dataloader.test.dataset.image_root='{coco}/heldout'" in command
+            assert f"train.output_dir='{entry['output_dir']}'" in command
+        else:
+            assert command[1].endswith("tools/test_seg.py")
+            assert command[3] == f"{source['output_dir']}/iter_{demo.recipe.seg_iters}.pth"
+            assert command[4:6] == ["--work-dir", entry["output_dir"]]
+            assert "test_dataloader.dataset.data_prefix.img_path=images/heldout" in command
+        # the same model as the trained run: its backbone, pretrained checkpoint and seed
+        assert [a for a in command if "backbone" in a] == [a for a in source["command"] if "backbone" in a]
 
 
 def test_more_backbones_join_detection_and_segmentation(tmp_path):
@@ -77,6 +106,12 @@ def test_detection_config_builds_mask_rcnn_with_the_mae_backbone(tmp_path):
     assert cfg.train.seed == 3 and cfg.train.max_iter == 4 and cfg.train.output_dir == str(tmp_path / "out")
     assert cfg.dataloader.train.mapper.instance_mask_format == "bitmask"
     assert cfg.dataloader.test.dataset.image_root == str(tmp_path / "data/coco/val")
+    held = detection_overrides("vit_mae", str(checkpoint), tmp_path / "data", tmp_path / "out", seed=3,
+                               iters=4, test_split="heldout")
+    held = LazyConfig.apply_overrides(LazyConfig.load(str(DET_CONFIG)), held)
+    coco = tmp_path / "data/coco"
+    assert held.dataloader.test.dataset.json_file == str(coco / "annotations/instances_heldout.json")
+    assert held.dataloader.train.dataset.image_root == str(coco / "train")
     # The run record's backbone (measured by the report) is the one the config builds.
     recipe = Recipe()
     assert plain(cfg.model.backbone.options) == recipe.vit_options()
@@ -111,6 +146,13 @@ def test_segmentation_config_builds_upernet(tmp_path):
     assert [(s.begin, s.end) for s in cfg.param_scheduler] == [(0, 1), (1, 4)]
     assert cfg.test_dataloader.dataset.data_root == str(Path(tmp_path / "data/ade"))
     assert cfg.train_dataloader.dataset.img_suffix == ".png"
+    assert cfg.test_dataloader.dataset.data_prefix.img_path == "images/validation"
+    held = Config.fromfile(str(SEG_CONFIG))
+    options = segmentation_overrides("vit_random", None, tmp_path / "data", 2, 4, test_split="heldout")
+    held.merge_from_dict(parser.parse_args(["--cfg-options", *options]).cfg_options)
+    assert dict(held.test_dataloader.dataset.data_prefix) == {"img_path": "images/heldout",
+                                                             "seg_map_path": "annotations/heldout"}
+    assert held.val_dataloader.dataset.data_prefix.img_path == "images/validation"
     recipe = Recipe()
     assert plain(cfg.model.backbone.options) == recipe.vit_options()
     assert cfg.model.backbone.out_channels == PYRAMID_CHANNELS

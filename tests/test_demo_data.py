@@ -1,5 +1,5 @@
 """The demo data builder: deterministic bytes, valid COCO instances, valid label maps, disjoint
-sources for train and val."""
+sources for train and val, and held-out scenes whose items and photos no train or val file shows."""
 
 from __future__ import annotations
 
@@ -12,11 +12,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mae_app.demo_data import FASHION_CLASSES, DemoDataSpec, build_demo_data, compose
+from mae_app.demo_data import (
+    BACKGROUND_PHOTOS,
+    FASHION_CLASSES,
+    HELDOUT_PHOTOS,
+    DemoDataBuilder,
+    DemoDataSpec,
+    build_demo_data,
+    compose,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = DemoDataSpec(seed=3, scene_size=64, image_size=32, train_scenes=6, val_scenes=4, object_size=(16, 32),
-                    pretrain_images=6, cls_train_per_class=1, cls_val_per_class=1)
+                    pretrain_images=6, cls_train_per_class=1, cls_val_per_class=1, heldout_scenes=5)
 
 
 def files_of(root: Path) -> dict[str, bytes]:
@@ -43,7 +51,8 @@ def test_layout_and_counts(tiny):
         folders = sorted(p for p in (tiny / "cls" / split).iterdir())
         assert len(folders) == len(FASHION_CLASSES)
         assert all(len(list(f.glob("*.png"))) == per_class for f in folders)
-    splits = (("train", "training", TINY.train_scenes), ("val", "validation", TINY.val_scenes))
+    splits = (("train", "training", TINY.train_scenes), ("val", "validation", TINY.val_scenes),
+              ("heldout", "heldout", TINY.heldout_scenes))
     for split, ade_split, count in splits:
         assert len(list((tiny / "coco" / split).glob("*.png"))) == count
         assert len(list((tiny / "ade/images" / ade_split).glob("*.png"))) == count
@@ -52,7 +61,7 @@ def test_layout_and_counts(tiny):
         assert img.size == (TINY.image_size, TINY.image_size) and img.mode == "RGB"
 
 
-@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("split", ["train", "val", "heldout"])
 def test_coco_json_loads_with_pycocotools_and_is_consistent(tiny, split):
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
@@ -60,7 +69,8 @@ def test_coco_json_loads_with_pycocotools_and_is_consistent(tiny, split):
     coco = COCO(str(tiny / "coco/annotations" / f"instances_{split}.json"))
     assert sorted(coco.getCatIds()) == list(range(1, 11))
     assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(FASHION_CLASSES)
-    assert len(coco.getImgIds()) == (TINY.train_scenes if split == "train" else TINY.val_scenes)
+    assert len(coco.getImgIds()) == {"train": TINY.train_scenes, "val": TINY.val_scenes,
+                                     "heldout": TINY.heldout_scenes}[split]
     anns = coco.loadAnns(coco.getAnnIds())
     assert len(anns) >= len(coco.getImgIds())  # at least one object per scene
     for ann in anns:
@@ -81,11 +91,11 @@ def test_coco_json_loads_with_pycocotools_and_is_consistent(tiny, split):
         assert np.sum(masks, axis=0).max() <= 1
 
 
-@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("split", ["train", "val", "heldout"])
 def test_label_maps_hold_valid_ids_and_match_instances(tiny, split):
     from pycocotools.coco import COCO
 
-    ade_split = {"train": "training", "val": "validation"}[split]
+    ade_split = DemoDataBuilder.ADE_SPLITS[split]
     coco = COCO(str(tiny / "coco/annotations" / f"instances_{split}.json"))
     seen = set()
     for img in coco.loadImgs(coco.getImgIds()):
@@ -113,8 +123,6 @@ def test_dataset_info_describes_the_build(tiny):
 def test_train_and_val_draw_from_disjoint_sources(tiny, tmp_path, blanked, unchanged):
     """Blanking the Fashion-MNIST items of one split leaves the other split's files byte-identical:
     train files come only from train items, val files only from test items."""
-    from mae_app.demo_data import DemoDataBuilder
-
     builder = DemoDataBuilder(TINY)
     images, labels = builder.items[blanked]
     builder.items[blanked] = (np.zeros_like(images), labels)
@@ -124,6 +132,53 @@ def test_train_and_val_draw_from_disjoint_sources(tiny, tmp_path, blanked, uncha
         assert files_of(root / sub) == files_of(tiny / sub)
     blank = json.loads((root / f"coco/annotations/instances_{blanked}.json").read_text())
     assert blank["annotations"] == []
+
+
+def blank_test_items_but(builder: DemoDataBuilder, keep: set[int]) -> None:
+    images, labels = builder.items["val"]
+    blank = np.zeros_like(images)
+    blank[sorted(keep)] = images[sorted(keep)]
+    builder.items["val"] = (blank, labels)
+
+
+def test_heldout_scenes_show_no_item_and_no_photo_of_train_or_val(tiny, tmp_path):
+    """`drawn` names every test item a split shows (blanking the others leaves its files
+    byte-identical), val and held-out draw disjoint items, and the held-out files stay identical
+    when every train/val photo and train item is blanked; blanking the held-out photos changes
+    only held-out files. The held-out COCO json has the train one's categories."""
+    assert not set(HELDOUT_PHOTOS) & set(BACKGROUND_PHOTOS)
+    first = DemoDataBuilder(TINY)
+    first.build(tmp_path / "first")
+    val, heldout = first.drawn["val"], first.drawn["heldout"]
+    assert heldout and not heldout & val
+
+    builder = DemoDataBuilder(TINY)
+    blank_test_items_but(builder, val)
+    root = builder.build(tmp_path / "val_items_only")
+    for sub in ("coco/val", "cls/val", "ade/annotations/validation", "coco/annotations/instances_val.json"):
+        assert files_of(root / sub) == files_of(tiny / sub), sub
+
+    builder = DemoDataBuilder(TINY)
+    blank_test_items_but(builder, val | heldout)
+    builder.backgrounds.photos = [np.zeros_like(p) for p in builder.backgrounds.photos]
+    builder.items["train"] = (np.zeros_like(builder.items["train"][0]), builder.items["train"][1])
+    root = builder.build(tmp_path / "heldout_sources_only")
+    held = ("coco/heldout", "ade/images/heldout", "ade/annotations/heldout",
+            "coco/annotations/instances_heldout.json")
+    for sub in held:
+        assert files_of(root / sub) == files_of(tiny / sub), sub
+    assert files_of(root / "coco/val") != files_of(tiny / "coco/val")  # the blanking did something
+
+    builder = DemoDataBuilder(TINY)
+    builder.heldout_backgrounds.photos = [np.zeros_like(p) for p in builder.heldout_backgrounds.photos]
+    root = builder.build(tmp_path / "no_heldout_photos")
+    changed = {name for name, data in files_of(root).items() if files_of(tiny)[name] != data}
+    assert changed and all(name.startswith(held[:3]) for name in changed), changed
+
+    train = json.loads((tiny / "coco/annotations/instances_train.json").read_text())
+    held_json = json.loads((tiny / "coco/annotations/instances_heldout.json").read_text())
+    assert held_json["categories"] == train["categories"]
+    assert len(held_json["annotations"]) >= TINY.heldout_scenes
 
 
 def test_compose_keeps_earlier_items_mostly_visible():

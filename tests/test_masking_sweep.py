@@ -1,7 +1,8 @@
 """The masking sweep (tools/demo.py --masking-sweep; mae_app.demo, mae_app.report's sweep sections):
-its plan pretrains every strategy with equal epochs and mask ratio and probes each with three
-seeds; its report's table, verdicts and plot come from run folders holding real checkpoint records
-and TensorBoard logs written with known wall times; the speed read from a real pretraining's log."""
+its plan pretrains every strategy with equal epochs and mask ratio, twice (pretraining seeds 0 and
+1), and probes each with three seeds; its report's table, verdicts and plot come from run folders
+holding real checkpoint records and TensorBoard logs written with known wall times, each row
+spanning its pretraining seeds; the speed read from a real pretraining's log."""
 
 from __future__ import annotations
 
@@ -22,52 +23,68 @@ from mae_core.engine import mae_from_record, model_record, pretrain
 from mae_core.mae import extra_parameters
 
 
-def test_the_sweep_pretrains_each_strategy_alike_and_probes_it_with_three_seeds(tmp_path):
+def test_the_sweep_pretrains_each_strategy_alike_twice_and_probes_it_with_three_seeds(tmp_path):
     demo = Demo(DemoOptions(out=tmp_path, masking_sweep=True))
     plan = demo.plan()
     assert {e["run"]["task"] for e in plan} == {"cls"}  # detection and segmentation only when asked
     mae = [e for e in plan if e["run"]["backbone"] == "vit_mae"]
-    assert sorted((e["run"]["masking"], e["run"]["seed"]) for e in mae) == sorted(
-        (name, seed) for name in MASKING_SWEEP for seed in (0, 1, 2))
+    cells = sorted((e["run"]["masking"], e["run"]["pretrain_seed"], e["run"]["seed"]) for e in mae)
+    assert cells == sorted((name, p, seed) for name in MASKING_SWEEP for p in (0, 1) for seed in (0, 1, 2))
     assert sorted(e["run"]["seed"] for e in plan if e["run"]["backbone"] == "vit_random") == [0, 1, 2]
-    assert len({e["output_dir"] for e in plan}) == len(plan) == 18
-    probed = {e["run"]["masking"]: Path(e["command"][e["command"].index("--checkpoint") + 1]) for e in mae}
+    assert len({e["output_dir"] for e in plan}) == len(plan) == 5 * 2 * 3 + 3
+    probed = {(e["run"]["masking"], e["run"]["pretrain_seed"]): Path(e["command"][e["command"].index(
+        "--checkpoint") + 1]) for e in mae}
 
     configs = {}
     for p in demo.pretrainings:
         command = demo.pretrain_command(p)
         assert command[2:6] == ["--config", str(PRETRAIN_CONFIG), "--output-dir", str(demo.pretrain_dir(p))]
-        assert probed[p.masking] == demo.pretrain_dir(p) / "last.pth"
+        assert probed[p.masking, p.seed] == demo.pretrain_dir(p) / "last.pth"
         cfg = override(load_pretrain_config(PRETRAIN_CONFIG), parse_overrides(command[6:]))
-        configs[p.masking] = cfg
+        configs[p.masking, p.seed] = cfg
         mae_from_record(model_record(cfg.model))  # the strategy and its parameters build
-    assert list(configs) == list(MASKING_SWEEP) and len(set(probed.values())) == len(MASKING_SWEEP)
-    assert {(c.epochs, c.model.mask_ratio, c.batch_size, c.seed) for c in configs.values()} == {
-        (demo.recipe.sweep_epochs, 0.75, demo.recipe.pretrain_batch, 0)}
-    assert demo.recipe.sweep_epochs < demo.recipe.pretrain_epochs
-    assert {name: c.model.masking for name, c in configs.items()} == {name: name for name in MASKING_SWEEP}
-    assert configs["filtered_noise"].model.masking_args == {"sigma": 1.0, "band": "band"}
-    assert configs["salience"].model.masking_args == {"measure": "contrast"}
-    # The sweep's random run (fewer epochs) is never taken for the main demo's finished one.
-    assert demo.pretrain_dir(demo.pretrainings[0]).name == "mask75_8ep"
+    assert list(configs) == [(name, seed) for name in MASKING_SWEEP for seed in (0, 1)]
+    assert len(set(probed.values())) == len(configs) == 10
+    assert {(c.epochs, c.model.mask_ratio, c.batch_size) for c in configs.values()} == {
+        (demo.recipe.sweep_epochs, 0.75, demo.recipe.pretrain_batch)}
+    assert {key: c.seed for key, c in configs.items()} == {key: key[1] for key in configs}
+    assert {key: c.model.masking for key, c in configs.items()} == {key: key[0] for key in configs}
+    assert configs["filtered_noise", 1].model.masking_args == {"sigma": 1.0, "band": "band"}
+    assert configs["salience", 0].model.masking_args == {"measure": "contrast"}
+    # The main demo's length, at which random masking is ahead of random init on the probes; the
+    # sweep's random run at seed 0 is the main demo's pretraining (same settings, same folder), any
+    # other is never taken for it.
+    assert demo.recipe.sweep_epochs == demo.recipe.pretrain_epochs
+    names = [demo.pretrain_dir(p).name for p in demo.pretrainings]
+    assert names[:3] == ["mask75", "mask75_seed1", "mask75_block"] and len(set(names)) == len(names)
     assert Demo(DemoOptions(out=tmp_path)).pretrain_dir(demo.main_pretraining).name == "mask75"
+    shorter = Demo(DemoOptions(out=tmp_path, masking_sweep=True, sweep_epochs=8, pretrain_seeds=[3]))
+    assert [shorter.pretrain_dir(p).name for p in shorter.pretrainings][:2] == [
+        "mask75_8ep_seed3", "mask75_block_8ep_seed3"]
 
 
 def test_sweep_transfer_fine_tunes_every_strategy_and_options_refuse_mixtures(tmp_path):
     demo = Demo(DemoOptions(out=tmp_path, masking_sweep=True, sweep_transfer=True, seeds=[4], sweep_epochs=3))
-    dense = [e for e in demo.plan() if e["run"]["task"] != "cls"]
-    assert sorted((e["run"]["task"], e["run"].get("masking", "-")) for e in dense) == sorted(
-        [(task, name) for task in ("det", "seg") for name in MASKING_SWEEP] + [("det", "-"), ("seg", "-")])
+    plan = demo.plan()
+    dense = [e for e in plan if e["run"]["task"] != "cls"]
+    assert sorted((e["run"]["task"], e["run"].get("masking", "-"), e["run"].get("pretrain_seed", "-"))
+                  for e in dense) == sorted(
+        [(task, name, seed) for task in ("det", "seg") for name in MASKING_SWEEP for seed in (0, 1)]
+        + [("det", "-", "-"), ("seg", "-", "-")])
     assert len({e["output_dir"] for e in dense}) == len(dense) and {e["run"]["seed"] for e in dense} == {4}
+    heldout = demo.heldout_plan(plan)  # every fine-tuned model also on the held-out scenes
+    assert [e["run"]["trained_in"] for e in heldout] == [e["output_dir"] for e in dense]
     for e in dense:
         if e["run"]["backbone"] == "vit_mae":
-            assert e["run"]["checkpoint"] == str(demo.pretrain_dir(next(
-                p for p in demo.pretrainings if p.masking == e["run"]["masking"])) / "last.pth")
-            assert e["run"]["checkpoint"].split("/")[-2].endswith("_3ep")
+            pretraining = next(p for p in demo.pretrainings
+                               if (p.masking, p.seed) == (e["run"]["masking"], e["run"]["pretrain_seed"]))
+            assert e["run"]["checkpoint"] == str(demo.pretrain_dir(pretraining) / "last.pth")
+            assert "_3ep" in e["run"]["checkpoint"].split("/")[-2]
     with pytest.raises(ValueError, match="one sweep at a time"):
         DemoOptions(out=tmp_path, masking_sweep=True, mask_ratio_sweep=True)
-    with pytest.raises(ValueError, match="belong to --masking-sweep"):
-        DemoOptions(out=tmp_path, sweep_transfer=True)
+    for option in ({"sweep_transfer": True}, {"pretrain_seeds": [0, 1]}):
+        with pytest.raises(ValueError, match="belong to --masking-sweep"):
+            DemoOptions(out=tmp_path, **option)
 
 
 BATCH = 16
@@ -96,28 +113,35 @@ def write_pretraining(folder: Path, masking: str, seconds_per_step: float, steps
     return arch
 
 
-def write_probe(folder: Path, backbone: str, seed: int, knn: float, pretraining: Path | None, masking=None):
+def write_probe(folder: Path, backbone: str, seed: int, knn: float, pretraining: Path | None, masking=None,
+                pretrain_seed=0):
     folder.mkdir(parents=True)
     (folder / "eval_cls.json").write_text(json.dumps({"knn_acc": knn / 100, "linear_acc": (knn + 5) / 100}))
     run = {"task": "cls", "backbone": backbone, "seed": seed}
     if pretraining is not None:
-        run.update(mask_ratio=0.75, masking=masking, pretrain_dir=str(pretraining))
+        run.update(mask_ratio=0.75, masking=masking, pretrain_dir=str(pretraining),
+                   pretrain_seed=pretrain_seed)
     (folder / "run.json").write_text(json.dumps(run))
     return folder
 
 
-def test_report_tables_each_strategy_with_its_speed_and_extra_parameters(tmp_path):
+def test_report_tables_each_strategy_over_its_pretrainings_and_judges_it_by_the_rule(tmp_path):
+    """Two pretrainings per strategy (the second probes 2 points higher) and three probe seeds: a
+    row spans all six runs, and the verdicts are the rule on them: block behind random, hard_patches
+    (+1) not separating, random masking ahead of random init."""
     speeds = {"random": 0.5, "block": 0.5, "hard_patches": 1.0}  # seconds per step of BATCH images
-    knn = {"random": 41.0, "block": 31.0, "hard_patches": 42.0, None: 21.0}
+    knn = {"random": 41.0, "block": 31.0, "hard_patches": 42.0}
     folders, archs = [], {}
     for masking, seconds in speeds.items():
-        archs[masking] = write_pretraining(tmp_path / "pretrain" / masking, masking, seconds)
+        for pretrain_seed in (0, 1):
+            pretraining = tmp_path / "pretrain" / f"{masking}_{pretrain_seed}"
+            archs[masking] = write_pretraining(pretraining, masking, seconds)
+            for seed in (0, 1, 2):
+                value = knn[masking] + seed - 1 + 2 * pretrain_seed
+                folders.append(write_probe(tmp_path / "runs" / f"{masking}_{pretrain_seed}_{seed}", "vit_mae",
+                                           seed, value, pretraining, masking, pretrain_seed))
     for seed in (0, 1, 2):
-        for masking in [*speeds, None]:
-            backbone = "vit_random" if masking is None else "vit_mae"
-            pretraining = None if masking is None else tmp_path / "pretrain" / masking
-            folders.append(write_probe(tmp_path / "runs" / f"{masking}_{seed}", backbone, seed,
-                                       knn[masking] + seed - 1, pretraining, masking))
+        folders.append(write_probe(tmp_path / "runs" / f"init_{seed}", "vit_random", seed, 20.0 + seed, None))
     pictures = []
     for i, colour in enumerate(("red", "blue")):
         pictures.append(tmp_path / f"p{i}.png")
@@ -135,17 +159,25 @@ def test_report_tables_each_strategy_with_its_speed_and_extra_parameters(tmp_pat
     rows = {row[0]: row[1:] for row in cells}
     assert list(rows) == ["random", "block", "hard_patches", "random init"]
     # batch 16 / 0.5 s; the 100 s between the epochs are left out
-    assert rows["random"] == ["0, 1, 2", "41.0 ± 1.0", "46.0 ± 1.0", "32", "1.00", "0"]
+    # values 40, 41, 42 and 42, 43, 44: the pretraining seeds' spread is in the row's
+    assert rows["random"] == ["0, 1, 2 × pretraining 0, 1", "42.0 ± 1.4", "47.0 ± 1.4", "32", "1.00", "0"]
     hard_extra = extra_parameters(mae_from_record(archs["hard_patches"]))
     assert hard_extra > 0 and rows["hard_patches"][3:] == ["16", "0.50", str(hard_extra)]
-    assert rows["random init"][1] == "21.0 ± 1.0" and rows["random init"][3:] == ["—", "—", "—"]
-    assert "- **k-NN acc**: block − random = -10.00" in section and "): no" in section
-    assert "- **k-NN acc**: hard_patches − random = +1.00" in section  # within the seeds' spread
+    assert rows["random init"][:2] == ["0, 1, 2", "21.0 ± 1.0"] and rows["random init"][3:] == ["—", "—", "—"]
+    verdicts = section.split("\n\n")[2:4]
+    assert verdicts[0].startswith("Each masking against random, and random against random init.")
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in verdicts[1].splitlines()]
+    assert table[0] == ["comparison", "k-NN acc", "linear acc"]
+    # 2 SE: 2 sqrt(2/6 + 2/6) = 1.63 between strategies, 2 sqrt(2/6 + 1/3) = 1.63 against random init
+    assert table[2:] == [["block vs random", *["-10.0 (2 SE 1.6): **behind**"] * 2],
+                         ["hard_patches vs random", *["+1.0 (2 SE 1.6): does not separate"] * 2],
+                         ["random vs random init", *["+21.0 (2 SE 1.6): **ahead**"] * 2]]
     assert "![Masking strategies](masking_sweep.png)" in section
     assert (out / "masking_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Mask-ratio sweep" not in report  # one ratio: no sweep
     assert "## Masks\n\n![Masks](../pictures/sweep.png)" in report
-    assert "| vit_mae (mask 75%, hard_patches) | 0, 1, 2 |" in report  # the probes' table names the strategy
+    # the probes' table names the strategy
+    assert "| vit_mae (mask 75%, hard_patches) | 0, 1, 2 × pretraining 0, 1 |" in report
 
 
 def test_speed_needs_log_lines_within_an_epoch(tmp_path):

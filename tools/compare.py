@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Compares backbones on detection and segmentation (and classification probes): collects the
 runs, measures each backbone's parameters, FLOPs (fvcore) and latency, and writes `report.md`
-with PNG plots, every number given as mean ± spread over the seeds that were run.
+with PNG plots, every number given as mean ± spread over the seeds that were run, and every
+comparison judged by one stated rule (mae_app.report.VERDICT_RULE).
 
     # collect finished runs (each folder holds a run.json, see below)
     python tools/compare.py --runs out/det/vit_mae_s0 out/det/vit_random_s0 ... --out out/report
@@ -12,6 +13,7 @@ A run is described by `run.json` in its folder:
     {"task": "det" | "seg" | "cls", "backbone": "vit_mae", "seed": 0,
      "backbone_kwargs": {...}, "checkpoint": "...", "img_size": 128, "batch_size": 2,
      "mask_ratio": 0.75,                # optional, for pretraining sweeps
+     "split": "heldout",                # optional: an evaluation on held-out data, beside val
      "box_AP": ..., "mask_AP": ..., "mIoU": ..., "knn_acc": ..., "linear_acc": ...}
 Absent metrics are read from the logs in the folder (mae_app/runs.py); params, FLOPs and latency
 are measured on the catalogue backbone at `img_size`. A plan is a JSON list of

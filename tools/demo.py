@@ -3,11 +3,13 @@
 
     build the data -> pretrain a tiny MAE -> reconstruction picture -> k-NN and linear probe of the
     MAE encoder against random initialisation -> Mask R-CNN from MAE init and from random init ->
-    UperNet from both -> comparison report (report.md, plots; the table printed at the end)
+    UperNet from both -> the trained models on the held-out scenes -> comparison report (report.md,
+    plots, verdicts by a stated rule; the report printed at the end)
 
-    python tools/demo.py                                # defaults: seeds 0 1, mask ratio 75%
-    python tools/demo.py --seeds 0 1 2 --mask-ratio-sweep   # + pretrainings at 25/50/75/90% (probes)
-    python tools/demo.py --masking-sweep --out output/masking   # each masking strategy, probed (3 seeds)
+    python tools/demo.py                                # defaults: seeds 0 1 2, mask ratio 75%
+    python tools/demo.py --mask-ratio-sweep             # + pretrainings at 25/50/90% (probes)
+    python tools/demo.py --masking-sweep --out output/masking   # each masking strategy, pretrained
+                                                        # with seeds 0 1 and probed with seeds 0 1 2
     python tools/demo.py --quick                        # a smoke run of every step in a few minutes
 
 Every step's files go under --out; a finished step (a `.done` marker) is not run again, so an
@@ -27,8 +29,8 @@ from mae_app.demo import MASKING_SWEEP, RATIO_SWEEP, REPO, Demo, DemoOptions, Re
 def parse_args(argv=None) -> DemoOptions:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "output/demo", help="where everything goes")
-    p.add_argument("--seeds", type=int, nargs="+", help="fine-tuning / probe seeds (>= 2 for a spread; "
-                   "default 0 1, with --masking-sweep 0 1 2)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="fine-tuning / probe seeds (>= 2 for a spread and a verdict; default 0 1 2)")
     p.add_argument("--mask-ratio", type=float, default=0.75, help="the MAE used for detection / segmentation")
     p.add_argument("--mask-ratio-sweep", action="store_true",
                    help=f"also pretrain at {', '.join(f'{x * 100:.0f}%%' for x in RATIO_SWEEP)} and probe "
@@ -38,11 +40,13 @@ def parse_args(argv=None) -> DemoOptions:
                         f"({', '.join(MASKING_SWEEP)}) at --mask-ratio for --sweep-epochs and probe each")
     p.add_argument("--sweep-epochs", type=int,
                    help=f"pretraining epochs of each strategy (default {Recipe().sweep_epochs})")
+    p.add_argument("--pretrain-seeds", type=int, nargs="+",
+                   help="with --masking-sweep: pretraining seeds of each strategy (default 0 1)")
     p.add_argument("--sweep-transfer", action="store_true",
                    help="with --masking-sweep: Mask R-CNN and UperNet from every strategy too")
     p.add_argument("--jobs", type=int, default=2, help="probe / fine-tuning runs at a time, one core each")
     p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--pretrain-seed", type=int, default=0)
+    p.add_argument("--pretrain-seed", type=int, default=0, help="of the main demo's MAE")
     p.add_argument("--pretrain-epochs", type=int)
     p.add_argument("--det-iters", type=int)
     p.add_argument("--seg-iters", type=int)
