@@ -1,6 +1,7 @@
 """The MMSegmentation stack itself works here: mmcv imports in the installed flavour (see
 tests/test_mmcv_flavour.py), and a tiny EncoderDecoder with UPerHead (on the toolkit's backbone)
-trains under mmengine's Runner on an ADE20K-layout dataset read by MMSegmentation's stock ADE20KDataset, and IoUMetric returns mIoU.
+trains under mmengine's Runner on an ADE20K-layout dataset read by MMSegmentation's stock
+ADE20KDataset, and IoUMetric returns mIoU.
 Also: the toolkit's configs run under MMSegmentation's own tools/train.py."""
 
 from __future__ import annotations
