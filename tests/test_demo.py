@@ -154,10 +154,17 @@ def test_segmentation_config_builds_upernet(tmp_path):
                                                              "seg_map_path": "annotations/heldout"}
     assert held.val_dataloader.dataset.data_prefix.img_path == "images/validation"
     recipe = Recipe()
-    assert plain(cfg.model.backbone.options) == recipe.vit_options()
+    size = recipe.data.image_size  # the scenes resized to the pretraining size, in both splits
+    assert plain(cfg.model.backbone.options) == {**recipe.vit_options(), "img_size": size}
     assert cfg.model.backbone.out_channels == PYRAMID_CHANNELS
-    crop = cfg.train_dataloader.dataset.pipeline[2].crop_size
-    assert tuple(crop) == tuple(cfg.model.data_preprocessor.size) == (recipe.data.scene_size,) * 2
+    resizes = [[tuple(t.scale) for t in loader.dataset.pipeline if t.type == "Resize"]
+               for loader in (cfg.train_dataloader, cfg.val_dataloader)]
+    assert resizes == [[(size, size)]] * 2 and tuple(cfg.model.data_preprocessor.size) == (size, size)
+    # What the demo records of a segmentation run (the report's FLOPs and throughput) is what it runs.
+    entry = Demo(DemoOptions(out=tmp_path / "demo")).dense_entry("seg", "vit_random", seed=2)
+    assert entry["run"]["img_size"] == size and entry["run"]["batch_size"] == cfg.train_dataloader.batch_size
+    options = {"out_channels": PYRAMID_CHANNELS, **plain(cfg.model.backbone.options)}
+    assert entry["run"]["backbone_kwargs"] == options
     model = MODELS.build(cfg.model)
     assert model.backbone.strides == (4, 8, 16, 32)
     assert model.decode_head.num_classes == 11
