@@ -105,6 +105,9 @@ class DemoOptions:
 
     out: Path
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    # Detection and segmentation seeds where fewer than the probes' (a run costs minutes, a probe
+    # seconds); default: `seeds`.
+    transfer_seeds: list[int] | None = None
     mask_ratio: float = 0.75
     mask_ratio_sweep: bool = False
     masking_sweep: bool = False
@@ -138,6 +141,8 @@ class DemoOptions:
                              "--masking-sweep")
         if self.masking_sweep and self.pretrain_seeds is None:
             self.pretrain_seeds = [0, 1]
+        if self.transfer_seeds is None:
+            self.transfer_seeds = list(self.seeds)
 
 
 @dataclass(frozen=True)
@@ -354,7 +359,7 @@ class Demo:
         for task in ("det", "seg"):
             if task in self.options.skip:
                 continue
-            for seed in self.options.seeds:
+            for seed in self.options.transfer_seeds:
                 for p in self.transfer:
                     entries.append(self.dense_entry(task, "vit_mae", seed, p))
                 for backbone in ("vit_random", *self.options.also):

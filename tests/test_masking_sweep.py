@@ -64,9 +64,12 @@ def test_the_sweep_pretrains_each_strategy_alike_twice_and_probes_it_with_three_
 
 
 def test_sweep_transfer_fine_tunes_every_strategy_and_options_refuse_mixtures(tmp_path):
-    demo = Demo(DemoOptions(out=tmp_path, masking_sweep=True, sweep_transfer=True, seeds=[4], sweep_epochs=3))
+    demo = Demo(DemoOptions(out=tmp_path, masking_sweep=True, sweep_transfer=True, seeds=[4, 5],
+                            transfer_seeds=[4], sweep_epochs=3))
     plan = demo.plan()
     dense = [e for e in plan if e["run"]["task"] != "cls"]
+    # The probes run every seed, detection and segmentation only the transfer seeds.
+    assert {e["run"]["seed"] for e in plan if e["run"]["task"] == "cls"} == {4, 5}
     assert sorted((e["run"]["task"], e["run"].get("masking", "-"), e["run"].get("pretrain_seed", "-"))
                   for e in dense) == sorted(
         [(task, name, seed) for task in ("det", "seg") for name in MASKING_SWEEP for seed in (0, 1)]

@@ -31,6 +31,9 @@ def parse_args(argv=None) -> DemoOptions:
     p.add_argument("--out", type=Path, default=REPO / "output/demo", help="where everything goes")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="fine-tuning / probe seeds (>= 2 for a spread and a verdict; default 0 1 2)")
+    p.add_argument("--transfer-seeds", type=int, nargs="+",
+                   help="detection / segmentation seeds where fewer than --seeds (default: --seeds); "
+                        "the masking sweep's transfer fits 90 minutes with one")
     p.add_argument("--mask-ratio", type=float, default=0.75, help="the MAE used for detection / segmentation")
     p.add_argument("--mask-ratio-sweep", action="store_true",
                    help=f"also pretrain at {', '.join(f'{x * 100:.0f}%%' for x in RATIO_SWEEP)} and probe "
