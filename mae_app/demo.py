@@ -463,8 +463,11 @@ class Demo:
         plan_file = self.out / "plan.json"
         plan_file.write_text(json.dumps(plan, indent=2))
         tasks = "k-NN and linear probes" + (", Mask R-CNN and UperNet" if self.transfer else "")
-        self.step(f"4-6/7 {tasks} from MAE and random init: {len(plan)} runs "
-                  f"(seeds {', '.join(map(str, self.options.seeds))}); logs in {self.out / 'runs'}")
+        seeds = f"seeds {', '.join(map(str, self.options.seeds))}"
+        if self.transfer and self.options.transfer_seeds != self.options.seeds:
+            seeds += f"; detection and segmentation {', '.join(map(str, self.options.transfer_seeds))}"
+        self.step(f"4-6/7 {tasks} from MAE and random init: {len(plan)} runs ({seeds}); "
+                  f"logs in {self.out / 'runs'}")
         folders = execute_plan(plan_file, jobs=self.options.jobs)
         heldout = self.heldout_plan(plan)
         if heldout:

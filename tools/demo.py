@@ -10,6 +10,8 @@
     python tools/demo.py --mask-ratio-sweep             # + pretrainings at 25/50/90% (probes)
     python tools/demo.py --masking-sweep --out output/masking   # each masking strategy, pretrained
                                                         # with seeds 0 1 and probed with seeds 0 1 2
+    python tools/demo.py --masking-sweep --sweep-transfer --transfer-seeds 0 --out output/masking
+                                                        # + Mask R-CNN and UperNet of every pretraining
     python tools/demo.py --quick                        # a smoke run of every step in a few minutes
 
 Every step's files go under --out; a finished step (a `.done` marker) is not run again, so an
