@@ -141,6 +141,9 @@ class DemoOptions:
                              "--masking-sweep")
         if self.masking_sweep and self.pretrain_seeds is None:
             self.pretrain_seeds = [0, 1]
+        if self.transfer_seeds is not None and self.masking_sweep and not self.sweep_transfer:
+            raise ValueError("--transfer-seeds: the masking sweep fine-tunes nothing without "
+                             "--sweep-transfer")
         if self.transfer_seeds is None:
             self.transfer_seeds = list(self.seeds)
 

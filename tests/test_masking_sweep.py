@@ -85,6 +85,8 @@ def test_sweep_transfer_fine_tunes_every_strategy_and_options_refuse_mixtures(tm
             assert "_3ep" in e["run"]["checkpoint"].split("/")[-2]
     with pytest.raises(ValueError, match="one sweep at a time"):
         DemoOptions(out=tmp_path, masking_sweep=True, mask_ratio_sweep=True)
+    with pytest.raises(ValueError, match="nothing without --sweep-transfer"):
+        DemoOptions(out=tmp_path, masking_sweep=True, transfer_seeds=[0])
     for option in ({"sweep_transfer": True}, {"pretrain_seeds": [0, 1]}):
         with pytest.raises(ValueError, match="belong to --masking-sweep"):
             DemoOptions(out=tmp_path, **option)
