@@ -44,9 +44,10 @@ from detectron2.utils import comm
 from omegaconf import OmegaConf
 
 from mae_core.data import ConversionNotes, read_image
+from mae_core.errors import UserError
 
 
-class CocoDatasetError(ValueError):
+class CocoDatasetError(UserError, ValueError):
     """A COCO json that cannot be used; the message names the file and the bad item."""
 
 

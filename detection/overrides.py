@@ -12,9 +12,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from mae_core.config import closest_keys
+from mae_core.errors import UserError
 
 
-class OverrideError(ValueError):
+class OverrideError(UserError, ValueError):
     """An override that names no key of the config (or adds one that exists); names the key and
     the closest existing keys."""
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from mae_app.flops import flop_count
+from mae_core.errors import UserError
 
 RUN_FILE = "run.json"
 # (key, column title, digits); AP and mIoU in percent as Detectron2 and MMSeg report them.
@@ -34,7 +35,7 @@ CLS_METRICS = [("knn_acc", "k-NN acc", 1), ("linear_acc", "linear acc", 1)]
 PRETRAIN_METRICS = [("pretrain_img_per_s", "pretrain img/s", 0), ("extra_params", "extra params", 0)]
 
 
-class RunError(ValueError):
+class RunError(UserError, ValueError):
     """A run folder or record that cannot be used; the message names the file and key."""
 
 

@@ -36,12 +36,13 @@ from .checkpoint import (
     load_checkpoint_file,
     load_pretrained,
 )
+from .errors import UserError
 from .pyramid import SimpleFeaturePyramid
 
 PYRAMID_STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
 
 
-class CatalogueError(ValueError):
+class CatalogueError(UserError, ValueError):
     """An unknown backbone name or unusable arguments; the message lists what is known."""
 
 

@@ -23,17 +23,18 @@ import torch
 from timm.layers import resample_patch_embed
 from torch import nn
 
+from .errors import UserError
 from .layers import resize_bias_table
 from .pos_embed import resample_pos_embed
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be used, with the file and the reason in the message."""
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError, RuntimeError):
     """A loss, gradient norm or tensor that is NaN or infinite. Pretraining, Detectron2 and
     MMSegmentation runs all raise this one class, so one `except` catches every such stop; the
     message says where (the iteration as the run's log numbers it, or the file) and which

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 from .config import DataConfig
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,11 @@ FASHION_MNIST_FILES = {
 }
 
 
-class ImageReadError(RuntimeError):
+class ImageReadError(UserError, RuntimeError):
     """An image file that cannot be decoded; the message names the file."""
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """Data that is not where it should be; the message says how to get it."""
 
 

@@ -39,11 +39,15 @@ from .host_memory import retain_freed_memory
 from .layer_decay import param_groups
 from .mae import MaskedAutoencoder, decoder_preset
 from .masking import build_masking
+from .run_folder import previous_run_files, run_folder
 from .vit import get_arch
 
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.pth"
+# What makes an output folder another run's (mae_core.run_folder), and what --overwrite deletes with it.
+CHECKPOINT_MARKS = (LAST_CHECKPOINT, "checkpoint-*.pth")
+RUN_LOGS = ("diverged-*.pth", "log.jsonl", "tensorboard", "config.json")
 
 
 class EpochHook(Protocol):
@@ -161,7 +165,7 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def previous_checkpoints(output_dir: Path) -> list[Path]:
-    return sorted([*output_dir.glob(LAST_CHECKPOINT), *output_dir.glob("checkpoint-*.pth")])
+    return previous_run_files(output_dir, CHECKPOINT_MARKS)
 
 
 def instantiate_hooks(specs) -> list[EpochHook]:
@@ -249,16 +253,38 @@ def pretrain(
 ) -> PretrainResult:
     """Runs (or continues, from `resume`) pretraining as configured; one call per process.
     `resume=LAST_CHECKPOINT` continues the output folder's own run if it has one and starts fresh
-    otherwise (a preemptible job can always pass it). A fresh run into a folder holding another
-    run's checkpoints is refused unless `overwrite` (which deletes them)."""
+    otherwise (a preemptible job can always pass it). The run holds its output folder while it
+    runs (mae_core.run_folder): a folder another run holds, or one holding another run's
+    checkpoints, is refused unless `overwrite` (which deletes that run's checkpoints and logs)."""
     joined_here = not torch.distributed.is_initialized()
     dist_info = init_distributed(cfg.device)
     try:
-        pretrainer = Pretrainer(cfg, dist_info, list(hooks) + instantiate_hooks(cfg.epoch_hooks))
-        return pretrainer.run(resume, overwrite)
+        output_dir = Path(cfg.output_dir)
+        start = resume_from(output_dir, resume, overwrite, dist_info.is_main)
+        continues_here = start is not None and start.parent.resolve() == output_dir.resolve()
+        with run_folder(output_dir, marks=CHECKPOINT_MARKS, removed_with=RUN_LOGS, resume=continues_here,
+                        take_over=resume is not None or overwrite, overwrite=overwrite,
+                        folder_flag="--output-dir", is_main=dist_info.is_main, share=all_gather_objects):
+            pretrainer = Pretrainer(cfg, dist_info, list(hooks) + instantiate_hooks(cfg.epoch_hooks))
+            return pretrainer.run(start)
     finally:
         if joined_here:  # a caller's own process group stays up
             close_distributed()
+
+
+def resume_from(output_dir: Path, resume: str | Path | None, overwrite: bool, is_main: bool) -> Path | None:
+    """The checkpoint a run restores: `resume`, or with a bare --resume the output folder's last
+    checkpoint when there is one (a fresh run, said so, when there is none)."""
+    if resume is not None and overwrite:
+        raise ConfigError("--resume continues the run in the output folder, --overwrite replaces it: "
+                          "give one of them")
+    if str(resume) == LAST_CHECKPOINT:
+        resume = output_dir / LAST_CHECKPOINT
+        if not resume.is_file():
+            if is_main:
+                log.info("nothing to resume: %s does not exist; starting a fresh run", resume)
+            return None
+    return Path(resume) if resume is not None else None
 
 
 def _duration(seconds: float) -> str:
@@ -410,34 +436,8 @@ class Pretrainer:
 
     # ------------------------------------------------------------ training
 
-    def start_from(self, resume: str | Path | None, overwrite: bool) -> Path | None:
-        """The checkpoint to restore, if any, after making sure no other run's checkpoints in the
-        output folder get overwritten (see `pretrain`)."""
-        if resume is not None and overwrite:
-            raise ConfigError("--resume continues the run in the output folder, --overwrite replaces it: "
-                              "give one of them")
-        if str(resume) == LAST_CHECKPOINT:
-            resume = self.output_dir / LAST_CHECKPOINT
-            if not resume.is_file():
-                if self.dist.is_main:
-                    log.info("nothing to resume: %s does not exist; starting a fresh run", resume)
-                resume = None
-        resume = Path(resume) if resume is not None else None
-        others = [p for p in previous_checkpoints(self.output_dir)
-                  if resume is None or p.parent.resolve() != resume.parent.resolve()]
-        if others and not overwrite:
-            raise ConfigError(
-                f"{self.output_dir} holds another run's checkpoints ({', '.join(p.name for p in others)}); "
-                f"pass --resume to continue it, --overwrite to replace it, or choose another output_dir"
-            )
-        if others and self.dist.is_main:
-            for path in [*others, *self.output_dir.glob("diverged-*.pth")]:
-                path.unlink()
-            log.warning("--overwrite: deleted the previous run's %s", ", ".join(p.name for p in others))
-        return resume
-
-    def run(self, resume: str | Path | None, overwrite: bool = False) -> PretrainResult:
-        resume = self.start_from(resume, overwrite)
+    def run(self, resume: Path | None) -> PretrainResult:
+        """Trains from `resume` (a checkpoint path, or None for a fresh run) to the last epoch."""
         if resume is not None:
             self.restore(resume)
         if self.dist.is_main:

@@ -20,9 +20,10 @@ from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import DATASETS, TRANSFORMS
 
 from mae_core.data import check_image_scale
+from mae_core.errors import UserError
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset file that cannot be used, with the file and the reason in the message."""
 
 

@@ -20,6 +20,7 @@ from mmengine.runner import Runner
 
 from mae_core.checkpoint import CheckpointError
 from mae_core.data import ImageReadError
+from mae_core.errors import UserError
 
 from .data import DatasetError
 from .engine import adapt_config_to_device, init_cpu_distributed
@@ -75,7 +76,7 @@ def add_non_finite_guard(cfg) -> None:
         hooks.append(dict(type="NonFiniteGuardHook"))
 
 
-class BatchTooSmallError(ValueError):
+class BatchTooSmallError(UserError, ValueError):
     """A per-device batch that the model's BatchNorm cannot train on; names the cause and the fix."""
 
 
