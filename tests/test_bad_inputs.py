@@ -171,7 +171,7 @@ def _(tmp_path):
         assert sorted(p.name for p in out.iterdir()) == ["checkpoint-0004.pth", "config.json"]
 
     return Case(pretrain_cmd(out), exit_code=1, check=check,
-                names=[f"{out} holds another run's checkpoints (checkpoint-0004.pth)", "--resume",
+                names=[f"{out} holds another run (checkpoint-0004.pth)", "--resume",
                        "--overwrite"])
 
 
@@ -574,7 +574,7 @@ def _(tmp_path):
     val_json, images = make_coco(tmp_path, "val", 1)
     weights = det_weights(tmp_path / "three.pth", None, "model.roi_heads.num_classes=3")
     return Case(tool("infer_det.py", "--config-file", DET_TINY, "--weights", weights, "--input", images,
-                     "--output", tmp_path / "o", f"dataloader.test.dataset.json_file={val_json}",
+                     "--output-dir", tmp_path / "o", f"dataloader.test.dataset.json_file={val_json}",
                      "model.roi_heads.num_classes=3"),
                 names=["model.roi_heads.num_classes is 3", f"test set {val_json} has 2 categories"],
                 check=lambda: _assert_nothing_written(tmp_path / "o"))
@@ -625,7 +625,7 @@ def _(tmp_path):
         assert sorted(p.name for p in out.iterdir()) == ["val_000.png", "val_001.png"]
 
     return Case(tool("infer_det.py", "--config-file", DET_TINY, "--weights", weights, "--input", images,
-                     "--output", out, f"dataloader.test.dataset.json_file={val_json}"),
+                     "--output-dir", out, f"dataloader.test.dataset.json_file={val_json}"),
                 exit_code=1, check=check,
                 names=[f"{images / 'broken.png'}: cannot read this image", "1 unreadable image(s) skipped"])
 
@@ -639,7 +639,7 @@ def _(tmp_path):
     ckpt = tmp_path / "cut.pth"
     ckpt.write_bytes(det_weights(tmp_path / "whole.pth").read_bytes()[:5000])
     return Case(tool("infer_det.py", "--config-file", DET_TINY, "--weights", ckpt, "--input", images,
-                     "--output", tmp_path / "o", f"dataloader.test.dataset.json_file={val_json}"),
+                     "--output-dir", tmp_path / "o", f"dataloader.test.dataset.json_file={val_json}"),
                 names=[f"{ckpt} is not a readable torch checkpoint"])
 
 
@@ -896,7 +896,7 @@ def _(tmp_path):
     def check():
         assert not (out / "report.md").exists()
 
-    return Case(tool("compare.py", "--runs", tmp_path / "seg", "--out", out), [str(log), "per class results"],
+    return Case(tool("compare.py", "--runs", tmp_path / "seg", "--output-dir", out), [str(log), "per class results"],
                 exit_code=1, absent=["Traceback"], check=check)
 
 

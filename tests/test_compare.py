@@ -259,7 +259,7 @@ def test_report_of_two_backbones_and_two_seeds_has_every_column_filled(scenes, t
 
     out = tmp_path / "report"
     run = subprocess.run([sys.executable, str(REPO / "tools/compare.py"), "--runs", *map(str, folders),
-                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+                          "--output-dir", str(out)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = (out / "report.md").read_text()
     assert str(out / "report.md") in run.stdout
@@ -328,12 +328,16 @@ def test_bad_run_records_name_the_file_and_key(tmp_path):
 
 
 def test_plan_runs_unfinished_entries_in_parallel_and_stops_on_a_failure(tmp_path):
-    def entry(name, code):
+    def entry(name, code, record=None):
+        """A command that leaves results and a run record as tools/eval_cls.py does."""
         folder = tmp_path / name
-        script = (f"import json, pathlib; pathlib.Path({str(folder)!r}, 'eval_cls.json').write_text("
-                  f"json.dumps({{'knn_acc': 0.5}})); print('ran {name}'); raise SystemExit({code})")
-        return {"run": {"task": "cls", "backbone": "vit_random", "seed": 0}, "output_dir": str(folder),
-                "command": [sys.executable, "-c", script]}
+        record = record or {"task": "cls", "backbone": "vit_random", "seed": 0}
+        script = (f"import json, pathlib; d = pathlib.Path({str(folder)!r}); "
+                  f"(d / 'eval_cls.json').write_text(json.dumps({{'knn_acc': 0.5}})); "
+                  f"(d / 'run.json').write_text(json.dumps({record!r})); "
+                  f"print('ran {name}'); raise SystemExit({code})")
+        return {"run": {"task": "cls", "backbone": "vit_random", "seed": 0}, "adds": {"pretrain_seed": 7},
+                "output_dir": str(folder), "command": [sys.executable, "-c", script]}
 
     plan = [entry("a", 0), entry("b", 0), entry("c", 0)]
     (tmp_path / "c").mkdir()
@@ -344,8 +348,12 @@ def test_plan_runs_unfinished_entries_in_parallel_and_stops_on_a_failure(tmp_pat
     assert folders == [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
     assert (tmp_path / "a" / "stdout.txt").read_text() == "ran a\n"
     assert not (tmp_path / "c" / "stdout.txt").exists()
-    assert load_run(tmp_path / "a")["knn_acc"] == 50.0
+    run = load_run(tmp_path / "a")
+    assert run["knn_acc"] == 50.0 and run["pretrain_seed"] == 7  # the tool's record, with the plan's adds
 
+    plan_file.write_text(json.dumps([entry("e", 0, {"task": "cls", "backbone": "vit_mae", "seed": 0})]))
+    with pytest.raises(RunError, match=r"e/run.json: the tool ran something other .*'vit_mae', planned 'vit_ran"):
+        execute_plan(plan_file)
     plan_file.write_text(json.dumps([entry("d", 3)]))
     with pytest.raises(RunError, match="exit code 3.*d/stdout.txt"):
         execute_plan(plan_file)

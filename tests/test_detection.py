@@ -595,7 +595,7 @@ def test_infer_writes_overlays_for_files_and_folders(trained, tmp_path):
         "--input",
         images[0],
         trained["image_root"],
-        "--output",
+        "--output-dir",
         tmp_path / "overlays",
         "--confidence",
         "0.5",

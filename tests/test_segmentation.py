@@ -443,7 +443,7 @@ def test_test_tool_reproduces_the_validation_miou_and_writes_predictions(trained
         str(work / "iter_4.pth"),
         "--work-dir",
         str(tmp_path / "test"),
-        "--out",
+        "--output-dir",
         str(tmp_path / "preds"),
         "--show-dir",
         str(tmp_path / "vis"),
