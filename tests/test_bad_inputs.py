@@ -896,8 +896,8 @@ def _(tmp_path):
     def check():
         assert not (out / "report.md").exists()
 
-    return Case(tool("compare.py", "--runs", tmp_path / "seg", "--output-dir", out), [str(log), "per class results"],
-                exit_code=1, absent=["Traceback"], check=check)
+    return Case(tool("compare.py", "--runs", tmp_path / "seg", "--output-dir", out),
+                [str(log), "per class results"], exit_code=1, absent=["Traceback"], check=check)
 
 
 # ---------------------------------------------------------------- rows: images and data
