@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,11 @@ import pytest
 
 from mae_app.demo_data import FASHION_CLASSES
 from mae_app.jobs import execute_plan
-from mae_app.report import VERDICT_RULE, aggregate, separation
+from mae_app.report import VERDICT_RULE, aggregate, cell, separation
 from mae_app.runs import RunError, load_run, mmseg_metrics
 
 REPO = Path(__file__).resolve().parents[1]
+SEG_TINY = "configs/segmentation/upernet_vit_tiny_cpu.py"
 
 VIT = {"arch": "vit_toy_patch4", "patch_size": 8}
 
@@ -358,3 +360,72 @@ def test_plan_runs_unfinished_entries_in_parallel_and_stops_on_a_failure(tmp_pat
     with pytest.raises(RunError, match="exit code 3.*d/stdout.txt"):
         execute_plan(plan_file)
     assert not (tmp_path / "d" / ".done").exists()
+
+
+def run_tool(name: str, *args) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{name} {args}:\n{(proc.stdout + proc.stderr)[-3000:]}"
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_compare_reads_the_folders_that_the_tools_made(tmp_path):
+    """The issue's done-when: two seeds each of detection and segmentation, trained with the tools
+    directly on a small custom dataset (tiny CPU configs, two iterations), and a segmentation test
+    on another data set; `compare.py --runs` makes one report of both tasks with seeds "0, 1", the
+    other data's mIoU in its own column, apart from val."""
+    from helpers_coco import make_coco
+    from helpers_seg import make_shapes_dataset, shapes_label, write_sample
+
+    train_json, images = make_coco(tmp_path / "coco", "train", 4)
+    val_json, _ = make_coco(tmp_path / "coco", "val", 2, seed=1)
+    ade = make_shapes_dataset(tmp_path / "ade")
+    rng = np.random.default_rng(5)
+    for i in range(2):  # another test set, in the same layout
+        write_sample(ade, "test", f"test_{i}", shapes_label((72, 96), rng), seed=10 + i)
+    det_data = [f"dataloader.train.dataset.json_file={train_json}",
+                f"dataloader.train.dataset.image_root={images}",
+                f"dataloader.test.dataset.json_file={val_json}",
+                f"dataloader.test.dataset.image_root={images}"]
+    seg_data = [f"{loader}_dataloader.dataset.data_root={ade}" for loader in ("train", "val", "test")]
+    det_config, seg_config = "configs/detection/mask_rcnn_vit_tiny_cpu.py", SEG_TINY
+    folders = []
+    for seed in (0, 1):
+        det = tmp_path / "output/det" / f"s{seed}"
+        run_tool("train_det.py", "--config-file", det_config, *det_data, "train.max_iter=2",
+                 "train.eval_period=2", "train.log_period=1", f"train.seed={seed}", f"train.output_dir={det}")
+        seg = tmp_path / "output/seg" / f"s{seed}"
+        run_tool("train_seg.py", seg_config, "--work-dir", seg, "--cfg-options", *seg_data,
+                 "train_cfg.max_iters=2", "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2",
+                 "default_hooks.logger.interval=1", f"randomness.seed={seed}")
+        folders += [det, seg]
+    other = tmp_path / "output/seg_test/s0"
+    run_tool("test_seg.py", seg_config, tmp_path / "output/seg/s0/iter_2.pth", "--work-dir", other,
+             "--cfg-options", *seg_data, "test_dataloader.dataset.data_prefix.img_path=images/test",
+             "test_dataloader.dataset.data_prefix.seg_map_path=annotations/test")
+    records = {f: json.loads((f / "run.json").read_text()) for f in [*folders, other]}
+    assert records[other]["split"] == "test"
+    assert records[other]["trained_in"] == str(tmp_path / "output/seg/s0")
+    assert records[folders[0]]["eval_data"] == str(val_json) and records[folders[1]]["split"] == "val"
+
+    report_dir = tmp_path / "report"
+    out = run_tool("compare.py", "--runs", *folders, other, "--output-dir", report_dir)
+    report = (report_dir / "report.md").read_text()
+    assert str(report_dir / "report.md") in out
+    det_rows = report.split("## Detection (Mask R-CNN)")[1].split("\n\n")[2].splitlines()
+    seg_rows = report.split("## Semantic segmentation (UperNet)")[1].split("\n\n")[2].splitlines()
+    assert seg_rows[0].startswith("| backbone | seeds | mIoU | mIoU held-out |")
+    for rows, backbone in ((det_rows, "ViTDetBackbone("), (seg_rows, "MAEViT(vit_toy_patch4")):
+        [row] = rows[2:]  # one setting: both seeds in one row
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0].startswith(backbone) and cells[0].endswith("(random init)"), row
+        assert cells[1] == "0, 1", row
+    runs = json.loads((report_dir / "runs.json").read_text())
+    miou = [r["mIoU"] for r in runs if r["task"] == "seg" and r.get("split", "val") == "val"]
+    seg_cells = [c.strip() for c in seg_rows[2].strip("|").split("|")]
+    assert seg_cells[2] == cell(miou, 1)  # val: the two training runs only
+    held = next(r for r in runs if r.get("split") == "test")
+    assert seg_cells[3] == f"{held['mIoU']:.1f}"  # the other data, in a column of its own
+    assert "| seg | MAEViT" in report and "| test |" in report  # the runs' table names the data
