@@ -239,6 +239,113 @@ def _(tmp_path):
                 names=[f"{out / 'last.pth'} cannot be resumed from", "model.blocks.0.attn.qkv.weight"])
 
 
+# ---------------------------------------------------------------- rows: one run per output folder
+
+
+def held_by(cmd: list[str], folder: Path) -> subprocess.Popen:
+    """Starts `cmd`, a run into `folder`, in the background and pauses it (SIGSTOP) as soon as it
+    holds the folder's claim: a second run started now meets a run in progress, whatever the
+    timing. `resume_held` lets it go on and waits for its end."""
+    import signal
+    import time
+
+    log = open(folder.parent / f"{folder.name}.first.log", "w")  # noqa: SIM115 (closed by the process's end)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads((folder / "run.lock").read_text()).get("pid") == proc.pid:
+                proc.send_signal(signal.SIGSTOP)
+                return proc
+        except (OSError, json.JSONDecodeError):
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"{cmd} never claimed {folder}: {log.name}")
+
+
+def resume_held(proc: subprocess.Popen, folder: Path) -> None:
+    import signal
+
+    proc.send_signal(signal.SIGCONT)
+    assert proc.wait(timeout=600) == 0, (folder.parent / f"{folder.name}.first.log").read_text()[-3000:]
+    assert not (folder / "run.lock").exists()  # released at the end
+
+
+def claim_refusal(folder: Path, proc: subprocess.Popen) -> list[str]:
+    """What a refusal by a held folder names: the folder, the holder, how to go on."""
+    return [f"{folder} is claimed by another run (process {proc.pid} on host", "--resume", "--overwrite",
+            "choose another output folder"]
+
+
+def dead_claim(folder: Path) -> int:
+    """A claim of this host left by a process that has ended (a killed run); returns its pid."""
+    import socket
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(),
+                                                 "started": "earlier", "command": "a killed run"}))
+    return gone.pid
+
+
+def files_of(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file under `folder` with its content hash and modification time."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def unchanged(folder: Path) -> Callable[[], None]:
+    """A check that `folder` ends as it is now: the same files, contents and times."""
+    before = files_of(folder)
+    return lambda: _assert_same(before, files_of(folder))
+
+
+def _assert_same(before: dict, after: dict) -> None:
+    assert after == before, {k: (before.get(k), after.get(k)) for k in set(before) | set(after)
+                             if before.get(k) != after.get(k)}
+
+
+@bad_input("pretrain_two_runs_into_one_folder_one_refused_the_others_log_its_own")
+def _(tmp_path):
+    out = tmp_path / "run"
+    first = held_by(pretrain_cmd(out, "epochs=2"), out)
+
+    def check():
+        resume_held(first, out)
+        assert [r["iteration"] for r in log_records(out)] == [1, 1, 2, 2]  # each step and epoch once
+        saved = [p.name for p in assert_checkpoints_finite(out)]
+        assert saved == ["checkpoint-0001.pth", "checkpoint-0002.pth", "last.pth"]
+
+    return Case(pretrain_cmd(out, "epochs=2"), exit_code=1, check=check, names=claim_refusal(out, first))
+
+
+@bad_input("pretrain_claim_of_a_dead_process_refused_without_resume")
+def _(tmp_path):
+    out = tmp_path / "run"
+    pid = dead_claim(out)
+    return Case(pretrain_cmd(out), exit_code=1, check=unchanged(out),  # the claim stays, nothing written
+                names=[f"{out} holds the claim of a run that is no longer running (process {pid} on host",
+                       "Pass --resume to take it over"])
+
+
+@bad_input("pretrain_claim_of_a_dead_process_taken_over_with_resume")
+def _(tmp_path):
+    out = tmp_path / "run"
+    pid = dead_claim(out)
+
+    def check():
+        assert not (out / "run.lock").exists()
+        assert [p.name for p in assert_checkpoints_finite(out)] == ["checkpoint-0001.pth", "last.pth"]
+
+    return Case(pretrain_cmd(out, "--resume"), exit_code=0, check=check,
+                names=["taking over the claim of a run that is no longer running", f"process {pid} on host"])
+
+
 @bad_input("pretrain_override_typo_names_the_closest_key")
 def _(tmp_path):
     return Case(pretrain_cmd(tmp_path / "out", "optim.blrr=1e-3"), exit_code=1,
