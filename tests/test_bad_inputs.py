@@ -171,8 +171,7 @@ def _(tmp_path):
         assert sorted(p.name for p in out.iterdir()) == ["checkpoint-0004.pth", "config.json"]
 
     return Case(pretrain_cmd(out), exit_code=1, check=check,
-                names=[f"{out} holds another run (checkpoint-0004.pth)", "--resume",
-                       "--overwrite"])
+                names=[f"{out} holds another run (checkpoint-0004.pth)", USED_FOLDER_WAY_ON])
 
 
 @bad_input("pretrain_overwrite_replaces_the_previous_run")
@@ -289,6 +288,11 @@ def dead_claim(folder: Path) -> int:
     (folder / "run.lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(),
                                                  "started": "earlier", "command": "a killed run"}))
     return gone.pid
+
+
+# The same words on all three paths.
+USED_FOLDER_WAY_ON = ("pass --resume to continue it, --overwrite to replace it, or choose another "
+                      "output folder")
 
 
 def files_of(folder: Path) -> dict[str, tuple[str, int]]:
@@ -452,6 +456,35 @@ def finite_checkpoints(out: Path) -> list[str]:
     if (out / "last_checkpoint").exists():
         assert (out / "last_checkpoint").read_text().strip() in names
     return names
+
+
+def det_run(root: Path) -> tuple[list[str], Path]:
+    """A whole tiny detection run (two iterations, evaluated at the end) and its output folder."""
+    return det_train(root, "train.max_iter=2", "train.eval_period=2", "train.log_period=1"), root / "out"
+
+
+@bad_input("det_two_runs_into_one_folder_one_refused_the_others_metrics_its_own")
+def _(tmp_path):
+    cmd, out = det_run(tmp_path)
+    first = held_by(cmd, out)
+
+    def check():
+        resume_held(first, out)
+        iterations = [r["iteration"] for r in map(json.loads, (out / "metrics.json").read_text().splitlines())
+                      if "total_loss" in r]
+        assert iterations == [0, 1], iterations  # each logged once, by one run
+        assert len(list(out.glob("events.out.tfevents.*"))) == 1
+
+    return Case(cmd, exit_code=1, check=check, names=claim_refusal(out, first))
+
+
+@bad_input("det_second_run_into_a_used_folder_refused_its_files_unchanged")
+def _(tmp_path):
+    cmd, out = det_run(tmp_path)
+    run_setup(cmd)
+    return Case(cmd, exit_code=1, check=unchanged(out),
+                names=[f"{out} holds another run (eval_results.json", "model_final.pth", USED_FOLDER_WAY_ON,
+                       "choose another output folder (train.output_dir=DIR)"])
 
 
 @bad_input("det_lr_diverges")
@@ -760,6 +793,54 @@ def seg_data_options(root: Path, iters: int, *extra: str) -> list[str]:
     loaders = ("train_dataloader", "val_dataloader", "test_dataloader")
     return ["--cfg-options", *(f"{loader}.dataset.data_root={root}" for loader in loaders),
             f"train_cfg.max_iters={iters}", *extra]
+
+
+def seg_run(root: Path) -> tuple[list[str], Path]:
+    """A whole tiny segmentation run (two iterations, validated and saved at the end) and its work dir."""
+    from helpers_seg import make_shapes_dataset
+
+    data, work = make_shapes_dataset(root / "data"), root / "work"
+    options = seg_data_options(data, 2, "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2",
+                               "default_hooks.logger.interval=1")
+    return tool("train_seg.py", SEG_TINY, "--work-dir", work, *options), work
+
+
+@bad_input("seg_two_runs_into_one_work_dir_one_refused_the_others_logs_its_own")
+def _(tmp_path):
+    cmd, work = seg_run(tmp_path)
+    first = held_by(cmd, work)
+
+    def check():
+        resume_held(first, work)
+        [scalars] = work.glob("*/vis_data/scalars.json")  # one run's logs: one timestamp folder
+        steps = [r["step"] for r in map(json.loads, scalars.read_text().splitlines()) if "loss" in r]
+        assert steps == [1, 2], steps
+        assert len(list(work.glob("*/vis_data/events.out.tfevents.*"))) == 1
+
+    return Case(cmd, exit_code=1, check=check, names=claim_refusal(work, first))
+
+
+@bad_input("seg_second_run_into_a_used_work_dir_refused_its_files_unchanged")
+def _(tmp_path):
+    cmd, work = seg_run(tmp_path)
+    run_setup(cmd)
+    return Case(cmd, exit_code=1, check=unchanged(work),
+                names=[f"{work} holds another run (", "iter_2.pth", USED_FOLDER_WAY_ON,
+                       "choose another output folder (--work-dir)"])
+
+
+@bad_input("seg_overwrite_replaces_the_previous_run_leaving_one_runs_logs")
+def _(tmp_path):
+    cmd, work = seg_run(tmp_path)
+    run_setup(cmd)
+    [old] = work.glob("*/vis_data")
+
+    def check():
+        [new] = work.glob("*/vis_data")
+        assert new != old and (work / "iter_2.pth").is_file() and (work / "run.json").is_file()
+
+    return Case([*cmd, "--overwrite"], exit_code=0, check=check,
+                names=["--overwrite: deleted the previous run's", "iter_2.pth"])
 
 
 @bad_input("seg_lr_diverges")
