@@ -429,3 +429,26 @@ def test_compare_reads_the_folders_that_the_tools_made(tmp_path):
     held = next(r for r in runs if r.get("split") == "test")
     assert seg_cells[3] == f"{held['mIoU']:.1f}"  # the other data, in a column of its own
     assert "| seg | MAEViT" in report and "| test |" in report  # the runs' table names the data
+
+
+def test_a_configs_own_backbone_is_judged_against_itself_at_random_init(tmp_path):
+    """Config backbones (not catalogue names) make one row per initial checkpoint; the rule compares
+    the one from a checkpoint with the same backbone at random initialisation; an evaluation on
+    val of a compared training run is not counted as another seed."""
+    from mae_app.report import write_report
+
+    runs = []
+    for checkpoint, mious in (("out/mae/last.pth", (30.0, 31.0, 32.0)), (None, (10.0, 11.0, 12.0))):
+        for seed, miou in enumerate(mious):
+            runs.append({"task": "seg", "backbone": "MAEViT(vit_toy_patch4)", "config_backbone": True,
+                         "checkpoint": checkpoint, "seed": seed, "mIoU": miou, "params": 0.5,
+                         "source": f"{tmp_path}/{checkpoint is None}{seed}/run.json"})
+    runs.append({**runs[0], "trained_in": f"{tmp_path}/False0", "source": f"{tmp_path}/eval/run.json"})
+    report = write_report(runs, tmp_path / "report").read_text()
+    rows = report.split("## Semantic segmentation (UperNet)")[1].split("\n\n")[2].splitlines()[2:]
+    assert [row.split(" | ")[:2] for row in rows] == [["| MAEViT(vit_toy_patch4) (from last.pth)", "0, 1, 2"],
+                                                      ["| MAEViT(vit_toy_patch4) (random init)", "0, 1, 2"]]
+    assert "| 31.0 ± 1.0 |" in rows[0]  # the evaluation repeating seed 0's run is not a fourth value
+    verdicts = report.split("## MAE vs random initialisation")[1].split("\n\n")[2].splitlines()
+    assert verdicts[2].startswith("| MAEViT(vit_toy_patch4) (from last.pth) vs MAEViT(vit_toy_patch4) "
+                                  "(random init) | +20.0") and verdicts[2].endswith("**ahead** |")

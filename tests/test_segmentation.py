@@ -434,6 +434,26 @@ def test_train_tool_trains_validates_and_saves_a_safely_loadable_checkpoint(trai
 
 
 @pytest.mark.slow
+def test_train_tool_writes_tensorboard_scalars_and_its_run_record(trained):
+    """TensorBoard beside MMEngine's scalars.json (the configs' TensorboardVisBackend), holding the
+    same losses and mIoU; run.json describes the run for tools/compare.py."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data, work, _ = trained
+    [events] = work.glob("*/vis_data/events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    assert {"loss", "lr", "mIoU"} <= set(accumulator.Tags()["scalars"])
+    [miou] = logged_miou(work)
+    assert [e.value for e in accumulator.Scalars("mIoU")] == pytest.approx([miou])
+    record = json.loads((work / "run.json").read_text())
+    assert record["task"] == "seg" and record["backbone"] == "MAEViT(vit_toy_patch4, patch_size=8)"
+    assert record["checkpoint"].endswith("mae.pth") and record["seed"] == 0 and record["img_size"] == 64
+    assert record["eval_data"] == str(data / "images/validation") and record["split"] == "val"
+    assert not (work / "run.lock").exists()
+
+
+@pytest.mark.slow
 def test_test_tool_reproduces_the_validation_miou_and_writes_predictions(trained, tmp_path):
     data, work, _ = trained
     [miou] = logged_miou(work)
