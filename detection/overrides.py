@@ -68,9 +68,18 @@ def apply_overrides(cfg, overrides: list[str]):
     return LazyConfig.apply_overrides(cfg, overrides)
 
 
+def trust_pickles(cfg) -> None:
+    """--allow-pickle: the checkpoints the run loads may be pickled files (train.allow_pickle: the
+    MAE checkpoint, the weights; a catalogue backbone's own checkpoint through its options)."""
+    cfg.train.allow_pickle = True
+    backbone = cfg.model.backbone
+    if "name" in backbone and "options" in backbone:  # detection.catalogue.DetectronCatalogueBackbone
+        backbone.options = {**(backbone.options or {}), "allow_pickle": True}
+
+
 def load_lazy_config(path: str, overrides: list[str]):
     """`LazyConfig.load(path)` with checked overrides."""
     return apply_overrides(LazyConfig.load(path), overrides)
 
 
-__all__ = ["OverrideError", "apply_overrides", "config_keys", "has_key", "load_lazy_config"]
+__all__ = ["OverrideError", "apply_overrides", "config_keys", "has_key", "load_lazy_config", "trust_pickles"]

@@ -23,9 +23,9 @@ SIZE_KEYS = ("patch_size", "embed_dim", "depth", "num_heads")
 def backbone_fields(cfg, model) -> dict:
     spec = cfg.model.backbone
     if spec._target_ is DetectronCatalogueBackbone:
+        options = {k: v for k, v in (plain(spec.get("options")) or {}).items() if k != "allow_pickle"}
         return {"backbone": spec.name, "checkpoint": spec.get("checkpoint") or None,
-                "backbone_kwargs": {"out_channels": spec.get("out_channels", 256),
-                                    **(plain(spec.get("options")) or {})}}
+                "backbone_kwargs": {"out_channels": spec.get("out_channels", 256), **options}}
     target = spec._target_ if isinstance(spec._target_, str) else spec._target_.__name__
     net = spec.get("net") or {}
     size = [str(net["arch"])] if "arch" in net else []

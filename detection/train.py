@@ -27,7 +27,7 @@ from mae_core.run_record import RUN_FILE, evaluation_record, write_run_record
 from .data import check_categories, train_loader
 from .engine import AtomicCheckpointer, build_optimizer, evaluate, init_backbone_from_mae, wrap_ddp
 from .hooks import FinalEvalHook, NonFiniteGuard, TrainingState, run_training
-from .overrides import load_lazy_config
+from .overrides import load_lazy_config, trust_pickles
 from .record import run_record
 
 logger = logging.getLogger("detection")
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> None:
     training or evaluation; the main process leaves the run record (mae_core.run_record)."""
     cfg = load_lazy_config(args.config_file, args.opts)
     if args.allow_pickle:
-        cfg.train.allow_pickle = True
+        trust_pickles(cfg)
     with run_folder(cfg.train.output_dir, marks=RUN_MARKS, removed_with=RUN_LOGS, resume=args.resume,
                     overwrite=args.overwrite, folder_flag="train.output_dir=DIR",
                     is_main=comm.is_main_process(), share=comm.all_gather):
@@ -183,7 +183,8 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
                         help="replace the run in train.output_dir: its checkpoints, metrics and logs are "
                              "deleted (a used folder is refused otherwise)")
     parser.add_argument("--allow-pickle", action="store_true",
-                        help="trust a pickled checkpoint (train.allow_pickle=True), e.g. a model-zoo .pkl")
+                        help="trust pickled checkpoints (train.allow_pickle=True, and a catalogue "
+                             "backbone's checkpoint), e.g. an official MAE file or a model-zoo .pkl")
     return parser.parse_intermixed_args(argv)
 
 

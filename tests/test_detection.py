@@ -565,6 +565,13 @@ def test_train_reports_ap_eval_only_reproduces_it_and_resume_continues(trained):
     again, iteration = read_ap(eval_out / "eval_results.json")
     assert iteration == 4
     assert again == pytest.approx(ap, abs=1e-6)
+    # The runs' records for tools/compare.py: the evaluation is the trained run's setting, on val.
+    record = json.loads((out / "run.json").read_text())
+    assert record["task"] == "det" and record["checkpoint"] == str(trained["root"] / "mae.pth")
+    assert record["backbone"] == "ViTDetBackbone(vit_base_patch16, embed_dim=96, depth=4, num_heads=3)"
+    assert (record["seed"], record["img_size"], record["batch_size"], record["split"]) == (-1, 128, 2, "val")
+    evaluation = json.loads((eval_out / "run.json").read_text())
+    assert evaluation == {**record, "weights": str(out / "model_final.pth"), "trained_in": str(out)}
 
     log = run_tool(
         "train_det.py",

@@ -20,7 +20,7 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from detection.overrides import load_lazy_config
+from detection.overrides import load_lazy_config, trust_pickles
 from detection.predict import draw_predictions
 from mae_core.errors import UserError, exit_on_user_error
 
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     with exit_on_user_error("infer_det.py"):
         cfg = load_lazy_config(args.config_file, args.opts)
         if args.allow_pickle:
-            cfg.train.allow_pickle = True
+            trust_pickles(cfg)
         weights = args.weights or cfg.train.init_checkpoint
         if not weights:
             parser.error("no weights: pass --weights or train.init_checkpoint=PATH")
