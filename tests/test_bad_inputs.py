@@ -328,6 +328,23 @@ def _(tmp_path):
     return Case(pretrain_cmd(out, "epochs=2"), exit_code=1, check=check, names=claim_refusal(out, first))
 
 
+@bad_input("pretrain_ddp_into_a_used_folder_every_process_refused")
+def _(tmp_path):
+    """Two processes: the main one claims and checks the folder, the other learns the refusal from
+    it and stops too (instead of waiting for the first step's collective)."""
+    from helpers_pretrain import require_fashion_mnist
+
+    require_fashion_mnist()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pth").write_bytes(b"another run")
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tools/pretrain.py"), "--config", TOY_CONFIG, f"output_dir={out}", *TOY_PRETRAIN,
+           "batch_size=4"]
+    return Case(cmd, check=unchanged(out), timeout=300,
+                names=[f"{out} holds another run (last.pth)", USED_FOLDER_WAY_ON])
+
+
 @bad_input("pretrain_claim_of_a_dead_process_refused_without_resume")
 def _(tmp_path):
     out = tmp_path / "run"
