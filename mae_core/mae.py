@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .layers import Block
-from .masking import MaskingInputs, RandomMasking
+from .masking import MaskingInputs, MaskingStrategy, RandomMasking
 from .pos_embed import sincos_2d
 from .vit import VisionTransformer, get_arch, layer_norm
 
@@ -72,7 +72,7 @@ class MaskedAutoencoder(VisionTransformer):
         decoder_num_heads: int = 16,
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = False,
-        masking=None,
+        masking: MaskingStrategy | None = None,
         mask_tokens_in_encoder: bool = False,
         drop_path_rate: float = 0.0,
     ):
