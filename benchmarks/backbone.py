@@ -89,7 +89,7 @@ def speed_goal(suite: str, size: int) -> float:
 
 
 class ToolkitDet(nn.Module):
-    """mae_core backbone + pyramid with the parameter names of detection.ViTDetBackbone, so
+    """mae_core backbone + pyramid with the parameter names of detection.backbone.ViTDetBackbone, so
     detection's Detectron2 key converter applies (kept here so mae_core alone is measured)."""
 
     def __init__(self, size: int, use_rel_pos: bool = True):

@@ -9,8 +9,9 @@ segmentation/catalogue.py; nothing here imports either framework.
 Names:
     vit_mae          the toolkit's ViT loaded from an MAE checkpoint (any layout load_pretrained reads)
     vit_random       the same ViT, randomly initialised
-    vit_supervised   the same ViT pretrained with labels (tools/eval_cls.py --mode supervised writes
-                     one on the demo data; a timm ViT checkpoint works too)
+    vit_supervised   the same ViT pretrained with labels (tools/eval_cls.py --mode finetune
+                     --save-backbone writes one, as `tools/demo.py --also vit_supervised` does on the
+                     demo data; a timm ViT checkpoint works too)
     resnet50_fpn     torchvision ResNet-50 + FPN (checkpoint: a torchvision state dict, optional)
     convnext_atto    timm ConvNeXt-Atto through `features_only` (checkpoint optional)
     timm:<name>      any timm model with `features_only` support: adding one is a config change

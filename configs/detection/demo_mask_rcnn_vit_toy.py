@@ -15,7 +15,7 @@ from detection.catalogue import DetectronCatalogueBackbone
 
 from .mask_rcnn_vit_tiny_cpu import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
-scene_size = 128  # the demo scenes' side (mae_app.demo.Recipe.scene_size)
+scene_size = 128  # the demo scenes' side (mae_app.demo_data.DemoDataSpec.scene_size)
 width = 128  # pyramid, RPN and box-head input width (the model zoo's 256 is 3x slower)
 model.backbone = L(DetectronCatalogueBackbone)(
     name="vit_random",
