@@ -275,12 +275,12 @@ class SalienceMasking(InformedMasking):
 
     `measure="attention"`: SBAM's salience (Choi et al. 2024), a patch's column sum of
     softmax(X Xᵀ / temperature), how much attention all patches would pay it; one L x L product per
-    image; `temperature=None` means sqrt(embedding width). Measured on Fashion-MNIST items pasted
-    on a flat background with a freshly initialised toy MAE, it masks the *background* more: the
-    many identical background patches attend to each other and collect the most attention.
+    image; `temperature=None` means sqrt(embedding width). On Fashion-MNIST items pasted on a flat
+    background with a freshly initialised toy MAE it masks the *background* more: the many
+    identical background patches attend to each other and collect the most attention.
     `measure="contrast"` (default): a patch's distance from the image's mean patch embedding
-    (global contrast, O(L D)): there it masks the item's patches far more than the background's
-    (tests/test_masking.py), the object-centric masking the strategy is for."""
+    (global contrast, O(L D)): there it masks the item's patches far more than the background's,
+    the object-centric masking the strategy is for (tests/test_masking.py holds both to this)."""
 
     MEASURES = ("contrast", "attention")
 
