@@ -354,7 +354,22 @@ def window_unpartition(
 class Block(nn.Module):
     """Pre-norm transformer block. Takes tokens (B, N, C), or a token map (B, H, W, C) when it
     attends within windows or uses relative positions, which both need the 2-D layout. Tokens
-    with a BEiT bias table (cls token first) come with their `grid` instead."""
+    with a BEiT bias table (cls token first) come with their `grid` instead. Returns the same
+    shape.
+
+    Args:
+        dim: token width C.
+        num_heads: attention heads; `dim` must divide by it.
+        mlp_ratio: MLP hidden width over `dim`.
+        qkv_bias: bias in the q, k, v projection.
+        drop_path: stochastic-depth rate of both residual branches.
+        norm_layer, act_layer: the norm (built with `dim`) and the MLP's activation.
+        window_size: attend within windows of this many tokens a side (token maps only); 0: global.
+        rel_pos_size: decomposed relative positions (ViTDet) for this (h, w) grid of queries.
+        rel_pos_bias_size: BEiT's relative position bias table for this grid.
+        cls_token: the BEiT table has cls entries (the tokens start with a cls token).
+        init_values: layer-scale initial value; None: no layer scale.
+    """
 
     def __init__(
         self,

@@ -120,7 +120,15 @@ class InformedMasking(MaskingStrategy):
 class BlockMasking(MaskingStrategy):
     """BEiT-style block-wise masking: rectangles of random area and aspect ratio are masked until
     `num_masked` patches are covered. Masked patches score in [1, 2), the rest in [0, 1), so the
-    ranking tops up or trims the block mask at random to the exact count."""
+    ranking tops up or trims the block mask at random to the exact count.
+
+    Args:
+        min_block: smallest block area, in patches (BEiT: 16), or the patches still to cover if
+            fewer.
+        aspect_range: (lowest, highest) block aspect ratio, drawn log-uniformly.
+        tries: consecutive blocks that add nothing (overlap, or over the budget) before the draw
+            stops and the ranking tops it up.
+    """
 
     def __init__(
         self, min_block: int = 16, aspect_range: tuple[float, float] = (0.3, 1 / 0.3), tries: int = 10
@@ -167,7 +175,12 @@ class FilteredNoiseMasking(MaskingStrategy):
     evenly with visible ones. `band="low"` ("red" noise): a Gaussian of `sigma` patches, so large
     blobs (ColorMAE found it worse). The noise is drawn on a grid padded by three outer
     sigmas and cropped, so the FFT's wrap-around never joins opposite edges. No parameters, no
-    model-side cost: made in the data pipeline like random noise."""
+    model-side cost: made in the data pipeline like random noise.
+
+    Args:
+        sigma: the filter's scale, in patches.
+        band: "band" (green noise, difference of Gaussians) or "low" (red noise, one Gaussian).
+    """
 
     BANDS = ("band", "low")
 
@@ -213,7 +226,14 @@ class HardPatchesMasking(InformedMasking):
     the encoder's input tokens, detached: it learns from its own auxiliary loss only and sends no
     gradient into the patch embedding. Unlike the paper's predictor (a decoder branch on the visible
     encoder tokens) it sees each patch alone, with its position: cheap, and enough to tell textured
-    from flat patches, but blind to context."""
+    from flat patches, but blind to context.
+
+    Args:
+        hard_share: share of the masked patches chosen as the hardest at the end of training, in
+            [0, 1]; it ramps up linearly from 0 with training progress.
+        loss_weight: weight of the head's loss in the model's total loss.
+        hidden: width of the head's hidden layer.
+    """
 
     def __init__(self, hard_share: float = 0.5, loss_weight: float = 1.0, hidden: int = 64):
         if not 0.0 <= hard_share <= 1.0:
@@ -280,7 +300,13 @@ class SalienceMasking(InformedMasking):
     identical background patches attend to each other and collect the most attention.
     `measure="contrast"` (default): a patch's distance from the image's mean patch embedding
     (global contrast, O(L D)): there it masks the item's patches far more than the background's,
-    the object-centric masking the strategy is for (tests/test_masking.py holds both to this)."""
+    the object-centric masking the strategy is for (tests/test_masking.py holds both to this).
+
+    Args:
+        strength: exponent on the salience; 0 is random masking, larger is more deterministic.
+        measure: "contrast" or "attention".
+        temperature: the attention measure's softmax temperature; None: sqrt(embedding width).
+    """
 
     MEASURES = ("contrast", "attention")
 
