@@ -235,6 +235,8 @@ def timing_cases(models, imgs, noise, device, opts: PretrainOptions) -> tuple[di
 
 
 def bench_config(name: str, cfg: BenchConfig, opts: PretrainOptions, device) -> dict:
+    """One config's results: the numerics check (which must pass before timing), the FLOPs, and
+    the interleaved timings of every case, for `report_sections`."""
     print(f"\n== {name}: {cfg.arch} at {cfg.img_size}, batch {cfg.batch}, mask {MASK_RATIO}")
     torch.manual_seed(0)
     with_hf = cfg.versus_hf and not opts.no_hf

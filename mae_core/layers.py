@@ -326,6 +326,8 @@ class Attention(nn.Module):
         return x.transpose(1, 2).reshape(b, n, three_dim // 3)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, N, dim) tokens -> (B, N, dim); `grid` (gh, gw) is the tokens' layout, needed with
+        relative positions (N = gh * gw, plus the cls token first with a BEiT table)."""
         return self.proj(self.attend(self.qkv(x), grid))
 
 

@@ -45,6 +45,8 @@ def unpatchify(x: torch.Tensor, patch_size: int, grid: tuple[int, int], channels
 
 
 class MAEOutput(NamedTuple):
+    """What `MaskedAutoencoder.forward` returns; L = gh * gw patches, p the patch size."""
+
     loss: torch.Tensor  # what is optimised: pixel_loss, plus aux_loss when there is one
     pred: torch.Tensor  # (B, L, p*p*C), in the (normalised) target space
     mask: torch.Tensor  # (B, L), 1 = masked (predicted), 0 = visible
@@ -283,6 +285,7 @@ class MaskedAutoencoder(VisionTransformer):
         return MAEOutput(pixel + aux, pred, mask, pixel, aux)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, p*p*C) per-patch values (e.g. `MAEOutput.pred`) -> (B, C, H, W) images."""
         return unpatchify(x, self.patch_size, self.grid_size, self.in_chans)
 
 
