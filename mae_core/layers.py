@@ -138,7 +138,8 @@ def choose_rel_pos_path(device_type: str, tokens: int, head_dim: int) -> str:
     more than 2.5x wider (head_dim + 2 sqrt(tokens) > 2.5 head_dim): the CPU flash kernel pays the
     width in both of its products. The 2.5x threshold sits between ViT-B's global blocks at 1024 px
     (3x wider: chunked faster) and those at 512 px and its windows (2x and 1.4x: fused as fast or
-    faster), timed per block forward+backward (docs/benchmarks.md)."""
+    faster), timed per block forward+backward (docs/benchmarks.md, "The attention path, chosen by
+    size and device")."""
     if device_type != "cpu":
         return "fused"
     return "chunked" if 2 * tokens**0.5 > 1.5 * head_dim else "fused"

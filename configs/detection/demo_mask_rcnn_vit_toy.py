@@ -29,7 +29,7 @@ model.backbone = L(DetectronCatalogueBackbone)(
 model.roi_heads.num_classes = 10
 # Light heads: the model zoo's 4-conv box and mask heads cost many times the toy backbone's FLOPs;
 # one fc box head and a 1-conv mask head keep an iteration's time mostly the backbone's
-# (docs/benchmarks.md).
+# (docs/results.md).
 model.proposal_generator.head.in_channels = width
 model.roi_heads.box_head.input_shape = ShapeSpec(channels=width, height=7, width=7)
 model.roi_heads.box_head.conv_dims = []
