@@ -277,10 +277,11 @@ def pretrain(
         output_dir = Path(cfg.output_dir)
         start = resume_from(output_dir, resume, overwrite, dist_info.is_main)
         continues_here = start is not None and start.parent.resolve() == output_dir.resolve()
+        # Built first (it writes nothing), so a config the model or data refuse leaves no folder.
+        pretrainer = Pretrainer(cfg, dist_info, list(hooks) + instantiate_hooks(cfg.epoch_hooks))
         with run_folder(output_dir, marks=CHECKPOINT_MARKS, removed_with=RUN_LOGS, resume=continues_here,
                         take_over=resume is not None or overwrite, overwrite=overwrite,
                         folder_flag="--output-dir", is_main=dist_info.is_main, share=all_gather_objects):
-            pretrainer = Pretrainer(cfg, dist_info, list(hooks) + instantiate_hooks(cfg.epoch_hooks))
             return pretrainer.run(start)
     finally:
         if joined_here:  # a caller's own process group stays up
