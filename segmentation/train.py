@@ -21,9 +21,9 @@ from mmengine.runner import Runner
 from mae_core.checkpoint import CheckpointError
 from mae_core.data import ImageReadError
 
-from .data import DatasetError
+from .data import DatasetError, check_head_classes
 from .engine import adapt_config_to_device, init_cpu_distributed
-from .hooks import NonFiniteError
+from .hooks import HeadWidthHook, NonFiniteError
 from .overrides import ConfigOverrideError, checked_overrides
 
 
@@ -123,15 +123,22 @@ def exit_on_error(tool: str):
         raise SystemExit(f"{tool}: error: {exc}") from None
 
 
+# The datasets a run reads, by config key, as the class-count refusals name them.
+TRAINING_SETS = {"train_dataloader": "the training set", "val_dataloader": "the validation set"}
+TEST_SETS = {"test_dataloader": "the test set"}
+
+
 def train(args: argparse.Namespace) -> None:
     """`tools/train_seg.py`: the config's training run, resumed from the work dir's latest
-    checkpoint with `args.resume`. A batch that the decode head's BatchNorm cannot train on is
-    refused first."""
+    checkpoint with `args.resume`. Heads whose class count is not the datasets' and a batch that the
+    decode head's BatchNorm cannot train on are refused first."""
     cfg = load_mmseg_config(args.config, args.launcher, args.work_dir, args.cfg_options, amp=args.amp)
     init_cpu_distributed(args.launcher)
     cfg.resume = args.resume
+    dataset = check_head_classes(cfg, TRAINING_SETS)
     runner = Runner.from_cfg(cfg)  # starts the process group: the world size is known from here
     check_batch_for_pooling_norm(cfg, get_world_size())
+    runner.register_hook(HeadWidthHook(dataset))
     runner.train()
 
 
@@ -151,6 +158,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         cfg.train_dataloader = cfg.test_dataloader
     if args.out:
         cfg.test_evaluator.output_dir = args.out
-    metrics = Runner.from_cfg(cfg).test()
+    runner = Runner.from_cfg(cfg)
+    runner.register_hook(HeadWidthHook(check_head_classes(cfg, TEST_SETS)))
+    metrics = runner.test()
     print(json.dumps({"metrics": {name: float(value) for name, value in metrics.items()}}))
     return metrics

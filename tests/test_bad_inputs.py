@@ -947,6 +947,67 @@ def _(tmp_path):
                 names=["alpha channel dropped (first such file:", "mode 'RGBA'"])
 
 
+# ---------------------------------------------------------------- rows: class contract, faults, preemption
+
+
+@bad_input("seg_train_head_of_8_classes_on_a_3_class_dataset")
+def _(tmp_path):
+    """model.decode_head.num_classes=8 on the tiny 3-class set: refused before training, naming the
+    key, both counts and the dataset (mmseg trained and scored it, exit 0)."""
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+    return Case(seg_train(tmp_path, data, "model.decode_head.num_classes=8"), exit_code=1,
+                names=[f"model.decode_head.num_classes=8 but the training set (SegFolderDataset at {data}) "
+                       "has 3 classes"], absent=["Traceback", "Iter(train)"],
+                check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
+
+
+@bad_input("seg_test_auxiliary_head_of_8_classes_on_a_3_class_test_set")
+def _(tmp_path):
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=1, n_val=1)
+    return Case(tool("test_seg.py", SEG_TINY, tmp_path / "none.pth", "--work-dir", tmp_path / "work",
+                     *seg_data_options(data, 1, "model.auxiliary_head.num_classes=8")), exit_code=1,
+                names=["model.auxiliary_head.num_classes=8 but the test set (SegFolderDataset at "
+                       f"{data}) has 3 classes"], absent=["Traceback", '"metrics"'])
+
+
+def seg_checkpoint_of_8_classes(path: Path) -> Path:
+    """A segmentor checkpoint whose decode head classifies 8 classes (the tiny config's 32 channels);
+    mmengine loads non-strictly and would leave the 3-class model's head at initialisation."""
+    import torch
+
+    torch.save({"state_dict": {"decode_head.conv_seg.weight": torch.zeros(8, 32, 1, 1),
+                               "decode_head.conv_seg.bias": torch.zeros(8)}}, path)
+    return path
+
+
+@bad_input("seg_test_checkpoint_of_8_classes_on_a_3_class_test_set")
+def _(tmp_path):
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=1, n_val=1)
+    ckpt = seg_checkpoint_of_8_classes(tmp_path / "wide.pth")
+    cmd = tool("test_seg.py", SEG_TINY, ckpt, "--work-dir", tmp_path / "work", *seg_data_options(data, 1))
+    return Case(cmd, exit_code=1, absent=["Traceback", '"metrics"'],
+                names=[f"{ckpt}'s decode_head has 8 classes (decode_head.conv_seg.weight [8, 32, 1, 1]) "
+                       f"but the model's has 3, the classes of the test set (SegFolderDataset at {data})"])
+
+
+@bad_input("seg_train_load_from_a_checkpoint_of_8_classes")
+def _(tmp_path):
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+    ckpt = seg_checkpoint_of_8_classes(tmp_path / "wide.pth")
+    return Case(seg_train(tmp_path, data, f"load_from={ckpt}"), exit_code=1,
+                names=[f"{ckpt}'s decode_head has 8 classes", "the training set"],
+                absent=["Traceback", "Iter(train)"],
+                check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
+
+
 # ---------------------------------------------------------------- the test
 
 
