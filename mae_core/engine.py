@@ -347,8 +347,8 @@ class Pretrainer:
         if self.dist.is_main:
             epoch_number = self.epoch + 1
             if epoch_number % self.cfg.save_every == 0 or epoch_number == self.cfg.epochs:
-                save_checkpoint(state, self.output_dir / f"checkpoint-{epoch_number:04d}.pth")
-            save_checkpoint(state, self.output_dir / LAST_CHECKPOINT)
+                save_checkpoint(state, self.output_dir / f"checkpoint-{epoch_number:04d}.pth", self.last_good)
+            save_checkpoint(state, self.output_dir / LAST_CHECKPOINT, self.last_good)
         self.last_good = self.output_dir / LAST_CHECKPOINT
 
     def last_good_note(self) -> str:
@@ -370,7 +370,7 @@ class Pretrainer:
         if self.dist.is_main:
             debug = self.output_dir / f"diverged-{self.iteration:06d}.pth"
             save_checkpoint({"model": self.model.state_dict(), "arch": self.model_record, "epoch": self.epoch,
-                             "iteration": self.iteration}, debug)
+                             "iteration": self.iteration}, debug, self.last_good)
             kept = f" (kept for debugging as {debug})"
         raise NonFiniteError(
             f"{when.capitalize()}, after iteration {self.iteration} (counted from 1, as in log.jsonl), "

@@ -30,6 +30,7 @@ class Case:
     absent: list[str] = field(default_factory=list)  # substrings that must NOT appear (e.g. a metric)
     check: Callable[[], None] | None = None  # extra assertions on files after the run
     timeout: int = 600
+    cleanup: Callable[[], None] | None = None  # runs whatever happens (e.g. unmounts a small disk)
 
 
 ROWS: dict[str, Callable[[Path], Case]] = {}
@@ -1008,6 +1009,59 @@ def _(tmp_path):
                 check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
 
 
+def small_disk(folder: Path, size: int) -> Callable[[], None]:
+    """A tmpfs of `size` bytes mounted at `folder`: a real full disk for a write that needs more.
+    Returns the unmount. Needs root (CI runs as root); anywhere else the row fails saying so."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0 or not os.path.ismount(folder):
+        pytest.fail(f"a full-disk row needs `mount -t tmpfs` (root): {mount.stderr.strip() or 'not mounted'}")
+
+    def unmount() -> None:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+        shutil.rmtree(folder)
+
+    return unmount
+
+
+def disk_just_too_small(first: Path, out: Path, name: str) -> Callable[[], None]:
+    """Copies the run in `first` to `out` on a disk with room for about half of one more `name`:
+    the next checkpoint the resumed run writes cannot fit. Returns the unmount."""
+    import shutil
+
+    used = sum(p.stat().st_size for p in first.rglob("*") if p.is_file())
+    unmount = small_disk(out, used + (first / name).stat().st_size // 2 + 64 * 1024)
+    shutil.copytree(first, out, dirs_exist_ok=True)
+    return unmount
+
+
+def assert_failed_save_left_nothing(out: Path, kept: dict[str, bytes], absent: str) -> None:
+    """The failed save touched no earlier checkpoint and left no partial or temporary file."""
+    for name, data in kept.items():
+        assert (out / name).read_bytes() == data, f"{name} changed"
+    leftovers = [p.name for p in out.rglob(".*.tmp")] + [p.name for p in out.glob(absent)]
+    assert not leftovers, leftovers
+
+
+@bad_input("pretrain_checkpoint_write_on_a_full_disk_names_the_disk_and_the_last_good_checkpoint")
+def _(tmp_path):
+    """Epoch 0 saved, then resumed on a disk too small for epoch 1's checkpoint: stopped naming the
+    file, ENOSPC, the disk, and last.pth to resume from (torch.save said only 'unexpected pos')."""
+    first, out = tmp_path / "first", tmp_path / "disk"
+    run_setup(pretrain_cmd(first))
+    unmount = disk_just_too_small(first, out, "last.pth")
+    kept = {name: (out / name).read_bytes() for name in ("last.pth", "checkpoint-0001.pth")}
+    return Case(pretrain_cmd(out, "--resume", "epochs=2"), exit_code=1, cleanup=unmount,
+                names=[f"could not write {out / 'checkpoint-0002.pth'}: No space left on device (ENOSPC)",
+                       f"on the file system mounted at {out}",
+                       f"The last good checkpoint is {out / 'last.pth'}", "--resume"],
+                absent=["Traceback", "unexpected pos"],
+                check=lambda: assert_failed_save_left_nothing(out, kept, "checkpoint-0002.pth"))
+
+
 # ---------------------------------------------------------------- the test
 
 
@@ -1015,6 +1069,14 @@ def _(tmp_path):
 @pytest.mark.parametrize("row", sorted(ROWS))
 def test_bad_input_stops_loudly_naming_the_fault(row, tmp_path):
     case = ROWS[row](tmp_path)
+    try:
+        run_case(row, case)
+    finally:
+        if case.cleanup is not None:
+            case.cleanup()
+
+
+def run_case(row: str, case: Case) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(case.cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=case.timeout)
     output = proc.stdout + proc.stderr
