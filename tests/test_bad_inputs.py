@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ class Case:
     check: Callable[[], None] | None = None  # extra assertions on files after the run
     timeout: int = 600
     cleanup: Callable[[], None] | None = None  # runs whatever happens (e.g. unmounts a small disk)
+    during: Callable[[subprocess.Popen], None] | None = None  # acts on the running tool (e.g. signals it)
 
 
 ROWS: dict[str, Callable[[Path], Case]] = {}
@@ -1062,6 +1065,65 @@ def _(tmp_path):
                 check=lambda: assert_failed_save_left_nothing(out, kept, "checkpoint-0002.pth"))
 
 
+# 64 steps in one epoch, drop path on (the restored random generator matters), a line per step.
+PREEMPTIBLE = ["data.limit=512", "model.drop_path_rate=0.1"]
+
+
+def signal_after_steps(out: Path, steps: int, sig: int) -> Callable[[subprocess.Popen], None]:
+    """Sends `sig` to the tool once log.jsonl holds `steps` lines: in mid-epoch."""
+    import time
+
+    def during(proc: subprocess.Popen) -> None:
+        log = out / "log.jsonl"
+        while proc.poll() is None and (not log.is_file() or len(log.read_text().splitlines()) < steps):
+            time.sleep(0.02)
+        proc.send_signal(sig)
+
+    return during
+
+
+def assert_checkpoint_at_the_last_logged_step(out: Path) -> dict:
+    """last.pth holds the iteration the preempted run logged last, in mid-epoch (no epoch line)."""
+    import torch
+
+    state = torch.load(out / "last.pth", weights_only=True)
+    records = log_records(out)
+    assert all("loss" in r for r in records), "the preempted run finished an epoch"
+    assert state["iteration"] == records[-1]["iteration"] == len(records), (state["iteration"], records[-1])
+    assert 0 < state["epoch_progress"]["step"] == state["iteration"] < 64 and state["epoch"] == -1
+    return state
+
+
+@bad_input("pretrain_sigterm_mid_epoch_checkpoints_that_step_and_resumes_on_the_same_curve")
+def _(tmp_path):
+    """A scheduler's SIGTERM after 3 of 64 steps: the run finishes its step, writes last.pth at that
+    iteration and exits 143. --resume then continues mid-epoch: its log.jsonl (per-step losses and
+    the epoch's mean) equals the uninterrupted run's exactly."""
+    straight, out = tmp_path / "straight", tmp_path / "run"
+    run_setup(pretrain_cmd(straight, *PREEMPTIBLE))
+
+    def check():
+        assert_checkpoint_at_the_last_logged_step(out)
+        run_setup(pretrain_cmd(out, *PREEMPTIBLE, "--resume"))
+        assert log_records(out) == log_records(straight)
+
+    return Case(pretrain_cmd(out, *PREEMPTIBLE), exit_code=143, absent=["Traceback"], check=check,
+                during=signal_after_steps(out, 3, signal.SIGTERM),
+                names=["SIGTERM received: stopped after iteration",
+                       f"wrote {out / 'last.pth'} at that iteration",
+                       "continue with --resume (exit status 143)"])
+
+
+@bad_input("pretrain_sigusr1_mid_epoch_checkpoints_that_step")
+def _(tmp_path):
+    """SLURM's warning before a time limit (`--signal=USR1@...`) is a preemption notice too."""
+    out = tmp_path / "run"
+    return Case(pretrain_cmd(out, *PREEMPTIBLE), exit_code=143, absent=["Traceback"],
+                during=signal_after_steps(out, 3, signal.SIGUSR1),
+                names=["SIGUSR1 received: stopped after iteration", "(exit status 143)"],
+                check=lambda: assert_checkpoint_at_the_last_logged_step(out))
+
+
 # ---------------------------------------------------------------- the test
 
 
@@ -1078,8 +1140,16 @@ def test_bad_input_stops_loudly_naming_the_fault(row, tmp_path):
 
 def run_case(row: str, case: Case) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(case.cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=case.timeout)
-    output = proc.stdout + proc.stderr
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: `during` may wait while it fills
+        proc = subprocess.Popen(case.cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            if case.during is not None:
+                case.during(proc)
+            proc.wait(timeout=case.timeout)
+        finally:
+            proc.kill()
+        log.seek(0)
+        output = log.read()
     if case.exit_code is None:
         assert proc.returncode != 0, f"{row}: exit 0 on bad input\n{output[-3000:]}"
     else:
