@@ -42,6 +42,7 @@ from .host_memory import retain_freed_memory
 from .layer_decay import param_groups
 from .mae import MaskedAutoencoder, decoder_preset
 from .masking import build_masking
+from .precision import warn_if_bf16_is_slow
 from .preemption import PreemptionNotice, ignore_preemption_signals
 from .vit import get_arch
 
@@ -284,6 +285,8 @@ class Pretrainer:
         self.device = dist_info.device
         self.output_dir = Path(cfg.output_dir)
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
+        if self.amp_dtype == torch.bfloat16 and dist_info.is_main:
+            warn_if_bf16_is_slow(self.device, "set amp=none (a key=value override of tools/pretrain.py)")
         if cfg.retain_host_memory:
             retain_freed_memory()
         self.accum = accumulation_steps(cfg, dist_info.world_size)

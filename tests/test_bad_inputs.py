@@ -34,6 +34,7 @@ class Case:
     timeout: int = 600
     cleanup: Callable[[], None] | None = None  # runs whatever happens (e.g. unmounts a small disk)
     during: Callable[[subprocess.Popen], None] | None = None  # acts on the running tool (e.g. signals it)
+    env: dict[str, str] = field(default_factory=dict)  # added to the tool's environment
 
 
 ROWS: dict[str, Callable[[Path], Case]] = {}
@@ -1124,6 +1125,20 @@ def _(tmp_path):
                 check=lambda: assert_checkpoint_at_the_last_logged_step(out))
 
 
+@bad_input("pretrain_bf16_on_a_cpu_without_native_bf16_warns_once_how_to_turn_it_off")
+def _(tmp_path):
+    """amp=bf16 (pretraining's default) where the CPU flags (given in MAE_CPU_FLAGS: this machine
+    has native bf16) are an AVX2-only EPYC's: one warning naming the slowdown's record and amp=none;
+    the run still trains as asked."""
+    from mae_core.precision import CPU_FLAGS_VARIABLE
+
+    out = tmp_path / "run"
+    return Case(pretrain_cmd(out, "amp=bf16"), exit_code=0, env={CPU_FLAGS_VARIABLE: "fpu sse2 avx avx2 fma"},
+                names=["bf16 autocast was asked for, but this CPU has no native bf16",
+                       "docs/robustness.md", "To train in fp32, set amp=none"],
+                check=lambda: assert_checkpoints_finite(out))
+
+
 # ---------------------------------------------------------------- the test
 
 
@@ -1139,7 +1154,7 @@ def test_bad_input_stops_loudly_naming_the_fault(row, tmp_path):
 
 
 def run_case(row: str, case: Case) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **case.env}
     with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: `during` may wait while it fills
         proc = subprocess.Popen(case.cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
