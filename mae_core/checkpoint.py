@@ -84,8 +84,8 @@ class CheckpointWriteError(CheckpointError, UserError):
     resume from. Nothing was written under the file's name."""
 
     def __init__(self, path: Path, error: OSError, last_good: str | os.PathLike | None, partial: str | None):
-        code = errno.errorcode.get(error.errno, "?") if error.errno else "?"
-        message = f"could not write {path}: {error.strerror or error} ({code})"
+        code = f" ({errno.errorcode[error.errno]})" if error.errno in errno.errorcode else ""
+        message = f"could not write {path}: {error.strerror or error}{code}"
         if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and partial is not None:
             message += f"; {_disk_note(Path(partial))}"
         message += (

@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers_pretrain import REPO, toy_config, write_corrupt_png, write_image
 
-from mae_core.checkpoint import NonFiniteError, load_checkpoint_file
+from mae_core.checkpoint import CheckpointWriteError, NonFiniteError, load_checkpoint_file
 from mae_core.config import ConfigError, ModelConfig, PretrainConfig, from_dict, override, to_dict
 from mae_core.data import ImageReadError
 from mae_core.distributed import init_distributed
@@ -106,7 +106,9 @@ def test_checkpoint_loads_safely_and_holds_the_whole_state(tmp_path):
     cfg = toy_config(tmp_path, {"epochs": 1, "data.limit": 16})
     result = pretrain(cfg)
     state = torch.load(tmp_path / "last.pth", weights_only=True)
-    assert set(state) == {"model", "arch", "optimizer", "scaler", "epoch", "iteration", "rng", "config"}
+    assert set(state) == {"model", "arch", "optimizer", "scaler", "epoch", "iteration", "rng", "config",
+                          "epoch_progress"}
+    assert state["epoch_progress"] == {"step": 0, "losses": [], "skipped": 0}  # saved at an epoch's end
     assert state["epoch"] == 0 and state["iteration"] == 2 == result.iteration
     assert from_dict(PretrainConfig, state["config"]) == cfg
     assert state["arch"] == model_record(cfg.model)
@@ -161,9 +163,11 @@ def test_a_failed_save_leaves_the_last_good_checkpoint_and_no_partial_file(tmp_p
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save_then_fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointWriteError, match="No space left") as err:
         pretrain(toy_config(tmp_path))
     monkeypatch.undo()
+    assert f"could not write {tmp_path / 'last.pth'}" in str(err.value)
+    assert f"The last good checkpoint is {tmp_path / 'last.pth'}" in str(err.value)  # epoch 0's, untouched
     assert sorted(p.name for p in tmp_path.glob("*.pth*")) == ["checkpoint-0001.pth", "checkpoint-0002.pth",
                                                                 "last.pth"]
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
