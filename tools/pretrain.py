@@ -23,7 +23,7 @@ from mae_core.checkpoint import CheckpointError, NonFiniteError
 from mae_core.config import ConfigError, load_pretrain_config, override, parse_overrides
 from mae_core.data import DatasetNotFoundError, ImageReadError
 from mae_core.engine import LAST_CHECKPOINT, pretrain
-from mae_core.preemption import PREEMPTED_EXIT
+from mae_core.preemption import PREEMPTED_EXIT, ignore_preemption_signals
 
 # Errors whose message says everything; anything else keeps its traceback.
 USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, ImageReadError, NonFiniteError)
@@ -63,6 +63,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if result.preempted_by:
+        ignore_preemption_signals()  # its checkpoint is written: a launcher's teardown may not cut the exit
         if main_process:
             print(f"pretrain.py: preempted by {result.preempted_by} after iteration {result.iteration}; "
                   f"{config.output_dir}/{LAST_CHECKPOINT} holds that iteration: continue with --resume "
