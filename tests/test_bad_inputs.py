@@ -1066,6 +1066,58 @@ def _(tmp_path):
                 check=lambda: assert_failed_save_left_nothing(out, kept, "checkpoint-0002.pth"))
 
 
+def disk_for_one_more(folder: Path, checkpoint: Path) -> Callable[[], None]:
+    """A disk at `folder` with room for one checkpoint like `checkpoint` and half another (plus
+    logs): a run saving every iteration writes its first and fails on its second. Returns the unmount."""
+    size = checkpoint.stat().st_size
+    return small_disk(folder, size + size // 2 + 1024 * 1024)
+
+
+@bad_input("det_checkpoint_write_on_a_full_disk_names_the_disk_and_the_last_good_checkpoint")
+def _(tmp_path):
+    """A checkpoint per iteration into a disk with room for one: the second save stops the run
+    naming the file, ENOSPC, the disk and the first checkpoint; last_checkpoint still names it."""
+    first, out = tmp_path / "first", tmp_path / "disk"
+    every_iteration = ["train.checkpointer.period=1", "train.eval_period=100", "train.log_period=1"]
+    run_setup(det_train(first, "train.max_iter=1", *every_iteration))
+    unmount = disk_for_one_more(out, first / "out" / "model_final.pth")
+
+    def check():
+        assert (out / "last_checkpoint").read_text() == "model_0000000.pth"
+        assert_failed_save_left_nothing(out, {}, "model_0000001.pth")
+
+    return Case(det_train(tmp_path, "train.max_iter=3", f"train.output_dir={out}", *every_iteration),
+                exit_code=1, cleanup=unmount, check=check,
+                names=[f"could not write {out / 'model_0000001.pth'}: No space left on device (ENOSPC)",
+                       f"on the file system mounted at {out}",
+                       f"The last good checkpoint is {out / 'model_0000000.pth'}"],
+                absent=["unexpected pos"])
+
+
+@bad_input("seg_checkpoint_write_on_a_full_disk_names_the_disk_and_the_last_good_checkpoint")
+def _(tmp_path):
+    """The same for segmentation: iter_1.pth fits, iter_2.pth does not; last_checkpoint keeps
+    naming iter_1.pth, the checkpoint --resume continues from."""
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+    first, work = tmp_path / "first", tmp_path / "disk"
+    options = ["default_hooks.checkpoint.interval=1", "train_cfg.val_interval=100"]
+    run_setup(tool("train_seg.py", SEG_TINY, "--work-dir", first, *seg_data_options(data, 1, *options)))
+    unmount = disk_for_one_more(work, first / "iter_1.pth")
+
+    def check():
+        assert (work / "last_checkpoint").read_text().strip() == str(work / "iter_1.pth")
+        assert_failed_save_left_nothing(work, {}, "iter_2.pth")
+
+    return Case(tool("train_seg.py", SEG_TINY, "--work-dir", work, *seg_data_options(data, 3, *options)),
+                exit_code=1, cleanup=unmount, check=check,
+                names=[f"could not write {work / 'iter_2.pth'}: No space left on device (ENOSPC)",
+                       f"on the file system mounted at {work}",
+                       f"The last good checkpoint is {work / 'iter_1.pth'}"],
+                absent=["Traceback", "unexpected pos"])
+
+
 # 64 steps in one epoch, drop path on (the restored random generator matters), a line per step.
 PREEMPTIBLE = ["data.limit=512", "model.drop_path_rate=0.1"]
 
