@@ -27,7 +27,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import AUGMENTATION_LOSS_TOLERANCE, Options, markdown_table, reached, setup_threads
+from benchmarks.common import (
+    AUGMENTATION_LOSS_TOLERANCE,
+    Options,
+    markdown_table,
+    progress,
+    reached,
+    setup_threads,
+)
 from mae_core.config import load_pretrain_config, override
 from mae_core.distributed import init_distributed
 from mae_core.engine import Pretrainer
@@ -105,6 +112,7 @@ def bench_demo_epoch(data: str, steps: int, opts: Options) -> dict:
     times: dict[str, list[float]] = {"old": [], "fast": []}
     for r in range(opts.rounds + 1):  # round 0 warms up (and fills the image cache)
         for name in (["old", "fast"] if r % 2 else ["fast", "old"]):
+            progress(f"  {f'round {r}/{opts.rounds}' if r else 'warm-up'}: {name}, {steps} steps ...")
             set_allocator(allocator[name])
             start = time.perf_counter()
             run_steps(trainers[name], r, steps)
