@@ -34,7 +34,7 @@ class PreemptionNotice:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: one set outside Python
         self._previous.clear()
 
     def _note(self, signum: int, frame) -> None:
