@@ -367,8 +367,14 @@ class Pretrainer:
             "iteration": self.iteration,
             "rng": all_gather_objects(rng_state(self.device)),
             "config": to_dict(self.cfg),
-            "epoch_progress": {"step": self.epoch_step, "losses": self.epoch_losses, "skipped": self.skipped},
+            # Skipped images of all processes; restored on the main process (end_epoch sums them).
+            "epoch_progress": {"step": self.epoch_step, "losses": self.epoch_losses,
+                               "skipped": self.skipped_everywhere()},
         }
+
+    def skipped_everywhere(self) -> int:
+        """Unreadable images skipped so far in this epoch by all processes (a collective)."""
+        return int(all_reduce_sum(torch.tensor(self.skipped, device=self.device)).item())
 
     def save(self, numbered: bool = True) -> None:
         """Writes last.pth (and a numbered checkpoint when due, at an epoch's end); the weights and
@@ -433,7 +439,7 @@ class Pretrainer:
         self.iteration = int(state["iteration"])
         progress = state.get("epoch_progress") or {"step": 0, "losses": [], "skipped": 0}
         self.epoch_step, self.epoch_losses = int(progress["step"]), list(progress["losses"])
-        self.skipped = int(progress["skipped"])
+        self.skipped = int(progress["skipped"]) if self.dist.is_main else 0
         rng = state["rng"]
         if len(rng) == self.dist.world_size:
             if self.epoch_step:  # mid-epoch: the loader of the epoch must draw its seed first
@@ -649,7 +655,7 @@ class Pretrainer:
         holds) a diverged model; then logs and runs the epoch hooks."""
         self.check_finite(f"at the end of epoch {epoch}")
         record = {"epoch": epoch, "iteration": self.iteration, "train_loss": sum(losses) / len(losses)}
-        skipped = int(all_reduce_sum(torch.tensor(self.skipped, device=self.device)).item())
+        skipped = self.skipped_everywhere()
         if skipped or self.cfg.data.skip_bad_images:
             record["skipped_images"] = skipped
         scalars = {"epoch/train_loss": record["train_loss"]}
