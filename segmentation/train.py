@@ -22,7 +22,9 @@ from mae_core.errors import UserError
 from mae_core.run_folder import RunFolderError, run_folder
 from mae_core.run_record import RUN_FILE, evaluation_record, write_run_record
 
+from .data import check_head_classes
 from .engine import adapt_config_to_device, init_cpu_distributed
+from .hooks import HeadWidthHook
 from .overrides import checked_overrides
 from .record import run_record
 
@@ -167,15 +169,23 @@ def prepared_config(args: argparse.Namespace, amp: bool = False):
     return cfg
 
 
+# The datasets a run reads, by config key, as the class-count refusals name them.
+TRAINING_SETS = {"train_dataloader": "the training set", "val_dataloader": "the validation set"}
+TEST_SETS = {"test_dataloader": "the test set"}
+
+
 def train(args: argparse.Namespace) -> None:
     """`tools/train_seg.py`: the config's training run, resumed from the work dir's latest
-    checkpoint with `args.resume`, in a work dir it holds. A batch that the decode head's BatchNorm
-    cannot train on is refused first. The main process leaves the run record at the end."""
+    checkpoint with `args.resume`, in a work dir it holds. Heads whose class count is not the
+    datasets' and a batch that the decode head's BatchNorm cannot train on are refused first. The
+    main process leaves the run record at the end."""
     cfg = prepared_config(args, amp=args.amp)
     cfg.resume = args.resume
+    dataset = check_head_classes(cfg, TRAINING_SETS)
     with claimed_work_dir(cfg, args, resume=args.resume):
         runner = Runner.from_cfg(cfg)
         check_batch_for_pooling_norm(cfg, get_world_size())
+        runner.register_hook(HeadWidthHook(dataset))
         runner.train()
         if is_main_process():
             record = run_record(cfg, runner.model, runner.seed, cfg.val_dataloader)
@@ -203,8 +213,10 @@ def evaluate(args: argparse.Namespace) -> dict:
         cfg.train_dataloader = cfg.test_dataloader
     if args.output_dir:
         cfg.test_evaluator.output_dir = args.output_dir
+    dataset = check_head_classes(cfg, TEST_SETS)
     with claimed_work_dir(cfg, args):
         runner = Runner.from_cfg(cfg)
+        runner.register_hook(HeadWidthHook(dataset))
         metrics = runner.test()
         if is_main_process():
             record = run_record(cfg, runner.model, runner.seed, cfg.test_dataloader)

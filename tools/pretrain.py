@@ -12,6 +12,9 @@ A run holds its output folder while it runs (`run.lock`: process, host, start, c
 run into it is refused, and so is a fresh run into a folder holding another run's checkpoints.
 `--overwrite` deletes that run's checkpoints and logs first; a claim left by a killed run is taken
 over with `--resume`.
+
+SIGTERM or SIGUSR1 (a scheduler's preemption notice) ends the run after its current step with
+last.pth written at that step and exit status 143; `--resume` continues on the same curve.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import sys
 from mae_core.config import load_pretrain_config, override, parse_overrides
 from mae_core.engine import LAST_CHECKPOINT, pretrain
 from mae_core.errors import exit_on_user_error
+from mae_core.preemption import PREEMPTED_EXIT, ignore_preemption_signals
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,6 +61,13 @@ def main(argv=None) -> int:
             changes["output_dir"] = args.output_dir
         config = override(load_pretrain_config(args.config), changes)
         result = pretrain(config, resume=args.resume, overwrite=args.overwrite)
+    if result.preempted_by:
+        ignore_preemption_signals()  # its checkpoint is written: a launcher's teardown may not cut the exit
+        if main_process:
+            print(f"pretrain.py: preempted by {result.preempted_by} after iteration {result.iteration}; "
+                  f"{config.output_dir}/{LAST_CHECKPOINT} holds that iteration: continue with --resume "
+                  f"(exit status {PREEMPTED_EXIT})", file=sys.stderr)
+        return PREEMPTED_EXIT
     if main_process:
         logging.getLogger("pretrain").info("finished epoch %d (%d steps); checkpoints in %s",
                                            result.epoch, result.iteration, config.output_dir)
