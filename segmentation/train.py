@@ -21,7 +21,7 @@ from mmengine.runner import Runner
 from mae_core.checkpoint import CheckpointError
 from mae_core.data import ImageReadError
 
-from .data import DatasetError
+from .data import DatasetError, check_class_count
 from .engine import adapt_config_to_device, init_cpu_distributed
 from .hooks import NonFiniteError
 from .overrides import ConfigOverrideError, checked_overrides
@@ -125,9 +125,10 @@ def exit_on_error(tool: str):
 
 def train(args: argparse.Namespace) -> None:
     """`tools/train_seg.py`: the config's training run, resumed from the work dir's latest
-    checkpoint with `args.resume`. A batch that the decode head's BatchNorm cannot train on is
-    refused first."""
+    checkpoint with `args.resume`. Heads whose class count is not the data's, and a batch that the
+    decode head's BatchNorm cannot train on, are refused first."""
     cfg = load_mmseg_config(args.config, args.launcher, args.work_dir, args.cfg_options, amp=args.amp)
+    check_class_count(cfg)
     init_cpu_distributed(args.launcher)
     cfg.resume = args.resume
     runner = Runner.from_cfg(cfg)  # starts the process group: the world size is known from here
@@ -140,6 +141,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     line. The checkpoint is read by mmengine through `engine.load_from_local_file`: a missing or
     damaged file stops with an error naming it."""
     cfg = load_mmseg_config(args.config, args.launcher, args.work_dir, args.cfg_options)
+    check_class_count(cfg)
     init_cpu_distributed(args.launcher)
     cfg.load_from = args.checkpoint
     if args.show_dir:

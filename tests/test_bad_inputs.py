@@ -776,6 +776,20 @@ def assert_no_seg_checkpoint(work: Path) -> None:
     assert not list(work.glob("iter_*.pth")) and not (work / "last_checkpoint").exists()
 
 
+@bad_input("seg_head_class_count_is_not_the_datasets")
+def _(tmp_path):
+    """model.decode_head.num_classes=5 on data of 3 classes: the two extra classes would train as
+    never-seen noise and count as 0 IoU. Refused before training, naming both counts and the keys
+    to set (the same refusal tools/check_data.py gives)."""
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+    return Case(seg_train(tmp_path, data, "model.decode_head.num_classes=5"),
+                ["model.decode_head.num_classes is 5", "has 3 classes (background, square, disc)",
+                 "model.decode_head.num_classes=3 model.auxiliary_head.num_classes=3"],
+                exit_code=1, absent=["Traceback"], check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
+
+
 @bad_input("seg_batch_of_one_names_the_cause_and_the_fix")
 def _(tmp_path):
     """train_dataloader.batch_size=1: UperNet's pool-scale-1 BatchNorm cannot train on one value per
