@@ -157,21 +157,21 @@ def check_class_count(cfg) -> list[str]:
         if not cfg.get(loader):
             continue
         classes = list(build_unloaded_dataset(cfg[loader].dataset).metainfo["classes"])
-        for key, head in _heads(cfg.model):
+        for key, head in model_heads(cfg.model):
             if head.get("num_classes") != len(classes):
                 raise ClassCountError(
                     f"{key}.num_classes is {head.get('num_classes')}, but {loader}.dataset "
                     f"({cfg[loader].dataset.get('data_root')}) has {len(classes)} classes "
                     f"({', '.join(map(str, classes[:10]))}{', ...' if len(classes) > 10 else ''}); set "
-                    + " ".join(f"{k}.num_classes={len(classes)}" for k, _ in _heads(cfg.model))
+                    + " ".join(f"{k}.num_classes={len(classes)}" for k, _ in model_heads(cfg.model))
                     + " (--cfg-options)"
                 )
         reference = reference or classes
     return reference or []
 
 
-def _heads(model) -> list[tuple[str, dict]]:
-    """(config key, head) of the decode head and every auxiliary head."""
+def model_heads(model) -> list[tuple[str, dict]]:
+    """(config key, head) of a segmentor config's decode head and every auxiliary head."""
     heads = [("model.decode_head", model.get("decode_head"))]
     auxiliary = model.get("auxiliary_head")
     if isinstance(auxiliary, (list, tuple)):

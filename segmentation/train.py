@@ -21,6 +21,7 @@ from mmengine.runner import Runner
 from mae_core.checkpoint import CheckpointError
 from mae_core.data import ImageReadError
 
+from .catalogue import fit_heads_to_backbone
 from .data import DatasetError, check_class_count
 from .engine import adapt_config_to_device, init_cpu_distributed
 from .hooks import NonFiniteError
@@ -51,7 +52,8 @@ def load_mmseg_config(
 ):
     """An mmengine Config prepared as MMSegmentation's tools prepare it (options checked and merged,
     AMP if asked, work_dir from the CLI, else the config, else work_dirs/<config name>), with the
-    non-finite guard, then adapted to this machine."""
+    non-finite guard and, for a catalogue backbone, the heads' widths fitted to it; then adapted
+    to this machine."""
     cfg = Config.fromfile(path)
     cfg.launcher = launcher
     if cfg_options:
@@ -64,6 +66,8 @@ def load_mmseg_config(
     elif cfg.get("work_dir") is None:
         cfg.work_dir = os.path.join("work_dirs", Path(path).stem)
     add_non_finite_guard(cfg)
+    for change in fit_heads_to_backbone(cfg):
+        print_log(f"heads fitted to the catalogue backbone: {change}", logger="current")
     adapt_config_to_device(cfg)
     return cfg
 
