@@ -1,0 +1,325 @@
+"""Every command block (```bash) and config snippet (```python) of README.md and docs/*.md is run.
+
+Commands run in document order, one document per test, in a workspace of their own (a copy of
+configs/, the tools, and tiny data and checkpoints made here), so that a command finds what the
+commands above it made: `--resume` must resume the run above it, `--eval-only` and `test_seg.py`
+must find the checkpoint that training wrote.
+
+Where the real thing needs a GPU, COCO, ADE20K, ImageNet or ViT-B, a tiny twin runs instead: the
+same tool with the same flags, only sizes and paths swapped by ONE table, `TWINS` (and `SIZES`,
+what each tool gets appended to make it small). A command no row maps fails the test; a command
+run elsewhere (the demo, the benchmarks, the make targets, the GPU script) is named in `ELSEWHERE`
+with the test that runs it, and is only checked to parse here.
+
+Python blocks: a Detectron2 LazyConfig (imports `detectron2`) or mmengine config (`_base_`) is
+written where its first line's comment says (`# configs/detection/my_run.py ...`), loaded by the
+toolkit's loader, built and run forward on a 64 px image; any other block runs as a script in the
+workspace, after the same table."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+PYTHONS = ("python", ".venv/bin/python", "python3")
+
+# ------------------------------------------------------------------------------------------------
+# The substitution table: (regular expression, replacement, why). Applied in this order to each
+# command (continuations joined) and to each python block. `{name}` in a replacement is a path of
+# the workspace (`Workspace.paths`) or a free port.
+TWINS: list[tuple[str, str, str]] = [
+    # Configs: ViT-B/L/H -> the tiny CPU configs (their output folder kept: see SIZES).
+    (r"configs/detection/mask_rcnn_vit_(base|large|huge)_100ep\.py", "configs/detection/mask_rcnn_vit_tiny_cpu.py",
+     "ViT-B/L/H Mask R-CNN needs a GPU"),
+    (r"configs/segmentation/upernet_vit_(base|large)_512x512_160k_ade20k(_mmseg_layout)?\.py",
+     "configs/segmentation/upernet_vit_tiny_cpu.py", "ViT-B/L UperNet needs a GPU"),
+    # Devices and machines: one CPU process (gloo) stands in for GPUs and nodes.
+    (r"^srun (--\S+ \S+ )*bash -c '(.*)'$", r"\2", "no SLURM: the task's command itself"),
+    (r"^srun (--\S+ \S+ )*", "", "no SLURM: the task's command itself"),
+    (r"--num-gpus \d+", "--num-gpus 1", "GPUs"),
+    (r"--nproc-per-node \d+", "--nproc-per-node 1", "GPUs"),
+    (r"--nnodes \S+", "--nnodes 1", "one machine"),
+    (r"--num-machines \S+", "--num-machines 1", "one machine"),
+    (r"--machine-rank \S+", "--machine-rank 0", "one machine"),
+    (r"--node-rank \S+", "--node-rank 0", "one machine"),
+    (r"--dist-url \S+", "--dist-url auto", "one machine"),
+    (r"--rdzv-endpoint \S+", "--rdzv-endpoint 127.0.0.1:{port}", "one machine"),
+    (r"--master-addr \S+ --master-port \S+", "--master-addr 127.0.0.1 --master-port {port}", "one machine"),
+    (r"^torchrun (?!.*--(rdzv-endpoint|master-port))", "torchrun --master-port {port} ",
+     "a free port (tests run side by side)"),
+    (r"--rdzv-id \S+", "--rdzv-id doc", "no SLURM job id"),
+    (r"--launcher slurm", "--launcher none", "SLURM's launcher needs SLURM and CUDA"),
+    (r"train_dataloader\.batch_size=1\b", "train_dataloader.batch_size=2",
+     "one image per GPU is the recipe's batch on 16 GPUs (SyncBN); one process needs 2 for its BatchNorm"),
+    (r"\$\(scontrol show hostnames [^)]*\)", "127.0.0.1", "no SLURM"),
+    # Data and weights: tiny ones made by the test.
+    (r"DETECTRON2_DATASETS=\S+", "DETECTRON2_DATASETS={datasets}", "COCO 2017"),
+    (r"data\.root=/data/imagenet/train", "data.root={images}", "ImageNet"),
+    (r"train\.mae_checkpoint=mae_pretrain_vit_base\.pth", "train.mae_checkpoint={mae_det}",
+     "the official ViT-B MAE -> an MAE of the tiny detection backbone's shape"),
+    (r"(model\.pretrained|model\.backbone\.init_cfg\.checkpoint)=mae_pretrain_vit_base\.pth", r"\1={mae_seg}",
+     "the official ViT-B MAE -> an MAE of the tiny segmentation backbone's shape"),
+    (r"iter_160000\.pth", "iter_2.pth", "the last checkpoint of the shortened schedule (SIZES)"),
+]
+
+# What each tool gets appended, so that the twin is small: (arguments, why).
+SIZES: dict[str, tuple[list[str], str]] = {
+    "pretrain.py": (["model.arch=vit_toy_patch4", "model.img_size=32", "model.decoder_embed_dim=32",
+                     "model.decoder_depth=1", "model.decoder_num_heads=2", "batch_size=4", "effective_batch=4",
+                     "data.limit=8", "data.num_workers=0", "epochs=1", "save_every=1", "log_every=1",
+                     "device=cpu", "amp=none"], "a toy ViT, 8 images, one epoch"),
+    "train_det.py": (["train.max_iter=2", "train.eval_period=2", "train.checkpointer.period=2"],
+                     "two iterations"),
+    "train_seg.py": (["--cfg-options", "train_cfg.max_iters=2", "train_cfg.val_interval=2",
+                      "default_hooks.checkpoint.interval=2"], "two iterations"),
+}
+
+# Commands run by other tests (too long, or needing a GPU, for this one): checked to parse only.
+ELSEWHERE: dict[str, str] = {
+    "make": "make's targets wrap the set-up, the suite itself, the 23-minute demo and the benchmarks; "
+            "checked with make -n",
+    "tools/demo.py": "tests/test_demo.py runs the demo's steps at toy scale",
+    "tools/bench_pretrain.py": "tests/test_bench.py",
+    "tools/bench_backbone.py": "tests/test_bench.py",
+    "tools/bench_demo_epoch.py": "tests/test_bench.py",
+    "tools/bench_masking.py": "tests/test_bench.py",
+    "tools/gpu_check.sh": "needs a CUDA GPU; checked with bash -n",
+}
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Block:
+    document: Path
+    language: str  # "bash" or "python"
+    text: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.document.relative_to(REPO)}:{self.line}"
+
+
+def blocks(document: Path) -> list[Block]:
+    """The ```bash and ```python blocks of a markdown file (other fences are text: trees, output)."""
+    text = document.read_text()
+    return [Block(document, m[1], m[2], text[: m.start()].count("\n") + 1)
+            for m in re.finditer(r"^```(bash|python)\n(.*?)^```", text, flags=re.S | re.M)]
+
+
+def commands(block: Block) -> list[str]:
+    """A bash block's commands: continuations joined, comments and blank lines dropped."""
+    lines = block.text.replace("\\\n", " ").splitlines()
+    return [shlex.join(words) for words in (shlex.split(line, comments=True) for line in lines) if words]
+
+
+def twin(text: str, paths: dict[str, str]) -> str:
+    """`text` with every row of TWINS applied (per line, so that `^` anchors a command)."""
+    out = []
+    for line in text.splitlines():
+        for pattern, replacement, _ in TWINS:
+            line = re.sub(pattern, lambda m, r=replacement: m.expand(r.format(**paths)), line)
+        out.append(line)
+    return "\n".join(out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Workspace:
+    root: Path
+    paths: dict[str, str]
+    env: dict[str, str]
+
+    def run(self, argv: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout)
+
+
+def make_workspace(root: Path) -> Workspace:
+    """configs/ copied (snippets are written beside their base), tools/ linked, and the tiny data
+    and checkpoints the table names: COCO-format sets where the tiny detection config and the
+    README's custom-data command look, ADE-layout sets where the tiny segmentation config and
+    docs/datasets.md look, an image folder for pretraining and inference, MAE checkpoints of both
+    tiny backbones' shapes."""
+    from helpers_coco import make_coco
+    from helpers_seg import make_shapes_dataset
+
+    from mae_core.checkpoint import save_checkpoint
+    from mae_core.mae import create_mae
+
+    shutil.copytree(REPO / "configs", root / "configs")
+    (root / "tools").symlink_to(REPO / "tools")
+    for folder in ("datasets/tiny_coco", "my_coco"):
+        make_coco(root / folder, "train", 4)
+        make_coco(root / folder, "val", 2, seed=1)
+    for folder in ("data/tiny_seg", "data/my_seg"):
+        make_shapes_dataset(root / folder, n_train=2, n_val=1)
+    images = root / "images"
+    shutil.copytree(root / "datasets/tiny_coco/images", images)
+    shutil.copy(images / "val_000.png", root / "img1.jpg")
+    det = create_mae("vit_base_patch16", embed_dim=96, depth=4, num_heads=3, decoder_embed_dim=32,
+                     decoder_depth=1, decoder_num_heads=2)  # configs/detection/mask_rcnn_vit_tiny_cpu.py
+    seg = create_mae("vit_toy_patch4", patch_size=8, decoder_embed_dim=32, decoder_depth=1,
+                     decoder_num_heads=2)  # configs/segmentation/upernet_vit_tiny_cpu.py
+    paths = {
+        "datasets": str(root / "datasets"),
+        "images": str(images),
+        "mae_det": str(save_checkpoint({"model": det.state_dict()}, root / "mae_tiny_det.pth")),
+        "mae_seg": str(save_checkpoint({"model": seg.state_dict()}, root / "mae_tiny_seg.pth")),
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return Workspace(root, paths, env)
+
+
+def tool_of(words: list[str]) -> str:
+    return next((w for w in words if w.endswith((".py", ".sh"))), words[0])
+
+
+def run_command(ws: Workspace, command: str, where: Block) -> None:
+    """One command of a bash block, as its twin; `export` sets the environment of the next ones."""
+    twinned = twin(command, {**ws.paths, "port": str(free_port())})
+    words = shlex.split(twinned)
+    if words[0] == "export":
+        key, value = words[1].split("=", 1)
+        ws.env[key] = value
+        return
+    elsewhere = next((key for key in ELSEWHERE if key == words[0] or tool_of(words).endswith(key)), None)
+    if elsewhere:
+        check_elsewhere(ws, words, where)
+        return
+    if words[0] not in (*PYTHONS, "torchrun"):
+        pytest.fail(f"{where}: no twin for `{command}`: add a row to TWINS or ELSEWHERE")
+    tool = Path(tool_of(words)).name
+    argv = ([sys.executable, "-m", "torch.distributed.run", *words[1:]] if words[0] == "torchrun"
+            else [sys.executable, *words[1:]])
+    argv += SIZES.get(tool, ([], ""))[0] + keep_output_folder(command, words)
+    started = time.monotonic()
+    proc = ws.run(argv)
+    print(f"{time.monotonic() - started:6.1f} s  {where}: {command}")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{where}: `{command}`\nran as {shlex.join(argv)}\n{log[-6000:]}"
+    if "--resume" in words:
+        assert "nothing to resume" not in log and "starting a fresh run" not in log, (
+            f"{where}: `{command}` does not resume the run above it\n{log[-3000:]}")
+
+
+def keep_output_folder(command: str, words: list[str]) -> list[str]:
+    """A swapped config keeps the real config's output folder, so the commands below find it."""
+    real = re.search(r"configs/(detection|segmentation)/(\S+)\.py", command)
+    if not real or f"/{real[2]}.py" in " ".join(words):
+        return []
+    if real[1] == "detection" and not any(w.startswith("train.output_dir=") for w in words):
+        return [f"train.output_dir=output/{real[2]}"]
+    if real[1] == "segmentation" and "--work-dir" not in words and "train_seg.py" in command:
+        return ["--work-dir", f"work_dirs/{real[2]}"]
+    if real[1] == "segmentation" and "--work-dir" not in words and "test_seg.py" in command:
+        return ["--work-dir", f"work_dirs/{real[2]}"]
+    return []
+
+
+def check_elsewhere(ws: Workspace, words: list[str], where: Block) -> None:
+    if words[0] == "make":
+        proc = ws.run(["make", "-C", str(REPO), "-n", *words[1:]])
+    elif words[0] == "bash":
+        proc = ws.run(["bash", "-n", str(REPO / words[1])])
+    else:
+        script = REPO / tool_of(words)
+        proc = ws.run([sys.executable, str(script), "--help"])
+        if proc.returncode == 0:
+            known = proc.stdout
+            unknown = [w for w in words if w.startswith("--") and w.split("=")[0] not in known]
+            assert not unknown, f"{where}: {script.name} has no {unknown}"
+    assert proc.returncode == 0, f"{where}: `{shlex.join(words)}`\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+
+
+def snippet_path(ws: Workspace, block: Block, index: int, suffix: str) -> Path:
+    named = re.match(r"#\s*(configs/\S+\.py)", block.text)
+    return ws.root / (named[1] if named else f"configs/{suffix}/doc_snippet_{index}.py")
+
+
+def run_python(ws: Workspace, block: Block, index: int) -> None:
+    code = twin(block.text, ws.paths)
+    if "detectron2" in code:
+        kind = "detection"
+    elif "_base_" in code:
+        kind = "segmentation"
+    else:
+        script = ws.root / f"snippet_{index}.py"
+        script.write_text(code)
+        proc = ws.run([sys.executable, str(script)])
+        assert proc.returncode == 0, f"{block}: the python block fails\n{proc.stderr[-4000:]}"
+        return
+    path = snippet_path(ws, block, index, kind)
+    path.write_text(code)
+    proc = ws.run([sys.executable, "-c", BUILD_AND_FORWARD, kind, str(path)])
+    assert proc.returncode == 0, f"{block}: the {kind} config does not build and run\n{proc.stderr[-4000:]}"
+    assert "FORWARD OK" in proc.stdout
+
+
+# Runs in a fresh interpreter in the workspace: the config loaded as the tools load it, the model
+# built and run forward on one 64 px image.
+BUILD_AND_FORWARD = r"""
+import sys, torch
+kind, path = sys.argv[1:]
+if kind == "detection":
+    from detectron2.config import instantiate
+    from detection.overrides import load_lazy_config
+    model = instantiate(load_lazy_config(path, []).model).eval()
+    with torch.no_grad():
+        [out] = model([{"image": torch.randint(0, 255, (3, 64, 64)).float(), "height": 64, "width": 64}])
+    assert out["instances"].image_size == (64, 64)
+else:
+    from mmengine.registry import DefaultScope
+    from mmseg.registry import MODELS
+    from segmentation.data import check_class_count
+    from segmentation.train import load_mmseg_config
+    cfg = load_mmseg_config(path)
+    check_class_count(cfg)
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        model = MODELS.build(cfg.model).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 64, 64), mode="tensor")
+    assert logits.shape[-2:] == (16, 16), logits.shape
+print("FORWARD OK")
+"""
+
+
+def test_every_document_block_is_found_and_every_command_has_a_twin():
+    """The extraction itself, and the table's reach: every command of every block either maps to a
+    runnable twin or is named in ELSEWHERE (checked without running anything)."""
+    found = [b for d in DOCUMENTS for b in blocks(d)]
+    assert {b.language for b in found} == {"bash", "python"}
+    for block in (b for b in found if b.language == "bash"):
+        for command in commands(block):
+            words = shlex.split(twin(command, {"port": "1", "datasets": "d", "images": "i", "mae_det": "m",
+                                               "mae_seg": "m"}))
+            assert (words[0] in (*PYTHONS, "torchrun", "export")
+                    or any(key == words[0] or tool_of(words).endswith(key) for key in ELSEWHERE)), (
+                f"{block}: no twin for `{command}`")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("document", [d for d in DOCUMENTS if blocks(d)], ids=lambda d: d.name)
+def test_document_blocks_run(document, tmp_path):
+    ws = make_workspace(tmp_path)
+    for index, block in enumerate(blocks(document)):
+        if block.language == "python":
+            run_python(ws, block, index)
+            continue
+        for command in commands(block):
+            run_command(ws, command, block)
