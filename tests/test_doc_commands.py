@@ -72,6 +72,12 @@ TWINS: list[tuple[str, str, str]] = [
     (r"(model\.pretrained|model\.backbone\.init_cfg\.checkpoint)=mae_pretrain_vit_base\.pth", r"\1={mae_seg}",
      "the official ViT-B MAE -> an MAE of the tiny segmentation backbone's shape"),
     (r"iter_160000\.pth", "iter_2.pth", "the last checkpoint of the shortened schedule (SIZES)"),
+    # Python blocks: ViT-B -> the toy ViT (4 blocks, 96 wide, patch 4), released weights -> its own.
+    (r'"vit_base_patch16"', '"vit_toy_patch4"', "ViT-B in a python block"),
+    (r'"mae_pretrain_vit_base\.pth"', '"{mae_toy}"', "the official ViT-B MAE -> an MAE of the toy ViT"),
+    (r'timm\.create_model\("vit_base_patch16_224\.mae", pretrained=True\)',
+     'timm.create_model("vit_base_patch16_224.mae", pretrained=False, patch_size=4, embed_dim=96, depth=4, '
+     'num_heads=3)', "no download: timm's model at the toy ViT's size"),
 ]
 
 # What each tool gets appended, so that the twin is small: (arguments, why).
@@ -122,6 +128,9 @@ def commands(block: Block) -> list[str]:
     """A bash block's commands: continuations joined, comments and blank lines dropped."""
     lines = block.text.replace("\\\n", " ").splitlines()
     return [shlex.join(words) for words in (shlex.split(line, comments=True) for line in lines) if words]
+
+
+PATH_NAMES = ("datasets", "images", "mae_det", "mae_seg", "mae_toy")
 
 
 def twin(text: str, paths: dict[str, str]) -> str:
@@ -176,11 +185,13 @@ def make_workspace(root: Path) -> Workspace:
                      decoder_depth=1, decoder_num_heads=2)  # configs/detection/mask_rcnn_vit_tiny_cpu.py
     seg = create_mae("vit_toy_patch4", patch_size=8, decoder_embed_dim=32, decoder_depth=1,
                      decoder_num_heads=2)  # configs/segmentation/upernet_vit_tiny_cpu.py
+    toy = create_mae("vit_toy_patch4", decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
     paths = {
         "datasets": str(root / "datasets"),
         "images": str(images),
         "mae_det": str(save_checkpoint({"model": det.state_dict()}, root / "mae_tiny_det.pth")),
         "mae_seg": str(save_checkpoint({"model": seg.state_dict()}, root / "mae_tiny_seg.pth")),
+        "mae_toy": str(save_checkpoint({"model": toy.state_dict()}, root / "mae_toy.pth")),
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return Workspace(root, paths, env)
@@ -254,9 +265,9 @@ def snippet_path(ws: Workspace, block: Block, index: int, suffix: str) -> Path:
 
 def run_python(ws: Workspace, block: Block, index: int) -> None:
     code = twin(block.text, ws.paths)
-    if "detectron2" in code:
+    if re.search(r"^(from|import) detectron2", code, flags=re.M):
         kind = "detection"
-    elif "_base_" in code:
+    elif re.search(r"^_base_ *=", code, flags=re.M):
         kind = "segmentation"
     else:
         script = ws.root / f"snippet_{index}.py"
@@ -306,8 +317,7 @@ def test_every_document_block_is_found_and_every_command_has_a_twin():
     assert {b.language for b in found} == {"bash", "python"}
     for block in (b for b in found if b.language == "bash"):
         for command in commands(block):
-            words = shlex.split(twin(command, {"port": "1", "datasets": "d", "images": "i", "mae_det": "m",
-                                               "mae_seg": "m"}))
+            words = shlex.split(twin(command, {**dict.fromkeys(PATH_NAMES, "x"), "port": "1"}))
             assert (words[0] in (*PYTHONS, "torchrun", "export")
                     or any(key == words[0] or tool_of(words).endswith(key) for key in ELSEWHERE)), (
                 f"{block}: no twin for `{command}`")
