@@ -1,7 +1,7 @@
-"""What every benchmark shares: the options, the tolerances, the timing, the FLOP count and the
+"""What every benchmark shares: the options' common base, the tolerances, the timing, the FLOP count and the
 report writer (benchmarks.pretrain, benchmarks.backbone, benchmarks.demo_epoch, benchmarks.masking).
 
-Timings on a shared machine drift by ±15% over minutes, so implementations are never timed one
+Timings on a shared machine drift over minutes (docs/benchmarks.md), so implementations are never timed one
 after the other: each round runs every case once (in a rotating order) and the report takes the
 median over rounds. Achieved FLOP/s are set against a plain matrix product timed as one more case
 in the same rounds (`matmul_case`), the machine's practical limit at that moment."""
@@ -41,32 +41,36 @@ OUTPUT_TOLERANCE = 1e-4
 
 
 @dataclasses.dataclass
-class Options:
-    """What a benchmark's command line chooses (the tools' --help says more). The timing fields
-    apply to every benchmark; the rest to the one named in their comment."""
+class BenchOptions:
+    """What every benchmark's command line chooses. Each benchmark module extends it with its own
+    fields (`benchmarks.pretrain.PretrainOptions`, `benchmarks.backbone.BackboneOptions`,
+    `benchmarks.masking.MaskingOptions`, `benchmarks.demo_epoch.DemoEpochOptions`).
 
-    # pretrain times each of these; backbone and demo_epoch the one they are given.
-    precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32"])
+    Args:
+        rounds: timed rounds; the report takes the median over them.
+        threads: torch threads for every implementation in the process (None: torch's default).
+        device: "cpu" or "cuda".
+    """
+
     rounds: int = 3
-    warmup: int = 1
     threads: int | None = None
     device: str = "cpu"
+
+
+@dataclasses.dataclass
+class MatmulReferenceOptions(BenchOptions):
+    """Options of a benchmark that warms every case up and sets achieved FLOP/s against a matrix
+    product timed in the same rounds (`matmul_case`).
+
+    Args:
+        warmup: untimed runs of every case before the rounds.
+        matmul_size: n of the reference's (n x n) @ (n x n) products.
+        matmul_reps: products per reference case.
+    """
+
+    warmup: int = 1
     matmul_size: int = 2048
     matmul_reps: int = 4
-    # pretrain: the Hugging Face comparison off; variants of the toolkit step also timed.
-    no_hf: bool = False
-    ablations: bool = False
-    compile: bool = False
-    foreach_adamw: bool = False
-    skip_flops: bool = False
-    # Batch size; None: each pretrain config's own.
-    batch: int | None = None
-    # backbone: modes (fwd, fwdbwd), per-case peak memory, rel-pos paths forced (det), and glibc
-    # keeping freed blocks (mae_core.host_memory) as pretraining does with retain_host_memory.
-    modes: list[str] = dataclasses.field(default_factory=lambda: ["fwd", "fwdbwd"])
-    memory: bool = True
-    attention_paths: tuple[str, ...] = ()
-    retain_host_memory: bool = False
 
 
 def reached(ok: bool) -> str:

@@ -25,8 +25,16 @@ class DetectronCatalogueBackbone(PyramidOutputs):
     """`name`, `checkpoint`, `out_channels` and the entry's options go to
     `mae_core.catalogue.build_pyramid`. The options come as one dict, so that a config override
     can drop them all when it swaps a ViT for another kind (`model.backbone.options=null`).
-    `square_pad` pads inputs to a square of that side (needed by ViTs with relative positions in
-    global blocks)."""
+
+    Args:
+        name: a `mae_core.catalogue` backbone name ("vit_mae", "resnet50_fpn", "timm:<model>"...).
+        checkpoint: its weights (required by `vit_mae` and `vit_supervised`).
+        out_channels: width of every level p2-p6.
+        square_pad: pad inputs to a square of this side (needed by ViTs with relative positions
+            in global blocks); 0: no.
+        options: the entry's own arguments (`mae_core.catalogue.build_trunk`), e.g.
+            `dict(arch="vit_base_patch16", img_size=1024, window_size=14, global_blocks=(2, 5, 8, 11))`.
+    """
 
     def __init__(self, name: str, checkpoint: str | None = None, out_channels: int = 256, square_pad: int = 0,
                  options: dict | None = None):
@@ -41,6 +49,7 @@ class DetectronCatalogueBackbone(PyramidOutputs):
         return self.body.trunk.net
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, C, H, W) -> {"p2": (B, out_channels, H/4, W/4), ..., "p6": (..., H/64, W/64)}."""
         return self.body(images)
 
 

@@ -168,7 +168,14 @@ def coco_dataset(
     filter_empty: bool = True,
 ) -> list[dict]:
     """Dataset dicts for a config: registers `name` first when files are given, else `name` must
-    be registered already (e.g. Detectron2's `coco_2017_train`)."""
+    be registered already (e.g. Detectron2's `coco_2017_train`).
+
+    Args:
+        name: the dataset's name in Detectron2's catalogue.
+        json_file: a COCO instances json (checked on first load: `check_coco_json`).
+        image_root: the folder its `file_name`s are relative to.
+        filter_empty: drop images without annotations (training).
+    """
     if (json_file is None) != (image_root is None):
         raise CocoDatasetError(f"dataset {name!r}: give both json_file and image_root, or neither")
     if json_file is not None:
@@ -366,7 +373,16 @@ def train_loader(dataset, *, mapper, total_batch_size: int, seed: int | None = N
     iteration `start_iter` starts, so that a resumed run reads the images the uninterrupted run
     would have read. Exact when every batch leaves Detectron2's aspect-ratio groups empty (all
     images of one orientation, or `aspect_ratio_grouping=False`) and `num_workers=0`; otherwise the
-    images waiting in a group or prefetched by workers at the checkpoint are skipped."""
+    images waiting in a group or prefetched by workers at the checkpoint are skipped.
+
+    Args:
+        dataset: dataset dicts (`coco_dataset`).
+        mapper: turns a dict into the model's input (`ScaleAwareDatasetMapper`).
+        total_batch_size: images per iteration over all processes.
+        seed: the sampler's seed; None: Detectron2 draws one.
+        start_iter: the iteration the run starts at (0, or a resumed checkpoint's).
+        **kwargs: `build_detection_train_loader` arguments (`num_workers`, `aspect_ratio_grouping`).
+    """
     per_process = total_batch_size // comm.get_world_size()
     sampler = ResumableTrainingSampler(len(dataset), seed=seed, skip=start_iter * per_process)
     # A seeded generator for the DataLoader: its worker seeds then come from `seed` and the rank, and

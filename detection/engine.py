@@ -132,7 +132,17 @@ def init_backbone_from_mae(
     """Loads an MAE checkpoint (toolkit or official layout) into `model.backbone.net` through
     mae_core's converter and logs the report. A checkpoint that does not fit completely is an
     error naming the keys (training would silently start from partly random blocks), unless the
-    user opted in with `train.allow_partial_load=True`."""
+    user opted in with `train.allow_partial_load=True`.
+
+    Args:
+        model: the detector (possibly DDP-wrapped) whose `backbone.net` is a toolkit ViT.
+        path: the MAE checkpoint (`train.mae_checkpoint`).
+        allow_pickle: trust a pickled checkpoint file (`train.allow_pickle`).
+        allow_partial: load what fits and warn about the rest.
+
+    Returns:
+        The `mae_core.checkpoint.LoadReport`.
+    """
     try:
         report = load_pretrained(
             unwrap(model).backbone.net, path, allow_pickle=allow_pickle, allow_partial=allow_partial

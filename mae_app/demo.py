@@ -75,14 +75,14 @@ class Recipe:
 
     data: DemoDataSpec = field(default_factory=DemoDataSpec)
     arch: str = "vit_toy_patch4"
-    pretrain_epochs: int = 15     # about 6 minutes on two cores
+    pretrain_epochs: int = 15     # its time on two cores: docs/results.md
     # Each of the masking sweep's pretrainings: the main demo's length, at which random masking is
-    # ahead of random initialisation on the probes (at 8 epochs it was not; docs/masking.md: time).
+    # ahead of random initialisation on the probes (shorter ones were not; docs/masking.md).
     sweep_epochs: int = 15
     pretrain_batch: int = 128
     knn_every: int = 5
     det_iters: int = 500
-    seg_iters: int = 1000         # batch 8 at 64 px (SEG_CONFIG): 1.1-1.2x the time of 650 at 128 px, batch 2
+    seg_iters: int = 1000         # at batch 8 and 64 px (SEG_CONFIG says why)
     supervised_epochs: int = 10
 
     @classmethod

@@ -95,12 +95,23 @@ def write_atomically(path: str | os.PathLike, write) -> Path:
 
 
 def save_checkpoint(obj, path: str | os.PathLike) -> Path:
+    """`torch.save(obj)` to `path` atomically (`write_atomically`); returns the path."""
     return write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint_file(path: str | os.PathLike, allow_pickle: bool = False, map_location="cpu"):
     """Loads with `weights_only=True` unless `allow_pickle` is set (only for files you trust:
-    the official MAE releases pickle an `argparse.Namespace` beside the weights)."""
+    the official MAE releases pickle an `argparse.Namespace` beside the weights).
+
+    Args:
+        path: a file written by `torch.save`.
+        allow_pickle: unpickle arbitrary Python objects (runs code from the file).
+        map_location: as `torch.load`.
+
+    Raises:
+        CheckpointError: a missing or unreadable file, or pickled objects without `allow_pickle`
+            (the message says how to opt in).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -318,7 +329,16 @@ def _from_mmseg(sd: dict[str, torch.Tensor], source: str) -> tuple[dict[str, tor
 
 def to_official_layout(obj, source: str = "checkpoint") -> ConvertedCheckpoint:
     """Detects the layout of a loaded checkpoint (toolkit, official MAE / timm ViT, Hugging Face
-    ViTMAE, MMSegmentation MAE) from its keys and converts it to the official MAE layout."""
+    ViTMAE, MMSegmentation MAE) from its keys and converts it to the official MAE layout.
+
+    Args:
+        obj: a loaded checkpoint: a state dict, or one under "model", "state_dict" or "module".
+        source: its name in error messages (usually the path).
+
+    Returns:
+        `ConvertedCheckpoint`: the converted state dict, the layout it came in, the classifier keys
+        dropped and the toolkit's architecture record when the file had one.
+    """
     record = obj.get("arch") if isinstance(obj, Mapping) and isinstance(obj.get("arch"), Mapping) else None
     sd = extract_state_dict(obj, source)
     if _is_hugging_face(sd):
@@ -339,7 +359,7 @@ def to_official_layout(obj, source: str = "checkpoint") -> ConvertedCheckpoint:
 
 def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False):
     """A torch checkpoint (safe loading, see `load_checkpoint_file`) or a `.safetensors` file
-    (the Hugging Face hub format)."""
+    (the Hugging Face hub format), as loaded: not yet converted (`to_official_layout`)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         return load_checkpoint_file(path, allow_pickle=allow_pickle)
@@ -514,7 +534,22 @@ def load_pretrained(
     raises `IncompleteLoadError` naming the keys before the module is touched, unless the caller
     opts in with `allow_partial=True`: then what fits is loaded and the report says what did not.
     Weights holding a NaN or an infinity are never loaded (`NonFiniteError` naming them): a run
-    would otherwise train from them until its first checkpoint refuses to save."""
+    would otherwise train from them until its first checkpoint refuses to save.
+
+    Args:
+        module: the toolkit model to load into.
+        source: a checkpoint path (torch or `.safetensors`), a loaded checkpoint or a state dict.
+        allow_pickle: trust a pickled checkpoint file (see `load_checkpoint_file`).
+        allow_partial: load what fits and report the rest instead of raising.
+
+    Returns:
+        `LoadReport`: every key loaded, resized, ignored, new, missing, unexpected or mismatched.
+
+    Raises:
+        CheckpointError: an unreadable file or an unknown layout; `IncompleteLoadError` (with its
+            report) for a partial fit without `allow_partial`.
+        NonFiniteError: weights holding a NaN or an infinity.
+    """
     name, converted = _read_and_convert(source, allow_pickle)
     report = LoadReport(name, converted.source_format, ignored=list(converted.dropped))
     model_sd = module.state_dict()
@@ -554,8 +589,19 @@ def export_backbone(
     source, path: str | os.PathLike, *, allow_pickle: bool = False, arch_record: dict | None = None
 ):
     """Writes the encoder of any readable checkpoint (no decoder, no classifier) as a toolkit
-    checkpoint {"model", "arch", "source_format"}, atomically. `arch_record` completes or overrides
-    the architecture record read off the weights (the head count cannot be)."""
+    checkpoint {"model", "arch", "source_format"}, atomically.
+
+    Args:
+        source: a checkpoint path, a loaded checkpoint or a state dict, in any layout
+            `to_official_layout` reads.
+        path: the file to write.
+        allow_pickle: trust a pickled checkpoint file.
+        arch_record: completes or overrides the architecture record read off the weights (the head
+            count cannot be read off them), e.g. `{"name": "vit_base_patch16", "num_heads": 12}`.
+
+    Returns:
+        The written path.
+    """
     _, converted = _read_and_convert(source, allow_pickle)
     encoder = {k: v for k, v in converted.state_dict.items() if not k.startswith(MAE_HEAD_PARTS)}
     record = {**_arch_record_from_weights(encoder), **(converted.arch_record or {}), **(arch_record or {})}

@@ -78,7 +78,16 @@ def read_image(path: str | os.PathLike, in_chans: int, notes: ConversionNotes | 
     Detectron2's reader does: COCO annotations are drawn on the upright picture). 32-bit integer
     or float files are refused, naming the file and mode; conversions that lose information (alpha,
     palette transparency, CMYK, colour to grey) are reported to `notes` (once per kind). Decoding
-    problems become an `ImageReadError` naming the file."""
+    problems become an `ImageReadError` naming the file.
+
+    Args:
+        path: an image file PIL opens (PNG, JPEG, TIFF...).
+        in_chans: channels wanted: 1 (grey), 3 (RGB) or 4 (RGBA).
+        notes: where lossy conversions are reported; None: a process-wide default.
+
+    Returns:
+        (in_chans, H, W) uint8, or float32 in [0, 1] for a 16-bit file.
+    """
     if in_chans not in PIL_MODES:
         raise ValueError(f"in_chans must be one of {sorted(PIL_MODES)} for image files, got {in_chans}")
     try:
@@ -161,7 +170,15 @@ def list_images_recursively(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 class ImageFolder(Dataset):
     """Every image under `root`, found recursively and sorted. When all images sit in
     sub-folders of `root`, the top-level sub-folder names are the classes (ImageNet's layout);
-    otherwise labels are -1. Labels are not used by pretraining, only by monitors."""
+    otherwise labels are -1. Labels are not used by pretraining, only by monitors.
+
+    Args:
+        root: the folder (DatasetNotFoundError when it does not exist or holds no image).
+        in_chans: channels each image is read with (`read_image`).
+        transform: applied to each (C, H, W) image; None: the image as read.
+
+    Items are (image, label) pairs.
+    """
 
     def __init__(self, root: str | os.PathLike, in_chans: int = 3, transform: Callable | None = None):
         self.root = Path(root)
@@ -229,7 +246,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 class FashionMNIST(Dataset):
-    """Fashion-MNIST (28x28 grey, 10 classes) from the IDX files, as (1, 28, 28) uint8 tensors."""
+    """Fashion-MNIST (28x28 grey, 10 classes) from the IDX files, as (1, 28, 28) uint8 tensors.
+
+    Args:
+        root: the folder of the IDX files; None: where the Debian package put them
+            (`find_fashion_mnist`).
+        split: "train" or "test".
+        transform: applied to each image; None: the uint8 tensor.
+
+    Items are (image, label) pairs.
+    """
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train", transform=None):
         if split not in FASHION_MNIST_FILES:
@@ -282,7 +308,9 @@ def eval_transform(cfg: DataConfig, img_size: int | tuple[int, int], in_chans: i
 
 
 def build_dataset(cfg: DataConfig, transform=None, in_chans: int = 3) -> Dataset:
-    """The dataset named by `cfg.dataset`, limited to its first `cfg.limit` samples if set."""
+    """The dataset named by `cfg.dataset` ("image_folder" at `cfg.root`, or "fashion_mnist"),
+    limited to its first `cfg.limit` samples if set; `transform` is applied to every image, read
+    with `in_chans` channels."""
     if cfg.dataset == "fashion_mnist":
         if in_chans != 1:
             raise ValueError(f"Fashion-MNIST is grayscale: set model.in_chans=1 (got {in_chans})")
@@ -326,8 +354,18 @@ class MaskedViews(Dataset):
     """Pretraining samples: an augmented view and the masking noise of one image, both drawn
     from that sample's own seed. Keys are (epoch, index) pairs from `EpochSampler`.
 
-    Returns (image, noise), or None for an unreadable image when `skip_bad_images` is set (the
-    collate function drops it and counts it); otherwise the `ImageReadError` propagates."""
+    Items are (image, noise) with noise (gh * gw,), or a `SkippedImage` (its message) for an
+    unreadable image when `skip_bad_images` is set (`collate_views` drops and counts it);
+    otherwise the `ImageReadError` propagates.
+
+    Args:
+        dataset: yields (augmented image, label) pairs (`pretrain_transform` applied).
+        masking: the `mae_core.masking.MaskingStrategy` whose draw goes with each image.
+        grid: the model's patch grid (gh, gw).
+        num_masked: patches masked per image.
+        seed: the run's seed; each sample's is `sample_seed(seed, epoch, index)`.
+        skip_bad_images: skip unreadable images instead of stopping.
+    """
 
     def __init__(self, dataset: Dataset, masking, grid: tuple[int, int], num_masked: int, seed: int,
                  skip_bad_images: bool = False):

@@ -31,7 +31,15 @@ class MMSegCatalogueBackbone(nn.Module):
     """`name`, `checkpoint`, `out_channels` and the entry's options go to
     `mae_core.catalogue.build_pyramid`; weights load when it is built. The options come as one
     dict, so `--cfg-options model.backbone.options=None` drops them all when a ViT is swapped for
-    another kind. A plain nn.Module, so the Runner's `init_weights` leaves the weights alone."""
+    another kind. A plain nn.Module, so the Runner's `init_weights` leaves the weights alone.
+
+    Args:
+        name: a `mae_core.catalogue` backbone name ("vit_mae", "resnet50_fpn", "timm:<model>"...).
+        checkpoint: its weights (required by `vit_mae` and `vit_supervised`).
+        out_channels: width of every level p2-p5 (the decode head's `in_channels`).
+        options: the entry's own arguments (`mae_core.catalogue.build_trunk`), e.g.
+            `dict(arch="vit_base_patch16", img_size=512)`.
+    """
 
     def __init__(self, name: str, checkpoint: str | None = None, out_channels: int = DEFAULT_OUT_CHANNELS,
                  options: dict | None = None):
@@ -41,9 +49,10 @@ class MMSegCatalogueBackbone(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Any input size: pads the bottom and right to a multiple of the coarsest stride (sliding-
-        window crops at borders need not be multiples), then crops every level back to the cells
-        that cover the input, so the head's logits stay aligned with the image."""
+        """(B, C, H, W) -> (p2, p3, p4, p5), each (B, out_channels, ceil(H/s), ceil(W/s)) for its
+        stride s. Any input size: pads the bottom and right to a multiple of the coarsest stride
+        (sliding-window crops at borders need not be multiples), then crops every level back to
+        the cells that cover the input, so the head's logits stay aligned with the image."""
         h, w = images.shape[-2:]
         divisor = self.strides[-1]
         images = F.pad(images, (0, (-w) % divisor, 0, (-h) % divisor))

@@ -30,9 +30,18 @@ class DatasetError(ValueError):
 
 @DATASETS.register_module()
 class SegFolderDataset(BaseSegDataset):
-    """Image / label-PNG pairs with their own `metainfo=dict(classes=..., palette=...)`.
+    """Image / label-PNG pairs with their own `metainfo=dict(classes=..., palette=...)`, laid out
+    as `<data_root>/<data_prefix.img_path>/*<img_suffix>` beside
+    `<data_root>/<data_prefix.seg_map_path>/*<seg_map_suffix>`; missing folders, files or classes
+    are a `DatasetError` naming them.
 
-    reduce_zero_label: label 0 means "unlabelled" and class k is stored as k + 1 (ADE20K)."""
+    Args:
+        img_suffix: the images' file suffix.
+        seg_map_suffix: the label maps' file suffix (one channel of class indices).
+        **kwargs: `BaseSegDataset` arguments: `data_root`, `data_prefix`, `metainfo`, `pipeline`,
+            `reduce_zero_label` (label 0 means "unlabelled" and class k is stored as k + 1, as in
+            ADE20K)...
+    """
 
     def __init__(self, img_suffix: str = ".jpg", seg_map_suffix: str = ".png", **kwargs):
         super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, **kwargs)

@@ -290,7 +290,7 @@ def test_report_of_two_backbones_and_two_seeds_has_every_column_filled(scenes, t
 
 
 def test_verdict_rule_is_the_difference_of_means_against_twice_its_standard_error():
-    """Two seeds with the means and standard deviations the demo measured (README, 2026-12-02):
+    """Two seeds a side, of the size a two-seed demo run gives (inputs, not a measurement):
     box AP separates, mIoU does not; more runs, no spread or a single run change the verdict as the
     rule says."""
     box = separation([5.29, 3.15], [0.52, 0.42])  # MAE init vs random init: 4.22 ± 1.51 vs 0.47 ± 0.07
