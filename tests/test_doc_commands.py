@@ -41,8 +41,8 @@ PYTHONS = ("python", ".venv/bin/python", "python3")
 # the workspace (`Workspace.paths`) or a free port.
 TWINS: list[tuple[str, str, str]] = [
     # Configs: ViT-B/L/H -> the tiny CPU configs (their output folder kept: see SIZES).
-    (r"configs/detection/mask_rcnn_vit_(base|large|huge)_100ep\.py", "configs/detection/mask_rcnn_vit_tiny_cpu.py",
-     "ViT-B/L/H Mask R-CNN needs a GPU"),
+    (r"configs/detection/mask_rcnn_vit_(base|large|huge)_100ep\.py",
+     "configs/detection/mask_rcnn_vit_tiny_cpu.py", "ViT-B/L/H Mask R-CNN needs a GPU"),
     (r"configs/segmentation/upernet_vit_(base|large)_512x512_160k_ade20k(_mmseg_layout)?\.py",
      "configs/segmentation/upernet_vit_tiny_cpu.py", "ViT-B/L UperNet needs a GPU"),
     # Devices and machines: one CPU process (gloo) stands in for GPUs and nodes.
@@ -83,9 +83,9 @@ TWINS: list[tuple[str, str, str]] = [
 # What each tool gets appended, so that the twin is small: (arguments, why).
 SIZES: dict[str, tuple[list[str], str]] = {
     "pretrain.py": (["model.arch=vit_toy_patch4", "model.img_size=32", "model.decoder_embed_dim=32",
-                     "model.decoder_depth=1", "model.decoder_num_heads=2", "batch_size=4", "effective_batch=4",
-                     "data.limit=8", "data.num_workers=0", "epochs=1", "save_every=1", "log_every=1",
-                     "device=cpu", "amp=none"], "a toy ViT, 8 images, one epoch"),
+                     "model.decoder_depth=1", "model.decoder_num_heads=2", "batch_size=4",
+                     "effective_batch=4", "data.limit=8", "data.num_workers=0", "epochs=1", "save_every=1",
+                     "log_every=1", "device=cpu", "amp=none"], "a toy ViT, 8 images, one epoch"),
     "train_det.py": (["train.max_iter=2", "train.eval_period=2", "train.checkpointer.period=2"],
                      "two iterations"),
     "train_seg.py": (["--cfg-options", "train_cfg.max_iters=2", "train_cfg.val_interval=2",
@@ -156,7 +156,8 @@ class Workspace:
     env: dict[str, str]
 
     def run(self, argv: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-        return subprocess.run(argv, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(argv, cwd=self.root, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
 
 
 def make_workspace(root: Path) -> Workspace:
