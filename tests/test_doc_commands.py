@@ -8,8 +8,9 @@ must find the checkpoint that training wrote.
 Where the real thing needs a GPU, COCO, ADE20K, ImageNet or ViT-B, a tiny twin runs instead: the
 same tool with the same flags, only sizes and paths swapped by ONE table, `TWINS` (and `SIZES`,
 what each tool gets appended to make it small). A command no row maps fails the test; a command
-run elsewhere (the demo, the benchmarks, the make targets, the GPU script) is named in `ELSEWHERE`
-with the test that runs it, and is only checked to parse here.
+run elsewhere (the demo, the benchmarks, the make targets, the GPU script, pytest) is named in
+`ELSEWHERE` with the reason; here its tool must exist, and tests/test_readme_commands.py runs its
+argument parser on its exact arguments.
 
 Python blocks: a Detectron2 LazyConfig (imports `detectron2`) or mmengine config (`_base_`) is
 written where its first line's comment says (`# configs/detection/my_run.py ...`), loaded by the
@@ -46,7 +47,7 @@ TWINS: list[tuple[str, str, str]] = [
     (r"configs/segmentation/upernet_vit_(base|large)_512x512_160k_ade20k(_mmseg_layout)?\.py",
      "configs/segmentation/upernet_vit_tiny_cpu.py", "ViT-B/L UperNet needs a GPU"),
     # Devices and machines: one CPU process (gloo) stands in for GPUs and nodes.
-    (r"^srun (--\S+ \S+ )*bash -c '(.*)'$", r"\2", "no SLURM: the task's command itself"),
+    (r"^srun (--\S+ \S+ )*bash -c '(.*)'\s*(#.*)?$", r"\2", "no SLURM: the task's command itself"),
     (r"^srun (--\S+ \S+ )*", "", "no SLURM: the task's command itself"),
     (r"--num-gpus \d+", "--num-gpus 1", "GPUs"),
     (r"--nproc-per-node \d+", "--nproc-per-node 1", "GPUs"),
@@ -61,7 +62,7 @@ TWINS: list[tuple[str, str, str]] = [
      "a free port (tests run side by side)"),
     (r"--rdzv-id \S+", "--rdzv-id doc", "no SLURM job id"),
     (r"--launcher slurm", "--launcher none", "SLURM's launcher needs SLURM and CUDA"),
-    (r"train_dataloader\.batch_size=1\b", "train_dataloader.batch_size=2",
+    (r"(--launcher \S+ .*)train_dataloader\.batch_size=1\b", r"\1train_dataloader.batch_size=2",
      "one image per GPU is the recipe's batch on 16 GPUs (SyncBN); one process needs 2 for its BatchNorm"),
     (r"\$\(scontrol show hostnames [^)]*\)", "127.0.0.1", "no SLURM"),
     # Data and weights: tiny ones made by the test.
@@ -69,15 +70,25 @@ TWINS: list[tuple[str, str, str]] = [
     (r"data\.root=/data/imagenet/train", "data.root={images}", "ImageNet"),
     (r"train\.mae_checkpoint=mae_pretrain_vit_base\.pth", "train.mae_checkpoint={mae_det}",
      "the official ViT-B MAE -> an MAE of the tiny detection backbone's shape"),
-    (r"(model\.pretrained|model\.backbone\.init_cfg\.checkpoint)=mae_pretrain_vit_base\.pth", r"\1={mae_seg}",
+    (r"(model\.pretrained|model\.backbone\.init_cfg\.checkpoint)=(mae_pretrain_vit_base|vit_base_mae)\.pth",
+     r"\1={mae_seg}",
      "the official ViT-B MAE -> an MAE of the tiny segmentation backbone's shape"),
     (r"iter_160000\.pth", "iter_2.pth", "the last checkpoint of the shortened schedule (SIZES)"),
+    (r"mae_visualize_vit_large\.pth", "{mae_toy}", "the official ViT-L MAE with decoder -> the toy MAE"),
+    (r"--arch vit_large_patch16", "--arch vit_toy_patch4", "ViT-L -> the toy ViT"),
     # Python blocks: ViT-B -> the toy ViT (4 blocks, 96 wide, patch 4), released weights -> its own.
+    (r'create_mae\("vit_base_patch16"\)', 'create_mae("vit_toy_patch4", img_size=32)', "ViT-B at 224 px"),
     (r'"vit_base_patch16"', '"vit_toy_patch4"', "ViT-B in a python block"),
+    (r"torch\.randn\(8, 3, 224, 224\)", "torch.randn(8, 3, 32, 32)", "224 px -> 32 px (the toy MAE above)"),
     (r'"mae_pretrain_vit_base\.pth"', '"{mae_toy}"', "the official ViT-B MAE -> an MAE of the toy ViT"),
     (r'timm\.create_model\("vit_base_patch16_224\.mae", pretrained=True\)',
      'timm.create_model("vit_base_patch16_224.mae", pretrained=False, patch_size=4, embed_dim=96, depth=4, '
      'num_heads=3)', "no download: timm's model at the toy ViT's size"),
+    (r'ViTMAEForPreTraining\.from_pretrained\("facebook/vit-mae-base"\)',
+     "ViTMAEForPreTraining(ViTMAEForPreTraining.config_class(image_size=32, patch_size=4, hidden_size=96, "
+     "num_hidden_layers=4, num_attention_heads=3, intermediate_size=384, decoder_hidden_size=64, "
+     "decoder_num_hidden_layers=2, decoder_num_attention_heads=4, decoder_intermediate_size=256, "
+     "layer_norm_eps=1e-6))", "no download: Hugging Face's model at the toy MAE's size"),
 ]
 
 # What each tool gets appended, so that the twin is small: (arguments, why).
@@ -92,17 +103,21 @@ SIZES: dict[str, tuple[list[str], str]] = {
                       "default_hooks.checkpoint.interval=2"], "two iterations"),
 }
 
-# Commands run by other tests (too long, or needing a GPU, for this one): checked to parse only.
+# Commands run by other tests (too long, or needing a GPU, for this one). Here only their tool must
+# exist; tests/test_readme_commands.py runs each one's argument parser on its exact arguments.
 ELSEWHERE: dict[str, str] = {
-    "make": "make's targets wrap the set-up, the suite itself, the 23-minute demo and the benchmarks; "
-            "checked with make -n",
-    "tools/demo.py": "tests/test_demo.py runs the demo's steps at toy scale",
+    "make": "make's targets wrap the set-up, the suite itself, the 23-minute demo and the benchmarks",
+    "tools/demo.py": "23 minutes and more; its plans: tests/test_demo.py, tests/test_masking_sweep.py; each "
+                     "step's tool is run by its own tests",
     "tools/bench_pretrain.py": "tests/test_bench.py",
     "tools/bench_backbone.py": "tests/test_bench.py",
     "tools/bench_demo_epoch.py": "tests/test_bench.py",
     "tools/bench_masking.py": "tests/test_bench.py",
-    "tools/gpu_check.sh": "needs a CUDA GPU; checked with bash -n",
+    "tools/gpu_check.sh": "needs a CUDA GPU",
+    "pytest": "the test suite itself (make test)",
 }
+# Log lines that show a `--resume` started afresh instead of continuing the run above it.
+FRESH_STARTS = ("nothing to resume", "No checkpoint found")
 # ------------------------------------------------------------------------------------------------
 
 
@@ -125,9 +140,20 @@ def blocks(document: Path) -> list[Block]:
 
 
 def commands(block: Block) -> list[str]:
-    """A bash block's commands: continuations joined, comments and blank lines dropped."""
-    lines = block.text.replace("\\\n", " ").splitlines()
-    return [shlex.join(words) for words in (shlex.split(line, comments=True) for line in lines) if words]
+    """A bash block's command lines as written (continuations joined; comment and blank lines
+    dropped): the table applies to the text, then the shell's word splitting."""
+    lines = (" ".join(line.split()) for line in block.text.replace("\\\n", " ").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def words_of(command: str, paths: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """(leading `VAR=value` assignments, the words) of a command's twin."""
+    words = shlex.split(twin(command, paths), comments=True)
+    env = {}
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    return env, words
 
 
 PATH_NAMES = ("datasets", "images", "mae_det", "mae_seg", "mae_toy")
@@ -155,9 +181,14 @@ class Workspace:
     paths: dict[str, str]
     env: dict[str, str]
 
-    def run(self, argv: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-        return subprocess.run(argv, cwd=self.root, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+    def glob(self, word: str) -> list[str]:
+        """A word as the shell expands it: a pattern that matches names the matches, else itself."""
+        matches = sorted(str(p.relative_to(self.root)) for p in self.root.glob(word)) if "*" in word else []
+        return matches or [word]
+
+    def run(self, argv: list[str], extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, cwd=self.root, env={**self.env, **(extra_env or {})}, capture_output=True,
+                              text=True, timeout=600)
 
 
 def make_workspace(root: Path) -> Workspace:
@@ -181,12 +212,13 @@ def make_workspace(root: Path) -> Workspace:
         make_shapes_dataset(root / folder, n_train=2, n_val=1)
     images = root / "images"
     shutil.copytree(root / "datasets/tiny_coco/images", images)
-    shutil.copy(images / "val_000.png", root / "img1.jpg")
+    for name in ("img1.jpg", "img2.jpg", "photo.jpg"):
+        shutil.copy(images / "val_000.png", root / name)
     det = create_mae("vit_base_patch16", embed_dim=96, depth=4, num_heads=3, decoder_embed_dim=32,
                      decoder_depth=1, decoder_num_heads=2)  # configs/detection/mask_rcnn_vit_tiny_cpu.py
     seg = create_mae("vit_toy_patch4", patch_size=8, decoder_embed_dim=32, decoder_depth=1,
                      decoder_num_heads=2)  # configs/segmentation/upernet_vit_tiny_cpu.py
-    toy = create_mae("vit_toy_patch4", decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    toy = create_mae("vit_toy_patch4")  # the official files' stand-in: encoder and decoder
     paths = {
         "datasets": str(root / "datasets"),
         "images": str(images),
@@ -199,34 +231,41 @@ def make_workspace(root: Path) -> Workspace:
 
 
 def tool_of(words: list[str]) -> str:
+    """The script a command runs (`python -m pytest`: pytest)."""
+    if len(words) > 2 and words[1] == "-m":
+        return words[2]
     return next((w for w in words if w.endswith((".py", ".sh"))), words[0])
+
+
+def elsewhere(words: list[str]) -> str | None:
+    """The ELSEWHERE key that names the command, if any."""
+    return next((key for key in ELSEWHERE if key == words[0] or tool_of(words).endswith(key)), None)
 
 
 def run_command(ws: Workspace, command: str, where: Block) -> None:
     """One command of a bash block, as its twin; `export` sets the environment of the next ones."""
-    twinned = twin(command, {**ws.paths, "port": str(free_port())})
-    words = shlex.split(twinned)
+    env, words = words_of(command, {**ws.paths, "port": str(free_port())})
     if words[0] == "export":
         key, value = words[1].split("=", 1)
         ws.env[key] = value
         return
-    elsewhere = next((key for key in ELSEWHERE if key == words[0] or tool_of(words).endswith(key)), None)
-    if elsewhere:
+    if elsewhere(words):
         check_elsewhere(ws, words, where)
         return
     if words[0] not in (*PYTHONS, "torchrun"):
         pytest.fail(f"{where}: no twin for `{command}`: add a row to TWINS or ELSEWHERE")
     tool = Path(tool_of(words)).name
+    words = [*words[:1], *(expanded for word in words[1:] for expanded in ws.glob(word))]
     argv = ([sys.executable, "-m", "torch.distributed.run", *words[1:]] if words[0] == "torchrun"
             else [sys.executable, *words[1:]])
     argv += SIZES.get(tool, ([], ""))[0] + keep_output_folder(command, words)
     started = time.monotonic()
-    proc = ws.run(argv)
+    proc = ws.run(argv, extra_env=env)
     print(f"{time.monotonic() - started:6.1f} s  {where}: {command}")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{where}: `{command}`\nran as {shlex.join(argv)}\n{log[-6000:]}"
     if "--resume" in words:
-        assert "nothing to resume" not in log and "starting a fresh run" not in log, (
+        assert not any(line in log for line in FRESH_STARTS), (
             f"{where}: `{command}` does not resume the run above it\n{log[-3000:]}")
 
 
@@ -245,18 +284,12 @@ def keep_output_folder(command: str, words: list[str]) -> list[str]:
 
 
 def check_elsewhere(ws: Workspace, words: list[str], where: Block) -> None:
+    """A command another test runs: its make target or tool exists."""
     if words[0] == "make":
-        proc = ws.run(["make", "-C", str(REPO), "-n", *words[1:]])
-    elif words[0] == "bash":
-        proc = ws.run(["bash", "-n", str(REPO / words[1])])
-    else:
-        script = REPO / tool_of(words)
-        proc = ws.run([sys.executable, str(script), "--help"])
-        if proc.returncode == 0:
-            known = proc.stdout
-            unknown = [w for w in words if w.startswith("--") and w.split("=")[0] not in known]
-            assert not unknown, f"{where}: {script.name} has no {unknown}"
-    assert proc.returncode == 0, f"{where}: `{shlex.join(words)}`\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+        targets = re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), flags=re.M)
+        assert set(words[1:]) <= set(targets), f"{where}: make has no target {words[1:]}"
+    elif tool_of(words) != "pytest":
+        assert (REPO / tool_of(words)).is_file(), f"{where}: {tool_of(words)} does not exist"
 
 
 def snippet_path(ws: Workspace, block: Block, index: int, suffix: str) -> Path:
@@ -318,9 +351,8 @@ def test_every_document_block_is_found_and_every_command_has_a_twin():
     assert {b.language for b in found} == {"bash", "python"}
     for block in (b for b in found if b.language == "bash"):
         for command in commands(block):
-            words = shlex.split(twin(command, {**dict.fromkeys(PATH_NAMES, "x"), "port": "1"}))
-            assert (words[0] in (*PYTHONS, "torchrun", "export")
-                    or any(key == words[0] or tool_of(words).endswith(key) for key in ELSEWHERE)), (
+            _, words = words_of(command, {**dict.fromkeys(PATH_NAMES, "x"), "port": "1"})
+            assert words[0] in (*PYTHONS, "torchrun", "export") or elsewhere(words), (
                 f"{block}: no twin for `{command}`")
 
 
