@@ -146,7 +146,9 @@ class ClassCountError(DatasetError):
     """A model head whose class count is not the dataset's: names both and the value to set."""
 
 
-DATALOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
+# The datasets a run reads, by config key, as the class-count refusal names them.
+TRAINING_SETS = {"train_dataloader": "the training set", "val_dataloader": "the validation set"}
+TEST_SETS = {"test_dataloader": "the test set"}
 
 
 def build_unloaded_dataset(dataset_cfg: dict) -> BaseSegDataset:
@@ -156,27 +158,26 @@ def build_unloaded_dataset(dataset_cfg: dict) -> BaseSegDataset:
         return DATASETS.build(dict(dataset_cfg, lazy_init=True))
 
 
-def check_class_count(cfg) -> list[str]:
-    """The dataset's class names, once every head of the model predicts as many classes as each of
-    the config's datasets has (`metainfo`'s classes): a head with more classes would train the
-    extra ones as never-seen noise and count them in mIoU as 0; one with fewer fails in the loss.
-    Raises `ClassCountError` naming the head's key, both counts and the override to give."""
-    reference = None
-    for loader in DATALOADERS:
-        if not cfg.get(loader):
-            continue
-        classes = list(build_unloaded_dataset(cfg[loader].dataset).metainfo["classes"])
-        for key, head in model_heads(cfg.model):
+def check_head_classes(cfg, loaders: dict[str, str]) -> str:
+    """Each head's `num_classes` equals the class count (`metainfo`'s classes) of every dataset the
+    run reads (`loaders`: config key -> what the message calls it): a head with more classes would
+    train the extra ones as never-seen noise and score them 0 IoU; one with fewer fails in the
+    loss. Raises `ClassCountError` naming the key, both counts and the value to set; returns the
+    first dataset as the message names it."""
+    sets = []
+    for key, label in loaders.items():
+        if cfg.get(key):
+            dataset = build_unloaded_dataset(cfg[key].dataset)
+            sets.append((label, f"{type(dataset).__name__} at {dataset.data_root}",
+                         list(dataset.metainfo["classes"])))
+    for head_key, head in model_heads(cfg.model):
+        key = f"{head_key}.num_classes"
+        for label, where, classes in sets:
             if head.get("num_classes") != len(classes):
-                raise ClassCountError(
-                    f"{key}.num_classes is {head.get('num_classes')}, but {loader}.dataset "
-                    f"({cfg[loader].dataset.get('data_root')}) has {len(classes)} classes "
-                    f"({', '.join(map(str, classes[:10]))}{', ...' if len(classes) > 10 else ''}); set "
-                    + " ".join(f"{k}.num_classes={len(classes)}" for k, _ in model_heads(cfg.model))
-                    + " (--cfg-options)"
-                )
-        reference = reference or classes
-    return reference or []
+                shown = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
+                raise ClassCountError(f"{key}={head.get('num_classes')} but {label} ({where}) has "
+                                      f"{len(classes)} classes ({shown}); set {key}={len(classes)}")
+    return f"{sets[0][0]} ({sets[0][1]})" if sets else "the dataset"
 
 
 def model_heads(model) -> list[tuple[str, dict]]:
@@ -194,17 +195,17 @@ def check_data_tree(cfg) -> tuple[list[SplitReport], list[str]]:
     """The data check of `tools/check_data.py` for a segmentation config: per dataloader (the test
     one when it is not the val one), the image and label-map counts and every missing label map,
     missing or unreadable image or label map, and label map of another size than its image; then
-    the refusal training gives for a head whose class count is not the data's
-    (`check_class_count`). Returns (reports, problems of no one split)."""
+    the refusal training and testing give for a head whose class count is not the data's
+    (`check_head_classes`). Returns (reports, problems of no one split)."""
     reports, seen = [], []
-    for loader in DATALOADERS:
+    for loader in {**TRAINING_SETS, **TEST_SETS}:
         dataset_cfg = cfg.get(loader, {}).get("dataset")
         if not dataset_cfg or dataset_cfg in seen:
             continue
         seen.append(dataset_cfg)
         reports.append(_check_split(loader, dataset_cfg))
     try:
-        check_class_count(cfg)
+        check_head_classes(cfg, {**TRAINING_SETS, **TEST_SETS})
     except DatasetError as exc:
         return reports, [str(exc)]
     return reports, []

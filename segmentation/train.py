@@ -22,7 +22,7 @@ from mae_core.checkpoint import CheckpointError
 from mae_core.data import ImageReadError
 
 from .catalogue import fit_heads_to_backbone
-from .data import DatasetError, check_class_count
+from .data import TEST_SETS, TRAINING_SETS, DatasetError, check_head_classes
 from .engine import adapt_config_to_device, init_cpu_distributed
 from .hooks import NonFiniteError
 from .overrides import ConfigOverrideError, checked_overrides
@@ -132,7 +132,7 @@ def train(args: argparse.Namespace) -> None:
     checkpoint with `args.resume`. Heads whose class count is not the data's, and a batch that the
     decode head's BatchNorm cannot train on, are refused first."""
     cfg = load_mmseg_config(args.config, args.launcher, args.work_dir, args.cfg_options, amp=args.amp)
-    check_class_count(cfg)
+    check_head_classes(cfg, TRAINING_SETS)
     init_cpu_distributed(args.launcher)
     cfg.resume = args.resume
     runner = Runner.from_cfg(cfg)  # starts the process group: the world size is known from here
@@ -145,7 +145,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     line. The checkpoint is read by mmengine through `engine.load_from_local_file`: a missing or
     damaged file stops with an error naming it."""
     cfg = load_mmseg_config(args.config, args.launcher, args.work_dir, args.cfg_options)
-    check_class_count(cfg)
+    check_head_classes(cfg, TEST_SETS)
     init_cpu_distributed(args.launcher)
     cfg.load_from = args.checkpoint
     if args.show_dir:

@@ -785,8 +785,8 @@ def _(tmp_path):
 
     data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
     return Case(seg_train(tmp_path, data, "model.decode_head.num_classes=5"),
-                ["model.decode_head.num_classes is 5", "has 3 classes (background, square, disc)",
-                 "model.decode_head.num_classes=3 model.auxiliary_head.num_classes=3"],
+                ["model.decode_head.num_classes=5 but the training set (SegFolderDataset at",
+                 "has 3 classes (background, square, disc); set model.decode_head.num_classes=3"],
                 exit_code=1, absent=["Traceback"], check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
 
 

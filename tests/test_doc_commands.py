@@ -331,10 +331,10 @@ if kind == "detection":
 else:
     from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
-    from segmentation.data import check_class_count
+    from segmentation.data import TEST_SETS, TRAINING_SETS, check_head_classes
     from segmentation.train import load_mmseg_config
     cfg = load_mmseg_config(path)
-    check_class_count(cfg)
+    check_head_classes(cfg, {**TRAINING_SETS, **TEST_SETS})
     with DefaultScope.overwrite_default_scope("mmseg"):
         model = MODELS.build(cfg.model).eval()
     with torch.no_grad():
