@@ -32,6 +32,7 @@ from benchmarks.common import (
     AUGMENTATION_LOSS_TOLERANCE,
     BenchOptions,
     markdown_table,
+    progress,
     reached,
     setup_threads,
 )
@@ -128,6 +129,7 @@ def bench_demo_epoch(data: str, opts: DemoEpochOptions) -> dict:
     times: dict[str, list[float]] = {"old": [], "fast": []}
     for r in range(opts.rounds + 1):  # round 0 warms up (and fills the image cache)
         for name in (["old", "fast"] if r % 2 else ["fast", "old"]):
+            progress(f"  {f'round {r}/{opts.rounds}' if r else 'warm-up'}: {name}, {steps} steps ...")
             set_allocator(allocator[name])
             start = time.perf_counter()
             run_steps(trainers[name], r, steps)

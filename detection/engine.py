@@ -106,9 +106,17 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 f"not saving {name}.pth: {bad}; the last finite checkpoint "
                 f"is {self.get_checkpoint_file() or 'none (no checkpoint was written)'}"
             )
-        path = save_checkpoint(data, Path(self.save_dir) / f"{name}.pth")
+        last_good = self.get_checkpoint_file() or None
+        path = save_checkpoint(data, Path(self.save_dir) / f"{name}.pth", last_good)
         self.logger.info(f"Saved checkpoint {path}")
         self.tag_last_checkpoint(path.name)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Upstream truncates `last_checkpoint` and then writes it; here it is replaced whole, so a
+        failed write (a full disk) leaves it naming the last good checkpoint, not empty."""
+        saved = Path(self.save_dir) / last_filename_basename  # complete: written before it is tagged
+        record = Path(self.save_dir) / "last_checkpoint"
+        write_atomically(record, lambda f: f.write(saved.name.encode()), saved)
 
     def _torch_load(self, f: str):
         return load_checkpoint_file(f, allow_pickle=self.allow_pickle)

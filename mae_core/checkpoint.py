@@ -9,11 +9,13 @@ ViTMAE files into any toolkit ViT, adapting grid and patch size, and reports eve
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ import torch
 from timm.layers import resample_patch_embed
 from torch import nn
 
+from .errors import UserError
 from .layers import resize_bias_table
 from .pos_embed import resample_pos_embed
 
@@ -75,28 +78,118 @@ def describe_non_finite(tree) -> str | None:
     return f"{len(bad)} of {total} floating-point tensors are non-finite (NaN or infinity): {few_names(bad)}"
 
 
-def write_atomically(path: str | os.PathLike, write) -> Path:
+class CheckpointWriteError(CheckpointError, UserError):
+    """A file the toolkit could not write (no space, quota, permission, file too large): the
+    message names the file, the operating system's error, the disk, and the checkpoint a run can
+    resume from. Nothing was written under the file's name."""
+
+    def __init__(self, path: Path, error: OSError, last_good: str | os.PathLike | None, partial: str | None):
+        code = f" ({errno.errorcode[error.errno]})" if error.errno in errno.errorcode else ""
+        message = f"could not write {path}: {error.strerror or error}{code}"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and partial is not None:
+            message += f"; {_disk_note(Path(partial))}"
+        message += (
+            f". Nothing was written under {path.name}: a previous file of that name is unchanged and no "
+            "partial file is left. "
+        )
+        if last_good:
+            message += f"The last good checkpoint is {last_good}; make room (or fix the permission) and " \
+                       "continue from it with --resume."
+        else:
+            message += "No checkpoint was written before this one."
+        super().__init__(message)
+        self.path, self.error, self.last_good = path, error, last_good
+
+
+def _disk_note(partial: Path) -> str:
+    """How far the write got, which file system it was on and how full that is (a user's quota is
+    not shown)."""
+    mount = partial.parent.resolve()
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    usage = shutil.disk_usage(partial.parent)
+    written = partial.stat().st_size if partial.exists() else 0
+    return (f"the write stopped after {_size(written)}, with {_size(usage.free)} free of "
+            f"{_size(usage.total)} on the file system mounted at {mount}")
+
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
+
+
+class _ErrorKeepingFile:
+    """A file whose failed write is remembered: `torch.save` reports a full disk only as its own
+    `RuntimeError` ("unexpected pos ..."), and the operating system's error is what says why."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def write_atomically(path: str | os.PathLike, write, last_good: str | os.PathLike | None = None) -> Path:
     """Calls `write(file)` on a temporary file beside `path`, fsyncs it and renames it into place:
-    readers see the old file or the complete new one, never a partial one."""
+    readers see the old file or the complete new one, never a partial one. Every path the toolkit
+    saves through ends here, so a failed write is reported here, once.
+
+    Args:
+        path: the file to write; its folder is created if missing.
+        write: called with a binary file object (`write` and `flush`).
+        last_good: the checkpoint a run stopped by a failed write resumes from, for the message.
+
+    Returns:
+        `path`, as a `Path`.
+
+    Raises:
+        CheckpointWriteError: the write failed (no space, quota, permission, file too large);
+            names `path`, the OS error, how full the disk was and `last_good`. No partial file is
+            left and a previous file under `path` is unchanged.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it a normal file's mode
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            kept = _ErrorKeepingFile(f)
+            try:
+                write(kept)
+            except RuntimeError:
+                if kept.error is None:
+                    raise
+                raise kept.error from None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        # Described before the partial file goes: the disk is as full as the write found it.
+        failed = CheckpointWriteError(path, exc, last_good, tmp) if isinstance(exc, OSError) else None
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if failed is not None:
+            raise failed from exc
         raise
     return path
 
 
-def save_checkpoint(obj, path: str | os.PathLike) -> Path:
-    """`torch.save(obj)` to `path` atomically (`write_atomically`); returns the path."""
-    return write_atomically(path, lambda f: torch.save(obj, f))
+def save_checkpoint(obj, path: str | os.PathLike, last_good: str | os.PathLike | None = None) -> Path:
+    """`torch.save(obj)` to `path` atomically (`write_atomically`); returns the path. `last_good`
+    is named if the write fails (`CheckpointWriteError`)."""
+    return write_atomically(path, lambda f: torch.save(obj, f), last_good)
 
 
 def load_checkpoint_file(path: str | os.PathLike, allow_pickle: bool = False, map_location="cpu"):

@@ -9,6 +9,7 @@ gradient accumulation, and a resumed run match an uninterrupted one."""
 from __future__ import annotations
 
 import gzip
+import itertools
 import logging
 import os
 import shutil
@@ -418,7 +419,17 @@ def collate_views(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 
 class EpochSampler(DistributedSampler):
     """DistributedSampler whose indices carry the epoch, so per-sample seeds stay right even
-    with persistent data workers (which never see `set_epoch` on their dataset copy)."""
+    with persistent data workers (which never see `set_epoch` on their dataset copy).
+
+    `set_epoch(epoch, skip=n)` starts the epoch's order at its n-th sample (of this process): a run
+    resumed mid-epoch reads the samples the interrupted run had not reached, without loading the
+    others. The order itself depends on (seed, epoch) only, so it is the interrupted run's."""
+
+    skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.skip = skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, index) for index in super().__iter__())
+        return ((self.epoch, index) for index in itertools.islice(super().__iter__(), self.skip, None))

@@ -4,7 +4,10 @@ atomic checkpoints with exact resume, and logs (progress bar, TensorBoard, JSON 
 
 Resume is exact because everything random is either a function of (seed, epoch, sample)
 (crops, flips, masks: see `mae_core.data`) or restored from the checkpoint (each process's
-torch RNG, which drop path uses)."""
+torch RNG, which drop path uses). A run preempted mid-epoch (SIGTERM, SIGUSR1: `mae_core.preemption`)
+saves its position in the epoch too; the resumed run skips the samples already trained on
+(`EpochSampler.set_epoch(epoch, skip)`) and restores the RNG after the data loader has drawn its
+seed, where the interrupted run stood."""
 
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ from .host_memory import retain_freed_memory
 from .layer_decay import param_groups
 from .mae import MaskedAutoencoder, decoder_preset
 from .masking import build_masking
+from .precision import warn_if_bf16_is_slow
+from .preemption import PreemptionNotice, ignore_preemption_signals
 from .vit import get_arch
 
 log = logging.getLogger(__name__)
@@ -195,6 +200,7 @@ class PretrainResult:
     epoch: int  # last finished epoch
     iteration: int  # optimizer steps taken in total
     losses: list[float] = field(default_factory=list)  # per optimizer step of this run, all processes' mean
+    preempted_by: str | None = None  # the signal that stopped the run early, its checkpoint written
 
 
 class _RunLog:
@@ -293,6 +299,8 @@ class Pretrainer:
         self.device = dist_info.device
         self.output_dir = Path(cfg.output_dir)
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
+        if self.amp_dtype == torch.bfloat16 and dist_info.is_main:
+            warn_if_bf16_is_slow(self.device, "set amp=none (a key=value override of tools/pretrain.py)")
         if cfg.retain_host_memory:
             retain_freed_memory()
         self.accum = accumulation_steps(cfg, dist_info.world_size)
@@ -318,7 +326,7 @@ class Pretrainer:
         self.loader = DataLoader(
             views, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.data.num_workers,
             collate_fn=collate, drop_last=True, pin_memory=self.device.type == "cuda",
-            persistent_workers=cfg.data.num_workers > 0,
+            persistent_workers=cfg.data.num_workers > 0, worker_init_fn=ignore_preemption_signals,
         )
         self.steps_per_epoch = len(self.loader) // self.accum
         if self.steps_per_epoch == 0:
@@ -339,6 +347,13 @@ class Pretrainer:
         self.epoch = -1  # last finished epoch
         self.iteration = 0
         self.last_good: Path | None = None
+        # Within the epoch after `epoch`: steps done, their losses and skipped images (all nonzero
+        # only in a run preempted mid-epoch, and in the run resumed from it until that epoch ends).
+        self.epoch_step = 0
+        self.epoch_losses: list[float] = []
+        self.skipped = 0
+        self.rng_after_loader: dict | None = None  # a mid-epoch checkpoint's RNG, see train_epoch
+        self.notice = PreemptionNotice()
 
     # ------------------------------------------------------------ checkpoints
 
@@ -352,17 +367,25 @@ class Pretrainer:
             "iteration": self.iteration,
             "rng": all_gather_objects(rng_state(self.device)),
             "config": to_dict(self.cfg),
+            # Skipped images of all processes; restored on the main process (end_epoch sums them).
+            "epoch_progress": {"step": self.epoch_step, "losses": self.epoch_losses,
+                               "skipped": self.skipped_everywhere()},
         }
 
-    def save(self) -> None:
-        """Writes last.pth (and a numbered checkpoint when due); the weights and optimizer state
-        were checked finite by `check_finite` first, so these names only ever hold a good state."""
+    def skipped_everywhere(self) -> int:
+        """Unreadable images skipped so far in this epoch by all processes (a collective)."""
+        return int(all_reduce_sum(torch.tensor(self.skipped, device=self.device)).item())
+
+    def save(self, numbered: bool = True) -> None:
+        """Writes last.pth (and a numbered checkpoint when due, at an epoch's end); the weights and
+        optimizer state were checked finite by `check_finite` first, so these names only ever hold
+        a good state."""
         state = self.checkpoint()  # every process takes part (RNG gather)
         if self.dist.is_main:
             epoch_number = self.epoch + 1
-            if epoch_number % self.cfg.save_every == 0 or epoch_number == self.cfg.epochs:
-                save_checkpoint(state, self.output_dir / f"checkpoint-{epoch_number:04d}.pth")
-            save_checkpoint(state, self.output_dir / LAST_CHECKPOINT)
+            if numbered and (epoch_number % self.cfg.save_every == 0 or epoch_number == self.cfg.epochs):
+                save_checkpoint(state, self.output_dir / f"checkpoint-{epoch_number:04d}.pth", self.last_good)
+            save_checkpoint(state, self.output_dir / LAST_CHECKPOINT, self.last_good)
         self.last_good = self.output_dir / LAST_CHECKPOINT
 
     def last_good_note(self) -> str:
@@ -384,7 +407,7 @@ class Pretrainer:
         if self.dist.is_main:
             debug = self.output_dir / f"diverged-{self.iteration:06d}.pth"
             save_checkpoint({"model": self.model.state_dict(), "arch": self.model_record, "epoch": self.epoch,
-                             "iteration": self.iteration}, debug)
+                             "iteration": self.iteration}, debug, self.last_good)
             kept = f" (kept for debugging as {debug})"
         raise NonFiniteError(
             f"{when.capitalize()}, after iteration {self.iteration} (counted from 1, as in log.jsonl), "
@@ -414,9 +437,15 @@ class Pretrainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
         self.iteration = int(state["iteration"])
+        progress = state.get("epoch_progress") or {"step": 0, "losses": [], "skipped": 0}
+        self.epoch_step, self.epoch_losses = int(progress["step"]), list(progress["losses"])
+        self.skipped = int(progress["skipped"]) if self.dist.is_main else 0
         rng = state["rng"]
         if len(rng) == self.dist.world_size:
-            set_rng_state(rng[self.dist.rank], self.device)
+            if self.epoch_step:  # mid-epoch: the loader of the epoch must draw its seed first
+                self.rng_after_loader = rng[self.dist.rank]
+            else:
+                set_rng_state(rng[self.dist.rank], self.device)
         elif self.dist.is_main:
             log.warning("%s was saved by %d process(es), now %d: RNG states not restored, drop path "
                         "will differ from the uninterrupted run", path, len(rng), self.dist.world_size)
@@ -464,29 +493,66 @@ class Pretrainer:
         self.run_log = _RunLog(self.output_dir, self.dist.is_main, self.iteration)
         losses: list[float] = []
         first_epoch, started = self.epoch + 1, time.monotonic()
+        self.stopped_by = None
         try:
-            for epoch in range(first_epoch, self.cfg.epochs):
-                losses += self.train_epoch(epoch)
-                self.epoch = epoch
-                self.end_epoch(epoch, losses[-self.steps_per_epoch:])
-                if self.dist.is_main:
-                    per_epoch = (time.monotonic() - started) / (epoch + 1 - first_epoch)
-                    remaining = per_epoch * (self.cfg.epochs - epoch - 1)
-                    log.info("epoch %d/%d done, %s per epoch, about %s to go", epoch + 1, self.cfg.epochs,
-                             _duration(per_epoch), _duration(remaining))
+            with self.notice:
+                for epoch in range(first_epoch, self.cfg.epochs):
+                    losses += self.train_epoch(epoch)
+                    if self.stopped_by:
+                        self.save_mid_epoch(epoch)
+                        break
+                    self.epoch = epoch
+                    self.end_epoch(epoch, self.epoch_losses)
+                    self.epoch_step, self.epoch_losses, self.skipped = 0, [], 0
+                    self.save()
+                    self.log_time(epoch, first_epoch, started)
+                    if epoch < self.cfg.epochs - 1 and self.preemption_requested():
+                        self.log_preempted(f"the end of epoch {epoch}")
+                        break
         finally:
             self.run_log.close()
-        return PretrainResult(self.model, self.epoch, self.iteration, losses)
+        return PretrainResult(self.model, self.epoch, self.iteration, losses, self.stopped_by)
+
+    def preemption_requested(self) -> bool:
+        """Whether any process got a preemption signal (`stopped_by` names it); every process
+        calls this after the same steps, and all get the same answer."""
+        self.stopped_by = self.notice.requested(self.device, self.dist.world_size)
+        return self.stopped_by is not None
+
+    def save_mid_epoch(self, epoch: int) -> None:
+        """last.pth at this step of `epoch`, with the position in the epoch, for a preempted run."""
+        self.check_finite(f"at the preemption in epoch {epoch}")
+        self.save(numbered=False)
+        self.log_preempted(f"step {self.epoch_step} of {self.steps_per_epoch} in epoch {epoch}")
+
+    def log_preempted(self, where: str) -> None:
+        if self.dist.is_main:
+            log.warning("%s received: stopped after iteration %d (%s) and wrote %s at that iteration; "
+                        "continue with --resume", self.stopped_by, self.iteration, where, self.last_good)
+
+    def log_time(self, epoch: int, first_epoch: int, started: float) -> None:
+        if self.dist.is_main:
+            per_epoch = (time.monotonic() - started) / (epoch + 1 - first_epoch)
+            remaining = per_epoch * (self.cfg.epochs - epoch - 1)
+            log.info("epoch %d/%d done, %s per epoch, about %s to go", epoch + 1, self.cfg.epochs,
+                     _duration(per_epoch), _duration(remaining))
 
     def train_epoch(self, epoch: int) -> list[float]:
-        self.sampler.set_epoch(epoch)
+        """Trains `epoch` from step `epoch_step` (0 unless resumed mid-epoch) to its end, or until a
+        preemption request is agreed (then `stopped_by` names the signal). Returns
+        this run's losses; `epoch_losses` holds the whole epoch's."""
+        first = self.epoch_step
+        self.sampler.set_epoch(epoch, skip=first * self.accum * self.cfg.batch_size)
         self.model.train()
-        self.skipped = 0
-        batches = iter(self.loader)
+        batches = iter(self.loader)  # draws the loader's seed from the torch RNG
+        if self.rng_after_loader is not None:
+            set_rng_state(self.rng_after_loader, self.device)
+            self.rng_after_loader = None
         losses = []
         # Redirected to a log file (a cluster job), the bar updates every 30 s, not 10 times a second.
-        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}", disable=not self.dist.is_main,
-                   dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
+        bar = tqdm(range(first, self.steps_per_epoch), desc=f"epoch {epoch}", disable=not self.dist.is_main,
+                   initial=first, total=self.steps_per_epoch, dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else 30)
         pending: list[torch.Tensor] = []  # losses still on the device, read once per log line
         pending_norms: list[torch.Tensor] = []  # gradient norms, likewise (when clipping computes them)
         for step in bar:
@@ -513,6 +579,16 @@ class Pretrainer:
                     record["pixel_loss"] = scalars["train/pixel_loss"] = losses[-1] - record["aux_loss"]
                 self.run_log.line(record, scalars, self.iteration)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.3g}", refresh=False)
+            self.epoch_step = step + 1
+            # The epoch's last step goes on to the epoch's end and its checkpoint: no stop here.
+            if step < self.steps_per_epoch - 1 and self.preemption_requested():
+                if pending_norms:
+                    self.check_values("gradient norm", pending_norms, epoch, step)
+                if pending:  # read without a log line, which the uninterrupted run would not write
+                    losses += self.check_values("loss", pending, epoch, step)
+                break
+        bar.close()
+        self.epoch_losses += losses
         return losses
 
     @property
@@ -576,10 +652,10 @@ class Pretrainer:
 
     def end_epoch(self, epoch: int, losses: list[float]) -> None:
         """Checks the weights before anything else, so no monitor reports on (and no checkpoint
-        holds) a diverged model; then logs, runs the epoch hooks and saves."""
+        holds) a diverged model; then logs and runs the epoch hooks."""
         self.check_finite(f"at the end of epoch {epoch}")
         record = {"epoch": epoch, "iteration": self.iteration, "train_loss": sum(losses) / len(losses)}
-        skipped = int(all_reduce_sum(torch.tensor(self.skipped, device=self.device)).item())
+        skipped = self.skipped_everywhere()
         if skipped or self.cfg.data.skip_bad_images:
             record["skipped_images"] = skipped
         scalars = {"epoch/train_loss": record["train_loss"]}
@@ -591,4 +667,3 @@ class Pretrainer:
                     scalars[f"monitor/{name}"] = float(value)
             self.model.train()
         self.run_log.line(record, scalars, self.iteration)
-        self.save()

@@ -20,6 +20,7 @@ from mmseg.datasets import ADE20KDataset, BaseSegDataset
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import DATASETS, TRANSFORMS
 
+from mae_core.checkpoint import few_names
 from mae_core.data import ImageReadError, check_image_scale
 from mae_core.datacheck import SplitReport, image_problems, shown
 
@@ -143,10 +144,69 @@ class LoadCheckedAnnotations(LoadAnnotations):
 
 
 class ClassCountError(DatasetError):
-    """A model head whose class count is not the dataset's: names both and the value to set."""
+    """A model head, or a checkpoint's head, whose class count differs from its dataset's."""
 
 
-# The datasets a run reads, by config key, as the class-count refusal names them.
+# The heads whose width is the class count, as the config names them.
+CLASS_HEADS = ("decode_head", "auxiliary_head")
+
+
+def dataset_classes(dataset_cfg) -> tuple[str, list[str]]:
+    """(where, class names) of a dataloader's dataset node without building it: the config's
+    `metainfo` override, else the dataset class's METAINFO (a wrapper such as RepeatDataset: its
+    inner `dataset`)."""
+    if "type" in dataset_cfg and dataset_cfg.get("metainfo") is None and "dataset" in dataset_cfg:
+        return dataset_classes(dataset_cfg["dataset"])
+    kind = dataset_cfg.get("type")
+    cls = DATASETS.get(kind) if isinstance(kind, str) else kind
+    if cls is None:
+        root = dataset_cfg.get("data_root")
+        raise DatasetError(f"dataset type {kind!r} is not registered (data_root {root})")
+    metainfo = cls._load_metainfo(dataset_cfg.get("metainfo"))
+    where = f"{getattr(cls, '__name__', kind)} at {dataset_cfg.get('data_root')}"
+    return where, list(metainfo.get("classes") or ())
+
+
+def check_head_classes(cfg, loaders: dict[str, str]) -> str:
+    """Each head's `num_classes` equals the class count of every dataset the run reads (`loaders`:
+    config key -> what the message calls it, e.g. {"train_dataloader": "the training set"});
+    mmseg would otherwise train and score a head of another width without a word. Returns the
+    first dataset as messages name it ("the training set (SegFolderDataset at data/x)")."""
+    sets = [(label, *dataset_classes(cfg[key].dataset)) for key, label in loaders.items() if cfg.get(key)]
+    for head in CLASS_HEADS:
+        heads = cfg.model.get(head)
+        for index, node in enumerate(heads if isinstance(heads, list) else [heads] if heads else []):
+            key = f"model.{head}{f'.{index}' if isinstance(heads, list) else ''}.num_classes"
+            for label, where, classes in sets:
+                if node.get("num_classes") != len(classes):
+                    raise ClassCountError(
+                        f"{key}={node.get('num_classes')} but {label} ({where}) has {len(classes)} classes "
+                        f"({few_names(classes)}); set {key}={len(classes)}, or give the dataset's classes "
+                        "in its metainfo"
+                    )
+    return f"{sets[0][0]} ({sets[0][1]})" if sets else "the dataset"
+
+
+def check_checkpoint_head_widths(state_dict: dict, model, source: str, dataset: str) -> None:
+    """A checkpoint's head classifiers (`<head>.conv_seg`) as wide as the model's, which the
+    dataset fixed (`check_head_classes`): mmengine would leave a head of another width at its
+    initialisation, with a warning only, and a test would score random predictions."""
+    for head in CLASS_HEADS:
+        module = getattr(model, head, None)
+        key = f"{head}.conv_seg.weight"
+        saved = state_dict.get(key, state_dict.get(f"module.{key}"))
+        if module is None or saved is None or not hasattr(module, "conv_seg"):
+            continue
+        width = module.conv_seg.weight.shape[0]
+        if saved.shape[0] != width:
+            raise ClassCountError(
+                f"{source}'s {head} has {saved.shape[0]} classes ({key} {list(saved.shape)}) but the "
+                f"model's has {width}, the classes of {dataset}; use a checkpoint trained on these "
+                "classes, or load only its backbone (model.pretrained=...)"
+            )
+
+
+# The datasets a run reads, by config key, as the class-count refusals name them.
 TRAINING_SETS = {"train_dataloader": "the training set", "val_dataloader": "the validation set"}
 TEST_SETS = {"test_dataloader": "the test set"}
 
@@ -156,28 +216,6 @@ def build_unloaded_dataset(dataset_cfg: dict) -> BaseSegDataset:
     scope as the Runner builds it: its classes and folders, before any Runner exists."""
     with DefaultScope.overwrite_default_scope("mmseg"):
         return DATASETS.build(dict(dataset_cfg, lazy_init=True))
-
-
-def check_head_classes(cfg, loaders: dict[str, str]) -> str:
-    """Each head's `num_classes` equals the class count (`metainfo`'s classes) of every dataset the
-    run reads (`loaders`: config key -> what the message calls it): a head with more classes would
-    train the extra ones as never-seen noise and score them 0 IoU; one with fewer fails in the
-    loss. Raises `ClassCountError` naming the key, both counts and the value to set; returns the
-    first dataset as the message names it."""
-    sets = []
-    for key, label in loaders.items():
-        if cfg.get(key):
-            dataset = build_unloaded_dataset(cfg[key].dataset)
-            sets.append((label, f"{type(dataset).__name__} at {dataset.data_root}",
-                         list(dataset.metainfo["classes"])))
-    for head_key, head in model_heads(cfg.model):
-        key = f"{head_key}.num_classes"
-        for label, where, classes in sets:
-            if head.get("num_classes") != len(classes):
-                shown = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
-                raise ClassCountError(f"{key}={head.get('num_classes')} but {label} ({where}) has "
-                                      f"{len(classes)} classes ({shown}); set {key}={len(classes)}")
-    return f"{sets[0][0]} ({sets[0][1]})" if sets else "the dataset"
 
 
 def model_heads(model) -> list[tuple[str, dict]]:

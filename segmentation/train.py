@@ -24,7 +24,7 @@ from mae_core.data import ImageReadError
 from .catalogue import fit_heads_to_backbone
 from .data import TEST_SETS, TRAINING_SETS, DatasetError, check_head_classes
 from .engine import adapt_config_to_device, init_cpu_distributed
-from .hooks import NonFiniteError
+from .hooks import HeadWidthHook, NonFiniteError
 from .overrides import ConfigOverrideError, checked_overrides
 
 
@@ -129,14 +129,15 @@ def exit_on_error(tool: str):
 
 def train(args: argparse.Namespace) -> None:
     """`tools/train_seg.py`: the config's training run, resumed from the work dir's latest
-    checkpoint with `args.resume`. Heads whose class count is not the data's, and a batch that the
-    decode head's BatchNorm cannot train on, are refused first."""
+    checkpoint with `args.resume`. Heads whose class count is not the datasets' and a batch that the
+    decode head's BatchNorm cannot train on are refused first."""
     cfg = load_mmseg_config(args.config, args.launcher, args.work_dir, args.cfg_options, amp=args.amp)
-    check_head_classes(cfg, TRAINING_SETS)
     init_cpu_distributed(args.launcher)
     cfg.resume = args.resume
+    dataset = check_head_classes(cfg, TRAINING_SETS)
     runner = Runner.from_cfg(cfg)  # starts the process group: the world size is known from here
     check_batch_for_pooling_norm(cfg, get_world_size())
+    runner.register_hook(HeadWidthHook(dataset))
     runner.train()
 
 
@@ -145,7 +146,6 @@ def evaluate(args: argparse.Namespace) -> dict:
     line. The checkpoint is read by mmengine through `engine.load_from_local_file`: a missing or
     damaged file stops with an error naming it."""
     cfg = load_mmseg_config(args.config, args.launcher, args.work_dir, args.cfg_options)
-    check_head_classes(cfg, TEST_SETS)
     init_cpu_distributed(args.launcher)
     cfg.load_from = args.checkpoint
     if args.show_dir:
@@ -157,6 +157,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         cfg.train_dataloader = cfg.test_dataloader
     if args.out:
         cfg.test_evaluator.output_dir = args.out
-    metrics = Runner.from_cfg(cfg).test()
+    runner = Runner.from_cfg(cfg)
+    runner.register_hook(HeadWidthHook(check_head_classes(cfg, TEST_SETS)))
+    metrics = runner.test()
     print(json.dumps({"metrics": {name: float(value) for name, value in metrics.items()}}))
     return metrics

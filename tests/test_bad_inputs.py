@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,9 @@ class Case:
     absent: list[str] = field(default_factory=list)  # substrings that must NOT appear (e.g. a metric)
     check: Callable[[], None] | None = None  # extra assertions on files after the run
     timeout: int = 600
+    cleanup: Callable[[], None] | None = None  # runs whatever happens (e.g. unmounts a small disk)
+    during: Callable[[subprocess.Popen], None] | None = None  # acts on the running tool (e.g. signals it)
+    env: dict[str, str] = field(default_factory=dict)  # added to the tool's environment
 
 
 ROWS: dict[str, Callable[[Path], Case]] = {}
@@ -776,20 +781,6 @@ def assert_no_seg_checkpoint(work: Path) -> None:
     assert not list(work.glob("iter_*.pth")) and not (work / "last_checkpoint").exists()
 
 
-@bad_input("seg_head_class_count_is_not_the_datasets")
-def _(tmp_path):
-    """model.decode_head.num_classes=5 on data of 3 classes: the two extra classes would train as
-    never-seen noise and count as 0 IoU. Refused before training, naming both counts and the keys
-    to set (the same refusal tools/check_data.py gives)."""
-    from helpers_seg import make_shapes_dataset
-
-    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
-    return Case(seg_train(tmp_path, data, "model.decode_head.num_classes=5"),
-                ["model.decode_head.num_classes=5 but the training set (SegFolderDataset at",
-                 "has 3 classes (background, square, disc); set model.decode_head.num_classes=3"],
-                exit_code=1, absent=["Traceback"], check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
-
-
 @bad_input("seg_batch_of_one_names_the_cause_and_the_fix")
 def _(tmp_path):
     """train_dataloader.batch_size=1: UperNet's pool-scale-1 BatchNorm cannot train on one value per
@@ -961,6 +952,245 @@ def _(tmp_path):
                 names=["alpha channel dropped (first such file:", "mode 'RGBA'"])
 
 
+# ---------------------------------------------------------------- rows: class contract, faults, preemption
+
+
+@bad_input("seg_train_head_of_8_classes_on_a_3_class_dataset")
+def _(tmp_path):
+    """model.decode_head.num_classes=8 on the tiny 3-class set: refused before training, naming the
+    key, both counts and the dataset (mmseg trained and scored it, exit 0)."""
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+    return Case(seg_train(tmp_path, data, "model.decode_head.num_classes=8"), exit_code=1,
+                names=[f"model.decode_head.num_classes=8 but the training set (SegFolderDataset at {data}) "
+                       "has 3 classes"], absent=["Traceback", "Iter(train)"],
+                check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
+
+
+@bad_input("seg_test_auxiliary_head_of_8_classes_on_a_3_class_test_set")
+def _(tmp_path):
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=1, n_val=1)
+    return Case(tool("test_seg.py", SEG_TINY, tmp_path / "none.pth", "--work-dir", tmp_path / "work",
+                     *seg_data_options(data, 1, "model.auxiliary_head.num_classes=8")), exit_code=1,
+                names=["model.auxiliary_head.num_classes=8 but the test set (SegFolderDataset at "
+                       f"{data}) has 3 classes"], absent=["Traceback", '"metrics"'])
+
+
+def seg_checkpoint_of_8_classes(path: Path) -> Path:
+    """A segmentor checkpoint whose decode head classifies 8 classes (the tiny config's 32 channels);
+    mmengine loads non-strictly and would leave the 3-class model's head at initialisation."""
+    import torch
+
+    torch.save({"state_dict": {"decode_head.conv_seg.weight": torch.zeros(8, 32, 1, 1),
+                               "decode_head.conv_seg.bias": torch.zeros(8)}}, path)
+    return path
+
+
+@bad_input("seg_test_checkpoint_of_8_classes_on_a_3_class_test_set")
+def _(tmp_path):
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=1, n_val=1)
+    ckpt = seg_checkpoint_of_8_classes(tmp_path / "wide.pth")
+    cmd = tool("test_seg.py", SEG_TINY, ckpt, "--work-dir", tmp_path / "work", *seg_data_options(data, 1))
+    return Case(cmd, exit_code=1, absent=["Traceback", '"metrics"'],
+                names=[f"{ckpt}'s decode_head has 8 classes (decode_head.conv_seg.weight [8, 32, 1, 1]) "
+                       f"but the model's has 3, the classes of the test set (SegFolderDataset at {data})"])
+
+
+@bad_input("seg_train_load_from_a_checkpoint_of_8_classes")
+def _(tmp_path):
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+    ckpt = seg_checkpoint_of_8_classes(tmp_path / "wide.pth")
+    return Case(seg_train(tmp_path, data, f"load_from={ckpt}"), exit_code=1,
+                names=[f"{ckpt}'s decode_head has 8 classes", "the training set"],
+                absent=["Traceback", "Iter(train)"],
+                check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
+
+
+def small_disk(folder: Path, size: int) -> Callable[[], None]:
+    """A tmpfs of `size` bytes mounted at `folder`: a real full disk for a write that needs more.
+    Returns the unmount. Needs root (CI runs as root); anywhere else the row fails saying so."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0 or not os.path.ismount(folder):
+        pytest.fail(f"a full-disk row needs `mount -t tmpfs` (root): {mount.stderr.strip() or 'not mounted'}")
+
+    def unmount() -> None:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+        shutil.rmtree(folder)
+
+    return unmount
+
+
+def disk_just_too_small(first: Path, out: Path, name: str) -> Callable[[], None]:
+    """Copies the run in `first` to `out` on a disk with room for about half of one more `name`:
+    the next checkpoint the resumed run writes cannot fit. Returns the unmount."""
+    import shutil
+
+    used = sum(p.stat().st_size for p in first.rglob("*") if p.is_file())
+    unmount = small_disk(out, used + (first / name).stat().st_size // 2 + 64 * 1024)
+    shutil.copytree(first, out, dirs_exist_ok=True)
+    return unmount
+
+
+def assert_failed_save_left_nothing(out: Path, kept: dict[str, bytes], absent: str) -> None:
+    """The failed save touched no earlier checkpoint and left no partial or temporary file."""
+    for name, data in kept.items():
+        assert (out / name).read_bytes() == data, f"{name} changed"
+    leftovers = [p.name for p in out.rglob(".*.tmp")] + [p.name for p in out.glob(absent)]
+    assert not leftovers, leftovers
+
+
+@bad_input("pretrain_checkpoint_write_on_a_full_disk_names_the_disk_and_the_last_good_checkpoint")
+def _(tmp_path):
+    """Epoch 0 saved, then resumed on a disk too small for epoch 1's checkpoint: stopped naming the
+    file, ENOSPC, the disk, and last.pth to resume from (torch.save said only 'unexpected pos')."""
+    first, out = tmp_path / "first", tmp_path / "disk"
+    run_setup(pretrain_cmd(first))
+    unmount = disk_just_too_small(first, out, "last.pth")
+    kept = {name: (out / name).read_bytes() for name in ("last.pth", "checkpoint-0001.pth")}
+    return Case(pretrain_cmd(out, "--resume", "epochs=2"), exit_code=1, cleanup=unmount,
+                names=[f"could not write {out / 'checkpoint-0002.pth'}: No space left on device (ENOSPC)",
+                       f"on the file system mounted at {out}",
+                       f"The last good checkpoint is {out / 'last.pth'}", "--resume"],
+                absent=["Traceback", "unexpected pos"],
+                check=lambda: assert_failed_save_left_nothing(out, kept, "checkpoint-0002.pth"))
+
+
+def disk_for_one_more(folder: Path, checkpoint: Path) -> Callable[[], None]:
+    """A disk at `folder` with room for one checkpoint like `checkpoint` and half another (plus
+    logs): a run saving every iteration writes its first and fails on its second. Returns the unmount."""
+    size = checkpoint.stat().st_size
+    return small_disk(folder, size + size // 2 + 1024 * 1024)
+
+
+@bad_input("det_checkpoint_write_on_a_full_disk_names_the_disk_and_the_last_good_checkpoint")
+def _(tmp_path):
+    """A checkpoint per iteration into a disk with room for one: the second save stops the run
+    naming the file, ENOSPC, the disk and the first checkpoint; last_checkpoint still names it."""
+    first, out = tmp_path / "first", tmp_path / "disk"
+    every_iteration = ["train.checkpointer.period=1", "train.eval_period=100", "train.log_period=1"]
+    run_setup(det_train(first, "train.max_iter=1", *every_iteration))
+    unmount = disk_for_one_more(out, first / "out" / "model_final.pth")
+
+    def check():
+        assert (out / "last_checkpoint").read_text() == "model_0000000.pth"
+        assert_failed_save_left_nothing(out, {}, "model_0000001.pth")
+
+    return Case(det_train(tmp_path, "train.max_iter=3", f"train.output_dir={out}", *every_iteration),
+                exit_code=1, cleanup=unmount, check=check,
+                names=[f"could not write {out / 'model_0000001.pth'}: No space left on device (ENOSPC)",
+                       f"on the file system mounted at {out}",
+                       f"The last good checkpoint is {out / 'model_0000000.pth'}"],
+                absent=["unexpected pos"])
+
+
+@bad_input("seg_checkpoint_write_on_a_full_disk_names_the_disk_and_the_last_good_checkpoint")
+def _(tmp_path):
+    """The same for segmentation: iter_1.pth fits, iter_2.pth does not; last_checkpoint keeps
+    naming iter_1.pth, the checkpoint --resume continues from."""
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+    first, work = tmp_path / "first", tmp_path / "disk"
+    options = ["default_hooks.checkpoint.interval=1", "train_cfg.val_interval=100"]
+    run_setup(tool("train_seg.py", SEG_TINY, "--work-dir", first, *seg_data_options(data, 1, *options)))
+    unmount = disk_for_one_more(work, first / "iter_1.pth")
+
+    def check():
+        assert (work / "last_checkpoint").read_text().strip() == str(work / "iter_1.pth")
+        assert_failed_save_left_nothing(work, {}, "iter_2.pth")
+
+    return Case(tool("train_seg.py", SEG_TINY, "--work-dir", work, *seg_data_options(data, 3, *options)),
+                exit_code=1, cleanup=unmount, check=check,
+                names=[f"could not write {work / 'iter_2.pth'}: No space left on device (ENOSPC)",
+                       f"on the file system mounted at {work}",
+                       f"The last good checkpoint is {work / 'iter_1.pth'}"],
+                absent=["Traceback", "unexpected pos"])
+
+
+# 64 steps in one epoch, drop path on (the restored random generator matters), a line per step.
+PREEMPTIBLE = ["data.limit=512", "model.drop_path_rate=0.1"]
+
+
+def signal_after_steps(out: Path, steps: int, sig: int) -> Callable[[subprocess.Popen], None]:
+    """Sends `sig` to the tool once log.jsonl holds `steps` lines: in mid-epoch."""
+    import time
+
+    def during(proc: subprocess.Popen) -> None:
+        log = out / "log.jsonl"
+        while proc.poll() is None and (not log.is_file() or len(log.read_text().splitlines()) < steps):
+            time.sleep(0.02)
+        proc.send_signal(sig)
+
+    return during
+
+
+def assert_checkpoint_at_the_last_logged_step(out: Path) -> dict:
+    """last.pth holds the iteration the preempted run logged last, in mid-epoch (no epoch line)."""
+    import torch
+
+    state = torch.load(out / "last.pth", weights_only=True)
+    records = log_records(out)
+    assert all("loss" in r for r in records), "the preempted run finished an epoch"
+    assert state["iteration"] == records[-1]["iteration"] == len(records), (state["iteration"], records[-1])
+    assert 0 < state["epoch_progress"]["step"] == state["iteration"] < 64 and state["epoch"] == -1
+    return state
+
+
+@bad_input("pretrain_sigterm_mid_epoch_checkpoints_that_step_and_resumes_on_the_same_curve")
+def _(tmp_path):
+    """A scheduler's SIGTERM after 3 of 64 steps: the run finishes its step, writes last.pth at that
+    iteration and exits 143. --resume then continues mid-epoch: its log.jsonl (per-step losses and
+    the epoch's mean) equals the uninterrupted run's exactly."""
+    straight, out = tmp_path / "straight", tmp_path / "run"
+    run_setup(pretrain_cmd(straight, *PREEMPTIBLE))
+
+    def check():
+        assert_checkpoint_at_the_last_logged_step(out)
+        run_setup(pretrain_cmd(out, *PREEMPTIBLE, "--resume"))
+        assert log_records(out) == log_records(straight)
+
+    return Case(pretrain_cmd(out, *PREEMPTIBLE), exit_code=143, absent=["Traceback"], check=check,
+                during=signal_after_steps(out, 3, signal.SIGTERM),
+                names=["SIGTERM received: stopped after iteration",
+                       f"wrote {out / 'last.pth'} at that iteration",
+                       "continue with --resume (exit status 143)"])
+
+
+@bad_input("pretrain_sigusr1_mid_epoch_checkpoints_that_step")
+def _(tmp_path):
+    """SLURM's warning before a time limit (`--signal=USR1@...`) is a preemption notice too."""
+    out = tmp_path / "run"
+    return Case(pretrain_cmd(out, *PREEMPTIBLE), exit_code=143, absent=["Traceback"],
+                during=signal_after_steps(out, 3, signal.SIGUSR1),
+                names=["SIGUSR1 received: stopped after iteration", "(exit status 143)"],
+                check=lambda: assert_checkpoint_at_the_last_logged_step(out))
+
+
+@bad_input("pretrain_bf16_on_a_cpu_without_native_bf16_warns_once_how_to_turn_it_off")
+def _(tmp_path):
+    """amp=bf16 (pretraining's default) where the CPU flags (given in MAE_CPU_FLAGS: this machine
+    has native bf16) are an AVX2-only EPYC's: one warning naming the slowdown's record and amp=none;
+    the run still trains as asked."""
+    from mae_core.precision import CPU_FLAGS_VARIABLE
+
+    out = tmp_path / "run"
+    return Case(pretrain_cmd(out, "amp=bf16"), exit_code=0, env={CPU_FLAGS_VARIABLE: "fpu sse2 avx avx2 fma"},
+                names=["bf16 autocast was asked for, but this CPU has no native bf16",
+                       "docs/robustness.md", "To train in fp32, set amp=none"],
+                check=lambda: assert_checkpoints_finite(out))
+
+
 # ---------------------------------------------------------------- the test
 
 
@@ -968,9 +1198,25 @@ def _(tmp_path):
 @pytest.mark.parametrize("row", sorted(ROWS))
 def test_bad_input_stops_loudly_naming_the_fault(row, tmp_path):
     case = ROWS[row](tmp_path)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(case.cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=case.timeout)
-    output = proc.stdout + proc.stderr
+    try:
+        run_case(row, case)
+    finally:
+        if case.cleanup is not None:
+            case.cleanup()
+
+
+def run_case(row: str, case: Case) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **case.env}
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: `during` may wait while it fills
+        proc = subprocess.Popen(case.cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            if case.during is not None:
+                case.during(proc)
+            proc.wait(timeout=case.timeout)
+        finally:
+            proc.kill()
+        log.seek(0)
+        output = log.read()
     if case.exit_code is None:
         assert proc.returncode != 0, f"{row}: exit 0 on bad input\n{output[-3000:]}"
     else:

@@ -42,6 +42,18 @@ def test_interleaved_rounds_rotate_the_order_and_pair_ratios_by_round():
     assert paired_ratio(slow, fast) == 2.0  # per-round ratios 2, 3, 2
 
 
+def test_interleaved_rounds_say_which_case_runs_before_it_runs():
+    """A round of slow cases (emulated bf16 on a small CPU) shows progress: a line as each case
+    starts, so the last line names the case the benchmark is in."""
+    lines = []
+    cases = {name: (lambda n=name: lines.append(f"ran {n}")) for name in "ab"}
+    interleaved_medians(cases, torch.device("cpu"), rounds=2, warmup=1, log=lines.append)
+    started = [line for line in lines if line.endswith("...") or line.startswith("ran")]
+    assert started == ["  warm-up 1/1: a ...", "ran a", "  warm-up 1/1: b ...", "ran b",
+                       "  round 1/2: a ...", "ran a", "  round 1/2: b ...", "ran b",
+                       "  round 2/2: b ...", "ran b", "  round 2/2: a ...", "ran a"]
+
+
 @pytest.mark.slow
 def test_toolkit_and_hugging_face_losses_agree_before_timing():
     from benchmarks.pretrain import CONFIGS, build_models, check_numerics

@@ -87,6 +87,6 @@ def test_segmentation_finds_missing_and_resized_label_maps_and_the_class_count(t
     assert "label map" in proc.stderr and "is 10x10 (height x width), but its image is 72x96" in proc.stderr
     # training's own refusal (segmentation.data.check_head_classes)
     assert ("model.decode_head.num_classes=5 but the training set "
-            f"(SegFolderDataset at {tmp_path}) has 3 classes (background, square, disc)") in proc.stderr
+            f"(SegFolderDataset at {tmp_path}) has 3 classes") in proc.stderr
     summary = proc.stdout.replace(f"{tmp_path}/images/training: ", "")
     assert "train_dataloader: 3 images, 2 label maps" in summary

@@ -27,7 +27,7 @@ from torch import nn
 
 import segmentation
 from mae_core.backbone import ViTBackbone
-from mae_core.checkpoint import CheckpointError, IncompleteLoadError, save_checkpoint
+from mae_core.checkpoint import CheckpointError, CheckpointWriteError, IncompleteLoadError, save_checkpoint
 from mae_core.mae import create_mae
 from mae_core.vit import get_arch
 from segmentation import (
@@ -339,9 +339,12 @@ def test_atomic_backend_never_leaves_a_partial_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
+    (tmp_path / "last_checkpoint").write_text(str(target))  # CheckpointHook's record of the last save
+    with pytest.raises(CheckpointWriteError, match=f"could not write {target}: disk full") as err:
         backend.put(b"new", target)
-    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["iter_1.pth"]
+    assert f"The last good checkpoint is {target}" in str(err.value)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_1.pth", "last_checkpoint"]
 
 
 @pytest.mark.parametrize(

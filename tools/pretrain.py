@@ -7,6 +7,9 @@
     python tools/pretrain.py --config ... --resume          # continue from <output_dir>/last.pth
                                                             # (or start fresh when there is none)
     python tools/pretrain.py --config ... --overwrite       # replace the run in output_dir
+
+SIGTERM or SIGUSR1 (a scheduler's preemption notice) ends the run after its current step with
+last.pth written at that step and exit status 143; `--resume` continues on the same curve.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from mae_core.checkpoint import CheckpointError, NonFiniteError
 from mae_core.config import ConfigError, load_pretrain_config, override, parse_overrides
 from mae_core.data import DatasetNotFoundError, ImageReadError
 from mae_core.engine import LAST_CHECKPOINT, pretrain
+from mae_core.preemption import PREEMPTED_EXIT, ignore_preemption_signals
 
 # Errors whose message says everything; anything else keeps its traceback.
 USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, ImageReadError, NonFiniteError)
@@ -58,6 +62,13 @@ def main(argv=None) -> int:
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if result.preempted_by:
+        ignore_preemption_signals()  # its checkpoint is written: a launcher's teardown may not cut the exit
+        if main_process:
+            print(f"pretrain.py: preempted by {result.preempted_by} after iteration {result.iteration}; "
+                  f"{config.output_dir}/{LAST_CHECKPOINT} holds that iteration: continue with --resume "
+                  f"(exit status {PREEMPTED_EXIT})", file=sys.stderr)
+        return PREEMPTED_EXIT
     if main_process:
         logging.getLogger("pretrain").info("finished epoch %d (%d steps); checkpoints in %s",
                                            result.epoch, result.iteration, config.output_dir)
