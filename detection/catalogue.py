@@ -5,12 +5,16 @@ its backbone by name with everything else unchanged:
     model.backbone = L(DetectronCatalogueBackbone)(name="vit_mae", checkpoint="pretrain.pth",
                                                    options=dict(arch="vit_toy_patch4", img_size=128))
 
-Outputs p2-p6 (strides 4-64, `out_channels` wide), the levels ViTDet's Mask R-CNN heads read.
+Outputs p2-p6 (strides 4-64, `out_channels` wide), the levels ViTDet's Mask R-CNN heads read; the
+heads' input widths follow `out_channels` as the tools load a config (`fit_heads_to_backbone`).
 (segmentation.catalogue.MMSegCatalogueBackbone is its MMSegmentation twin: p2-p5 as a tuple.)"""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from detection.backbone import PyramidOutputs
@@ -49,4 +53,32 @@ class DetectronCatalogueBackbone(PyramidOutputs):
         return self.body(images)
 
 
-__all__ = ["DetectronCatalogueBackbone"]
+# The Mask R-CNN inputs that read the pyramid, each as wide as its levels (ViTDet's configs: 256).
+HEAD_WIDTH_KEYS = (
+    "proposal_generator.head.in_channels",
+    "roi_heads.box_head.input_shape.channels",
+    "roi_heads.mask_head.input_shape.channels",
+)
+
+
+def fit_heads_to_backbone(cfg) -> list[str]:
+    """With `DetectronCatalogueBackbone`, sets the RPN head's and the box and mask heads' input
+    widths to its `out_channels`: Detectron2's LazyConfigs state them instead of reading the
+    backbone's `output_shape()`, so a catalogue backbone of another width would otherwise fail to
+    build. Returns what changed, `key: old -> new`, for the log; other backbones are left alone."""
+    backbone = cfg.model.get("backbone") or {}
+    target = backbone.get("_target_")
+    cls = DetectronCatalogueBackbone
+    if target is not cls and target != f"{cls.__module__}.{cls.__qualname__}":
+        return []
+    width = backbone.get("out_channels", inspect.signature(cls).parameters["out_channels"].default)
+    changed = []
+    for key in HEAD_WIDTH_KEYS:
+        old = OmegaConf.select(cfg.model, key)
+        if old is not None and old != width:
+            OmegaConf.update(cfg.model, key, width)
+            changed.append(f"model.{key}: {old} -> {width}")
+    return changed
+
+
+__all__ = ["DetectronCatalogueBackbone", "HEAD_WIDTH_KEYS", "fit_heads_to_backbone"]

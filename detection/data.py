@@ -44,6 +44,7 @@ from detectron2.utils import comm
 from omegaconf import OmegaConf
 
 from mae_core.data import ConversionNotes, read_image
+from mae_core.datacheck import SplitReport, image_problems
 from mae_core.errors import UserError
 
 
@@ -58,18 +59,27 @@ def check_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLike)
     drops it and the mask head then fails in a data-loader worker), a box that is not [x, y, w, h]."""
     json_file, image_root = Path(json_file), Path(image_root)
     coco = _read_coco_json(json_file)
-    for key in ("images", "annotations"):
-        if not isinstance(coco.get(key), list):
-            raise CocoDatasetError(f"{json_file}: expected a list under {key!r} (COCO instances format)")
-
-    image_files = {}
-    for img in coco["images"]:
+    for img in _listed_images(coco, json_file):
         path = image_root / img["file_name"]
         if not path.is_file():
             raise CocoDatasetError(
                 f"{json_file}: image id {img['id']} names {img['file_name']!r}, but {path} does not exist"
             )
-        image_files[img["id"]] = img["file_name"]
+    check_coco_annotations(coco, json_file)
+    return coco
+
+
+def _listed_images(coco: dict, json_file: Path) -> list[dict]:
+    for key in ("images", "annotations"):
+        if not isinstance(coco.get(key), list):
+            raise CocoDatasetError(f"{json_file}: expected a list under {key!r} (COCO instances format)")
+    return coco["images"]
+
+
+def check_coco_annotations(coco: dict, json_file: str | os.PathLike) -> None:
+    """The annotation part of `check_coco_json` (the image files aside): each annotation names a
+    listed image and category and has a usable box and segmentation."""
+    image_files = {img["id"]: img["file_name"] for img in _listed_images(coco, Path(json_file))}
     category_ids = {c["id"] for c in coco["categories"]}
     for ann in coco["annotations"]:
         where = (
@@ -107,7 +117,6 @@ def check_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLike)
                         f"{where} has a polygon with {len(poly)} coordinates; a polygon needs an even "
                         "number of coordinates and at least three points (6 numbers)"
                     )
-    return coco
 
 
 def _read_coco_json(json_file: Path) -> dict:
@@ -250,6 +259,56 @@ def _listed(cats: list[tuple[int, str]], n: int = 10) -> str:
     return shown + (f", ... {len(cats) - n} more" if len(cats) > n else "")
 
 
+def check_data_tree(cfg) -> tuple[list[SplitReport], list[str]]:
+    """The data check of `tools/check_data.py` for a detection config: per split (the config's
+    `dataloader.{train,test}.dataset`), the image, annotation and category counts and every missing,
+    unreadable or wrongly sized image and broken annotation; then, across splits, the refusals
+    training would give (`check_categories`: the model's class count, the same categories in both
+    jsons). Returns (reports, problems of no one split)."""
+    reports = [_check_split(split, cfg.dataloader[split].dataset) for split in ("train", "test")]
+    if any(report.classes is None for report in reports):
+        return reports, []  # a json that cannot be read is already reported
+    try:
+        check_categories(cfg, training=True)
+    except CocoDatasetError as exc:
+        return reports, [str(exc)]
+    return reports, []
+
+
+def _check_split(split: str, dataset) -> SplitReport:
+    json_file, image_root = _dataset_files(dataset)
+    report = SplitReport(split, json_file)
+    try:
+        coco = _read_coco_json(Path(json_file))
+        images = _listed_images(coco, Path(json_file))
+    except CocoDatasetError as exc:
+        report.problems.append(str(exc))
+        return report
+    report.images, report.annotations, report.classes = (
+        len(images), len(coco["annotations"]), len(coco["categories"]))
+    report.problems += image_problems(
+        (Path(image_root) / img["file_name"], (img["height"], img["width"]) if "height" in img else None)
+        for img in images
+    )
+    try:
+        check_coco_annotations(coco, json_file)
+    except CocoDatasetError as exc:
+        report.problems.append(str(exc))
+    return report
+
+
+def _dataset_files(dataset) -> tuple[str, str]:
+    """(json, image folder) of a config's dataset node: its own files, or those Detectron2
+    registered under its name (`coco_2017_*` under `$DETECTRON2_DATASETS/coco`)."""
+    if dataset.get("json_file") is not None:
+        return str(dataset.json_file), str(dataset.image_root)
+    meta = MetadataCatalog.get(dataset.name)
+    if meta.get("json_file") is None:
+        raise CocoDatasetError(
+            f"dataset {dataset.name!r} is not registered; give its json_file and image_root")
+    return meta.json_file, meta.image_root
+
+
 DETECTION_FORMATS = ("RGB", "BGR")
 
 
@@ -362,7 +421,9 @@ __all__ = [
     "ScaleAwareDatasetMapper",
     "categories",
     "check_categories",
+    "check_coco_annotations",
     "check_coco_json",
+    "check_data_tree",
     "coco_dataset",
     "lsj_augmentations",
     "read_detection_image",

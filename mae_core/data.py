@@ -109,16 +109,18 @@ def read_image(path: str | os.PathLike, in_chans: int, notes: ConversionNotes | 
     return tensor
 
 
-def check_image_scale(path: str | os.PathLike) -> None:
+def check_image_scale(path: str | os.PathLike) -> tuple[int, int]:
     """Refuses, as `read_image` does, an image whose pixels have no standard scale (32-bit integer
     or float grey), reading only its header: for loaders other than `read_image` (MMSegmentation's,
-    whose OpenCV cannot decode them), so every path refuses them with the same message."""
+    whose OpenCV cannot decode them), so every path refuses them with the same message. Returns
+    the image's (height, width), which the data check compares with its annotations."""
     try:
         with Image.open(path) as img:
-            mode = img.mode
+            mode, (width, height) = img.mode, img.size
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
     _refuse_unscaled(path, mode)
+    return height, width
 
 
 def _refuse_unscaled(path, mode: str) -> None:

@@ -2,11 +2,13 @@
 picks its backbone by name with the head unchanged:
 
     custom_imports = dict(imports=["segmentation", "segmentation.catalogue"])
-    model = dict(backbone=dict(type="MMSegCatalogueBackbone", name="resnet50_fpn"), neck=None,
-                 decode_head=dict(in_channels=[256] * 4, in_index=[0, 1, 2, 3], ...))
+    model = dict(backbone=dict(_delete_=True, type="MMSegCatalogueBackbone", name="resnet50_fpn"),
+                 neck=None)
 
 Returns the pyramid levels p2-p5 (strides 4-32, `out_channels` wide) as a tuple, the four inputs
-UPerHead expects; the pyramid is part of the backbone, so the config has no neck.
+UPerHead expects; the pyramid is part of the backbone, so the config has no neck. The heads'
+`in_channels` follow the backbone (`fit_heads_to_backbone`, applied as the tools load a config), so
+a ViT config's 768-wide heads need no edit.
 (detection.catalogue.DetectronCatalogueBackbone is its Detectron2 twin: p2-p6 as a dict.)"""
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from torch import nn
 
 from mae_core.catalogue import build_pyramid
 
+from .data import model_heads
+
 LEVELS = ("p2", "p3", "p4", "p5")
+DEFAULT_OUT_CHANNELS = 256
 
 
 @MODELS.register_module()
@@ -36,7 +41,7 @@ class MMSegCatalogueBackbone(nn.Module):
             `dict(arch="vit_base_patch16", img_size=512)`.
     """
 
-    def __init__(self, name: str, checkpoint: str | None = None, out_channels: int = 256,
+    def __init__(self, name: str, checkpoint: str | None = None, out_channels: int = DEFAULT_OUT_CHANNELS,
                  options: dict | None = None):
         super().__init__()
         self.body = build_pyramid(name, checkpoint, out_channels, **(options or {}))
@@ -56,4 +61,24 @@ class MMSegCatalogueBackbone(nn.Module):
         return tuple(levels[level][..., :ch, :cw] for level, (ch, cw) in zip(LEVELS, cells, strict=True))
 
 
-__all__ = ["MMSegCatalogueBackbone"]
+def fit_heads_to_backbone(cfg) -> list[str]:
+    """With `MMSegCatalogueBackbone`, every head reads pyramid levels `out_channels` wide: sets the
+    decode and auxiliary heads' `in_channels` to that width (a list per level for a head that reads
+    several), so that swapping a config's ViT for a catalogue backbone keeps the recipe's heads and
+    needs no width edit. Returns what changed, `key: old -> new`, for the log; other backbones
+    are left alone."""
+    backbone = cfg.model.get("backbone") or {}
+    if backbone.get("type") != "MMSegCatalogueBackbone":
+        return []
+    width = backbone.get("out_channels", DEFAULT_OUT_CHANNELS)
+    changed = []
+    for key, head in model_heads(cfg.model):
+        levels = head.get("in_index", 0)
+        fitted = [width] * len(levels) if isinstance(levels, (list, tuple)) else width
+        if head.get("in_channels") != fitted:
+            changed.append(f"{key}.in_channels: {head.get('in_channels')} -> {fitted}")
+            head.in_channels = fitted
+    return changed
+
+
+__all__ = ["DEFAULT_OUT_CHANNELS", "MMSegCatalogueBackbone", "fit_heads_to_backbone"]

@@ -15,12 +15,14 @@ import os.path as osp
 
 import numpy as np
 from mmcv.transforms import LoadImageFromFile
+from mmengine.registry import DefaultScope
 from mmseg.datasets import ADE20KDataset, BaseSegDataset
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import DATASETS, TRANSFORMS
 
 from mae_core.checkpoint import few_names
-from mae_core.data import check_image_scale
+from mae_core.data import ImageReadError, check_image_scale
+from mae_core.datacheck import SplitReport, image_problems, shown
 from mae_core.errors import UserError
 
 
@@ -51,6 +53,17 @@ class SegFolderDataset(BaseSegDataset):
             )
 
     def load_data_list(self) -> list[dict]:
+        data_list = self.listed_samples()
+        missing = missing_label_maps(data_list)
+        if missing:
+            raise DatasetError(missing[0])
+        num_classes = len(self._metainfo["classes"])
+        for info in data_list:
+            info.update(num_classes=num_classes, ignore_index=self.ignore_index)
+        return data_list
+
+    def listed_samples(self) -> list[dict]:
+        """mmseg's list of (image, label map) pairs, once both folders exist and hold images."""
         for key in ("img_path", "seg_map_path"):
             folder = self.data_prefix.get(key)
             if folder and not osp.isdir(folder):
@@ -61,13 +74,16 @@ class SegFolderDataset(BaseSegDataset):
         data_list = super().load_data_list()
         if not data_list:
             raise DatasetError(f"no *{self.img_suffix} images in {self.data_prefix.get('img_path')}")
-        num_classes = len(self._metainfo["classes"])
-        for info in data_list:
-            seg_map = info.get("seg_map_path")
-            if seg_map is not None and not osp.isfile(seg_map):
-                raise DatasetError(f"annotation file {seg_map} for image {info['img_path']} does not exist")
-            info.update(num_classes=num_classes, ignore_index=self.ignore_index)
         return data_list
+
+
+def missing_label_maps(data_list: list[dict]) -> list[str]:
+    """One line per sample whose label map does not exist."""
+    return [
+        f"annotation file {info['seg_map_path']} for image {info['img_path']} does not exist"
+        for info in data_list
+        if info.get("seg_map_path") is not None and not osp.isfile(info["seg_map_path"])
+    ]
 
 
 @DATASETS.register_module()
@@ -190,3 +206,75 @@ def check_checkpoint_head_widths(state_dict: dict, model, source: str, dataset: 
                 "classes, or load only its backbone (model.pretrained=...)"
             )
 
+
+# The datasets a run reads, by config key, as the class-count refusals name them.
+TRAINING_SETS = {"train_dataloader": "the training set", "val_dataloader": "the validation set"}
+TEST_SETS = {"test_dataloader": "the test set"}
+
+
+def build_unloaded_dataset(dataset_cfg: dict) -> BaseSegDataset:
+    """A config's dataset built without reading its file list (`lazy_init`), in mmseg's registry
+    scope as the Runner builds it: its classes and folders, before any Runner exists."""
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        return DATASETS.build(dict(dataset_cfg, lazy_init=True))
+
+
+def model_heads(model) -> list[tuple[str, dict]]:
+    """(config key, head) of a segmentor config's decode head and every auxiliary head."""
+    heads = [("model.decode_head", model.get("decode_head"))]
+    auxiliary = model.get("auxiliary_head")
+    if isinstance(auxiliary, (list, tuple)):
+        heads += [(f"model.auxiliary_head.{i}", head) for i, head in enumerate(auxiliary)]
+    else:
+        heads.append(("model.auxiliary_head", auxiliary))
+    return [(key, head) for key, head in heads if head]
+
+
+def check_data_tree(cfg) -> tuple[list[SplitReport], list[str]]:
+    """The data check of `tools/check_data.py` for a segmentation config: per dataloader (the test
+    one when it is not the val one), the image and label-map counts and every missing label map,
+    missing or unreadable image or label map, and label map of another size than its image; then
+    the refusal training and testing give for a head whose class count is not the data's
+    (`check_head_classes`). Returns (reports, problems of no one split)."""
+    reports, seen = [], []
+    for loader in {**TRAINING_SETS, **TEST_SETS}:
+        dataset_cfg = cfg.get(loader, {}).get("dataset")
+        if not dataset_cfg or dataset_cfg in seen:
+            continue
+        seen.append(dataset_cfg)
+        reports.append(_check_split(loader, dataset_cfg))
+    try:
+        check_head_classes(cfg, {**TRAINING_SETS, **TEST_SETS})
+    except DatasetError as exc:
+        return reports, [str(exc)]
+    return reports, []
+
+
+def _check_split(loader: str, dataset_cfg: dict) -> SplitReport:
+    dataset = build_unloaded_dataset(dataset_cfg)
+    report = SplitReport(loader, dataset.data_prefix.get("img_path") or str(dataset.data_root),
+                         annotation_kind="label maps", classes=len(dataset.metainfo["classes"]))
+    try:
+        samples = (dataset.listed_samples() if isinstance(dataset, SegFolderDataset)
+                   else dataset.load_data_list())
+    except DatasetError as exc:
+        report.problems.append(str(exc))
+        return report
+    missing = missing_label_maps(samples)
+    report.images, report.annotations = len(samples), len(samples) - len(missing)
+    report.problems += shown(missing)
+    present = [info for info in samples if osp.isfile(info["seg_map_path"])]
+    report.problems += image_problems((info["img_path"], None) for info in samples)
+    report.problems += _label_size_problems(present)
+    return report
+
+
+def _label_size_problems(samples: list[dict]) -> list[str]:
+    """Unreadable label maps, and those of another size than their (readable) image."""
+    pairs = []
+    for info in samples:
+        try:
+            pairs.append((info["seg_map_path"], check_image_scale(info["img_path"])))
+        except ImageReadError:
+            continue  # reported with the images
+    return image_problems(pairs, what="label map", expected_from="its image")

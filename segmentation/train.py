@@ -22,7 +22,8 @@ from mae_core.errors import UserError
 from mae_core.run_folder import RunFolderError, run_folder
 from mae_core.run_record import RUN_FILE, evaluation_record, write_run_record
 
-from .data import check_head_classes
+from .catalogue import fit_heads_to_backbone
+from .data import TEST_SETS, TRAINING_SETS, check_head_classes
 from .engine import adapt_config_to_device, init_cpu_distributed
 from .hooks import HeadWidthHook
 from .overrides import checked_overrides
@@ -59,7 +60,8 @@ def load_mmseg_config(
 ):
     """An mmengine Config prepared as MMSegmentation's tools prepare it (options checked and merged,
     AMP if asked, work_dir from the CLI, else the config, else work_dirs/<config name>), with the
-    non-finite guard, then adapted to this machine."""
+    non-finite guard and, for a catalogue backbone, the heads' widths fitted to it; then adapted
+    to this machine."""
     cfg = Config.fromfile(path)
     cfg.launcher = launcher
     if cfg_options:
@@ -72,6 +74,8 @@ def load_mmseg_config(
     elif cfg.get("work_dir") is None:
         cfg.work_dir = os.path.join("work_dirs", Path(path).stem)
     add_non_finite_guard(cfg)
+    for change in fit_heads_to_backbone(cfg):
+        print_log(f"heads fitted to the catalogue backbone: {change}", logger="current")
     adapt_config_to_device(cfg)
     return cfg
 
@@ -167,11 +171,6 @@ def prepared_config(args: argparse.Namespace, amp: bool = False):
         allow_pickle(cfg)
     start_processes(cfg, args.launcher)
     return cfg
-
-
-# The datasets a run reads, by config key, as the class-count refusals name them.
-TRAINING_SETS = {"train_dataloader": "the training set", "val_dataloader": "the validation set"}
-TEST_SETS = {"test_dataloader": "the test set"}
 
 
 def train(args: argparse.Namespace) -> None:
