@@ -13,6 +13,7 @@ from detectron2.engine import AMPTrainer, SimpleTrainer, default_argument_parser
 from detectron2.utils import comm
 
 from mae_core.checkpoint import CheckpointError
+from mae_core.transfer import trainable_summary
 
 from .data import check_categories, train_loader
 from .engine import AtomicCheckpointer, build_optimizer, evaluate, init_backbone_from_mae, wrap_ddp
@@ -25,6 +26,7 @@ def build_model(cfg):
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
     logger.info(f"Model:\n{model}")
+    logger.info(trainable_summary(model))
     return model
 
 

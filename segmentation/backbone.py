@@ -15,11 +15,12 @@ from mmseg.registry import MODELS
 
 from mae_core.backbone import ViTBackbone
 from mae_core.checkpoint import IncompleteLoadError, load_pretrained
+from mae_core.transfer import FreezableMixin
 from mae_core.vit import get_arch
 
 
 @MODELS.register_module()
-class MAEViT(ViTBackbone):
+class MAEViT(FreezableMixin, ViTBackbone):
     """`arch` names a size (`vit_base_patch16`, `vit_large_patch16`, ...); keyword arguments
     override it. Global attention in every block unless `window_size` is set, as in the MAE
     segmentation recipe. `use_rel_pos` adds relative position biases (zero-initialised) and
@@ -30,7 +31,9 @@ class MAEViT(ViTBackbone):
     layout) loaded in `init_weights`, which the Runner calls before training; mmseg's
     `model.pretrained=...` is forwarded here by `EncoderDecoder`, and mmengine's
     `init_cfg=dict(type="Pretrained", checkpoint=...)` names it too. The checkpoint loads
-    completely or not at all (`load_pretrained`) unless `allow_partial_load=True`."""
+    completely or not at all (`load_pretrained`) unless `allow_partial_load=True`. `freeze=True`
+    fixes the whole ViT (mae_core.transfer: no gradients, no optimizer group, always in eval mode),
+    so only the neck and heads train."""
 
     def __init__(
         self,
@@ -41,6 +44,7 @@ class MAEViT(ViTBackbone):
         allow_pickle: bool = False,
         init_cfg: dict | None = None,
         allow_partial_load: bool = False,
+        freeze: bool = False,
         **kwargs,
     ):
         spec = get_arch(arch).to_dict()
@@ -55,6 +59,7 @@ class MAEViT(ViTBackbone):
         self.pretrained = _one_checkpoint(pretrained, init_cfg)
         self.allow_pickle = allow_pickle
         self.allow_partial_load = allow_partial_load
+        self.set_frozen(freeze)
 
     def init_weights(self) -> None:
         super().init_weights()

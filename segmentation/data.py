@@ -15,11 +15,13 @@ import os.path as osp
 
 import numpy as np
 from mmcv.transforms import LoadImageFromFile
+from mmengine.logging import print_log
 from mmseg.datasets import ADE20KDataset, BaseSegDataset
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import DATASETS, TRANSFORMS
 
 from mae_core.data import check_image_scale
+from mae_core.transfer import label_subset
 
 
 class DatasetError(ValueError):
@@ -30,9 +32,15 @@ class DatasetError(ValueError):
 class SegFolderDataset(BaseSegDataset):
     """Image / label-PNG pairs with their own `metainfo=dict(classes=..., palette=...)`.
 
-    reduce_zero_label: label 0 means "unlabelled" and class k is stored as k + 1 (ADE20K)."""
+    reduce_zero_label: label 0 means "unlabelled" and class k is stored as k + 1 (ADE20K).
+    label_fraction / label_count, subset_seed: train on a labelled subset only
+    (mae_core.transfer.label_subset of the image file stems: nested across fractions, the same for
+    every backbone and training seed)."""
 
-    def __init__(self, img_suffix: str = ".jpg", seg_map_suffix: str = ".png", **kwargs):
+    def __init__(self, img_suffix: str = ".jpg", seg_map_suffix: str = ".png",
+                 label_fraction: float | None = None, label_count: int | None = None, subset_seed: int = 0,
+                 **kwargs):
+        self.label_fraction, self.label_count, self.subset_seed = label_fraction, label_count, subset_seed
         super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, **kwargs)
         if not self._metainfo.get("classes"):
             raise DatasetError(
@@ -56,7 +64,19 @@ class SegFolderDataset(BaseSegDataset):
             if seg_map is not None and not osp.isfile(seg_map):
                 raise DatasetError(f"annotation file {seg_map} for image {info['img_path']} does not exist")
             info.update(num_classes=num_classes, ignore_index=self.ignore_index)
-        return data_list
+        return self.labelled_subset(data_list)
+
+    def labelled_subset(self, data_list: list[dict]) -> list[dict]:
+        """`data_list` reduced to the labelled subset, when one is asked for (logged with its size)."""
+        if self.label_fraction is None and self.label_count is None:
+            return data_list
+        stems = [osp.splitext(osp.basename(info["img_path"]))[0] for info in data_list]
+        keep = set(label_subset(stems, self.label_fraction, self.label_count, self.subset_seed))
+        subset = [info for info, stem in zip(data_list, stems, strict=True) if stem in keep]
+        print_log(f"{type(self).__name__}: labelled subset of {len(subset)} of {len(data_list)} images "
+                  f"(label_fraction={self.label_fraction}, label_count={self.label_count}, "
+                  f"subset_seed={self.subset_seed})", logger="current")
+        return subset
 
 
 @DATASETS.register_module()

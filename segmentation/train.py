@@ -20,6 +20,7 @@ from mmengine.runner import Runner
 
 from mae_core.checkpoint import CheckpointError
 from mae_core.data import ImageReadError
+from mae_core.transfer import SubsetError, trainable_summary
 
 from .data import DatasetError
 from .engine import adapt_config_to_device, init_cpu_distributed
@@ -109,7 +110,7 @@ def check_batch_for_pooling_norm(cfg, world_size: int) -> None:
 
 # What the tools turn into a one-line error instead of a traceback.
 TOOL_ERRORS = (BatchTooSmallError, CheckpointError, ConfigOverrideError, DatasetError, ImageReadError,
-               NonFiniteError)
+               NonFiniteError, SubsetError)
 
 
 @contextlib.contextmanager
@@ -131,6 +132,7 @@ def train(args: argparse.Namespace) -> None:
     init_cpu_distributed(args.launcher)
     cfg.resume = args.resume
     runner = Runner.from_cfg(cfg)  # starts the process group: the world size is known from here
+    print_log(trainable_summary(runner.model), logger="current")
     check_batch_for_pooling_norm(cfg, get_world_size())
     runner.train()
 
