@@ -46,7 +46,7 @@ from detectron2.utils import comm
 from omegaconf import OmegaConf
 
 from mae_core.data import ConversionNotes, read_image
-from mae_core.transfer import label_subset
+from mae_core.transfer import SubsetError, label_subset
 
 
 class CocoDatasetError(ValueError):
@@ -184,7 +184,10 @@ def coco_dataset(
 def labelled_subset(dicts: list[dict], fraction: float | None, count: int | None, seed: int) -> list[dict]:
     """The dataset dicts of the images `mae_core.transfer.label_subset` picks by COCO image id
     (nested across fractions, the same for every backbone and training seed), logged with its size."""
-    keep = set(label_subset((d["image_id"] for d in dicts), fraction, count, seed))
+    try:
+        keep = set(label_subset((d["image_id"] for d in dicts), fraction, count, seed))
+    except SubsetError as exc:
+        raise CocoDatasetError(f"dataloader.train.dataset: {exc}") from exc
     subset = [d for d in dicts if d["image_id"] in keep]
     logging.getLogger("detection").info(
         f"labelled subset: {len(subset)} of {len(dicts)} images (label_fraction={fraction}, "

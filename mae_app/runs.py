@@ -8,6 +8,8 @@ A run is described by `run.json` in its folder:
      "backbone_kwargs": {...}, "checkpoint": "...", "img_size": 128, "batch_size": 2,
      "mask_ratio": 0.75, "masking": "block",   # optional, for pretraining sweeps
      "pretrain_dir": "...",             # optional: the MAE pretraining, for its speed and extra parameters
+     "label_fraction": 0.1, "subset_seed": 0,  # optional: a labelled subset (else every label)
+     "frozen": true,                    # optional: the backbone fixed (linear / head-only transfer)
      "split": "heldout",                # optional: an evaluation on the demo's held-out scenes (else val)
      "box_AP": ..., "mask_AP": ..., "mIoU": ..., "knn_acc": ..., "linear_acc": ...}
 Metrics that are absent are read from the folder; params, FLOPs and latency are measured on the

@@ -21,7 +21,7 @@ from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import DATASETS, TRANSFORMS
 
 from mae_core.data import check_image_scale
-from mae_core.transfer import label_subset
+from mae_core.transfer import SubsetError, label_subset
 
 
 class DatasetError(ValueError):
@@ -71,7 +71,10 @@ class SegFolderDataset(BaseSegDataset):
         if self.label_fraction is None and self.label_count is None:
             return data_list
         stems = [osp.splitext(osp.basename(info["img_path"]))[0] for info in data_list]
-        keep = set(label_subset(stems, self.label_fraction, self.label_count, self.subset_seed))
+        try:
+            keep = set(label_subset(stems, self.label_fraction, self.label_count, self.subset_seed))
+        except SubsetError as exc:
+            raise DatasetError(f"{self.data_prefix.get('img_path')}: {exc}") from exc
         subset = [info for info, stem in zip(data_list, stems, strict=True) if stem in keep]
         print_log(f"{type(self).__name__}: labelled subset of {len(subset)} of {len(data_list)} images "
                   f"(label_fraction={self.label_fraction}, label_count={self.label_count}, "

@@ -20,7 +20,7 @@ from mmengine.runner import Runner
 
 from mae_core.checkpoint import CheckpointError
 from mae_core.data import ImageReadError
-from mae_core.transfer import SubsetError, trainable_summary
+from mae_core.transfer import trainable_summary
 
 from .data import DatasetError
 from .engine import adapt_config_to_device, init_cpu_distributed
@@ -110,7 +110,7 @@ def check_batch_for_pooling_norm(cfg, world_size: int) -> None:
 
 # What the tools turn into a one-line error instead of a traceback.
 TOOL_ERRORS = (BatchTooSmallError, CheckpointError, ConfigOverrideError, DatasetError, ImageReadError,
-               NonFiniteError, SubsetError)
+               NonFiniteError)
 
 
 @contextlib.contextmanager

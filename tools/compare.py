@@ -13,6 +13,8 @@ A run is described by `run.json` in its folder:
     {"task": "det" | "seg" | "cls", "backbone": "vit_mae", "seed": 0,
      "backbone_kwargs": {...}, "checkpoint": "...", "img_size": 128, "batch_size": 2,
      "mask_ratio": 0.75,                # optional, for pretraining sweeps
+     "label_fraction": 0.1, "subset_seed": 0,  # optional: a labelled subset (else every label)
+     "frozen": true,                    # optional: the backbone fixed (linear / head-only transfer)
      "split": "heldout",                # optional: an evaluation on held-out data, beside val
      "box_AP": ..., "mask_AP": ..., "mIoU": ..., "knn_acc": ..., "linear_acc": ...}
 Absent metrics are read from the logs in the folder (mae_app/runs.py); params, FLOPs and latency
