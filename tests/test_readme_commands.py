@@ -1,8 +1,9 @@
-"""Every command the README shows still works: each is run in a cheap form, so a renamed tool, a
-removed flag, a missing config file or a config key that no longer exists fails here.
+"""Every command the README and the docs (docs/*.md) show still works: each is run in a cheap form,
+so a renamed tool, a removed flag, a missing config file or a config key that no longer exists
+fails here; and every doc is linked from the README, its entry point.
 
-Commands are the lines of the README's ```bash blocks (continuations joined, comments dropped)
-and its inline code spans that start like a command. The cheap forms:
+Commands are the lines of the ```bash blocks (continuations joined, comments dropped) and the
+inline code spans that start like a command. The cheap forms:
 
 - `make TARGET`: `make -n TARGET` (the target exists; nothing runs);
 - `python -m MODULE`: the module is importable;
@@ -27,6 +28,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+DOCS = sorted((REPO / "docs").glob("*.md"))
 PYTHONS = ("python", ".venv/bin/python", "python3")
 STARTS = (*PYTHONS, "torchrun", "make")
 
@@ -102,16 +104,29 @@ def readme_commands(text: str) -> list[str]:
     return list(dict.fromkeys(commands + _inline_spans(text)))
 
 
-COMMANDS = readme_commands(README.read_text())
+README_COMMANDS = readme_commands(README.read_text())
+DOC_COMMANDS = [c for doc in DOCS for c in readme_commands(doc.read_text())]
+COMMANDS = list(dict.fromkeys(README_COMMANDS + DOC_COMMANDS))
 
 
 def test_the_readme_commands_are_found():
-    """The extraction itself: every tool the README's code blocks invoke, and the two make targets."""
-    tools = {Path(w).name for c in COMMANDS for w in shlex.split(c) if w.endswith(".py")}
+    """The extraction itself: every tool the README's code blocks invoke, and the two make targets;
+    the docs add commands of their own."""
+    tools = {Path(w).name for c in README_COMMANDS for w in shlex.split(c) if w.endswith(".py")}
     assert {"pretrain.py", "visualize_mae.py", "train_det.py", "infer_det.py", "train_seg.py",
-            "test_seg.py", "demo.py"} <= tools
-    assert "make demo" in COMMANDS and "make test" in COMMANDS
-    assert any("--cfg-options" in c and c.endswith(".pth") for c in COMMANDS)  # continuation joined
+            "test_seg.py", "demo.py", "compare.py"} <= tools
+    assert "make demo" in README_COMMANDS and "make test" in README_COMMANDS
+    assert any("--cfg-options" in c and c.endswith(".pth") for c in README_COMMANDS)  # continuation joined
+    doc_tools = {Path(w).name for c in DOC_COMMANDS for w in shlex.split(c) if w.endswith(".py")}
+    assert {"bench_pretrain.py", "bench_backbone.py", "bench_demo_epoch.py", "train_det.py"} <= doc_tools
+
+
+def test_every_doc_is_linked_from_the_readme():
+    """The README is the entry point: a doc it does not link is a doc nobody finds."""
+    linked = set(re.findall(r"\]\((docs/[^)#\s]+\.md)(?:#[^)]*)?\)", README.read_text()))
+    assert DOCS, "no docs/*.md found"
+    unlinked = [f"docs/{doc.name}" for doc in DOCS if f"docs/{doc.name}" not in linked]
+    assert not unlinked, f"docs the README does not link: {unlinked}"
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
