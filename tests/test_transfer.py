@@ -236,3 +236,46 @@ def test_real_size_frozen_configs_freeze_the_vit_and_keep_drop_path_off():
     assert seg.model.backbone["freeze"] is True and seg.model.backbone.drop_path_rate == 0.0
     assert seg.model.decode_head.type == "LinearHead" and seg.model.decode_head.in_channels == 768
     assert seg.model.neck is None and seg.model.auxiliary_head is None
+
+
+# --- The report's curves ----------------------------------------------------------------------------------
+
+
+def test_report_shows_each_metric_against_the_fraction_with_a_verdict_per_fraction(tmp_path):
+    from mae_app.report import write_report
+
+    def run(backbone, seed, miou, fraction=None, frozen=None):
+        protocol = {"label_fraction": fraction} if fraction else {}
+        return {
+            "task": "seg",
+            "backbone": backbone,
+            "seed": seed,
+            "mIoU": miou,
+            "source": "x",
+            **protocol,
+            **({"frozen": frozen} if frozen is not None else {}),
+        }
+
+    runs = []
+    for seed, noise in enumerate((0.0, 0.4, -0.4)):
+        runs += [run("vit_mae", seed, 21 + noise), run("vit_random", seed, 20.8 - noise)]  # the main demo
+        runs += [run("vit_mae", seed, 15 + noise, 0.1), run("vit_random", seed, 10 + noise, 0.1)]
+        for fraction in (0.1, 1.0):
+            runs += [
+                run("vit_mae", seed, 12 + noise, fraction, True),
+                run("vit_random", seed, 12 - noise, fraction, True),
+                run("vit_supervised", seed, 14 + noise, fraction, True),
+            ]
+    text = write_report(runs, tmp_path).read_text()
+    main, curves = text.split("## Label efficiency and frozen backbones")
+    assert "(frozen)" not in main.split("## Runs")[0]  # main tables: every label, fine-tuned only
+    assert "| vit_mae | 0, 1, 2 | 21.0 ± 0.4 |" in main
+    assert "| backbone | 10 % | 100 % |" in curves
+    assert "| vit_mae | 15.0 ± 0.4 (n=3) | 21.0 ± 0.4 (n=3) |" in curves
+    assert "| vit_mae (frozen) | 12.0 ± 0.4 (n=3) | 12.0 ± 0.4 (n=3) |" in curves
+    assert (
+        "| vit_mae vs vit_random | +5.0 (2 SE 0.7): **ahead** | +0.2 (2 SE 0.7): does not separate |"
+        in curves
+    )
+    assert "| vit_mae (frozen) vs vit_supervised (frozen) | -2.0 (2 SE 0.7): **behind** |" in curves
+    assert (tmp_path / "seg_label_efficiency.png").is_file()
