@@ -76,15 +76,14 @@ def curves_section(runs: list[dict], out: Path) -> list[str]:
             lines += [f"| {row} | " + " | ".join(
                 f"{cell(table[row].get(f, []), digits)} (n={len(table[row].get(f, []))})" if table[row].get(f)
                 else "—" for f in fractions) + " |" for row in table]
-            lines += ["", head.format("comparison"), rule]
+            verdicts = []
             for row in [r for r in table if r.startswith("vit_mae")]:
                 suffix = row[len(row.split(" ")[0]):]
-                for reference in (ref + suffix for ref in REFERENCES):
-                    if reference not in table:
-                        continue
+                for reference in (ref + suffix for ref in REFERENCES if ref + suffix in table):
                     cells = [verdict_cell(separation(table[row][f], table[reference][f]), digits)
                              if table[row].get(f) and table[reference].get(f) else "—" for f in fractions]
-                    lines.append(f"| {row} vs {reference} | " + " | ".join(cells) + " |")
+                    verdicts.append(f"| {row} vs {reference} | " + " | ".join(cells) + " |")
+            lines += ["", head.format("comparison"), rule, *verdicts] if verdicts else []
             lines.append("")
         path = plot_curves(tables, metrics, out / f"{task}_label_efficiency.png")
         lines += [f"![{task} against the labelled fraction]({path.name})", ""]
