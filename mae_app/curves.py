@@ -30,8 +30,11 @@ def is_default_protocol(run: dict) -> bool:
     return protocol(run) == tuple(PROTOCOL_DEFAULTS.values())
 
 
+FROZEN = " (frozen)"
+
+
 def curve_row(run: dict) -> str:
-    return run["row"] + (" (frozen)" if protocol(run)[1] else "")
+    return run["row"] + (FROZEN if protocol(run)[1] else "")
 
 
 def percent(fraction: float) -> str:
@@ -78,7 +81,7 @@ def curves_section(runs: list[dict], out: Path) -> list[str]:
                 else "—" for f in fractions) + " |" for row in table]
             verdicts = []
             for row in [r for r in table if r.startswith("vit_mae")]:
-                suffix = row[len(row.split(" ")[0]):]
+                suffix = FROZEN if row.endswith(FROZEN) else ""  # the same protocol
                 for reference in (ref + suffix for ref in REFERENCES if ref + suffix in table):
                     cells = [verdict_cell(separation(table[row][f], table[reference][f]), digits)
                              if table[row].get(f) and table[reference].get(f) else "—" for f in fractions]
@@ -106,7 +109,7 @@ def plot_curves(tables: dict, metrics, path: Path) -> Path:
         for i, (row, by_fraction) in enumerate(sorted(tables[metric].items())):
             xs = sorted(by_fraction)
             means, stds = zip(*(spread(by_fraction[x]) for x in xs), strict=True)
-            style = "--" if row.endswith("(frozen)") else "-"
+            style = "--" if row.endswith(FROZEN) else "-"
             ax.errorbar([100 * x for x in xs], means, yerr=stds, marker="o", capsize=4, linestyle=style,
                         color=f"C{i}", label=row)
             for x in xs:

@@ -246,6 +246,8 @@ def test_report_shows_each_metric_against_the_fraction_with_a_verdict_per_fracti
 
     def run(backbone, seed, miou, fraction=None, frozen=None):
         protocol = {"label_fraction": fraction} if fraction else {}
+        if backbone == "vit_mae":  # a pretraining's settings join its row's name
+            protocol["mask_ratio"] = 0.75
         return {
             "task": "seg",
             "backbone": backbone,
@@ -269,13 +271,16 @@ def test_report_shows_each_metric_against_the_fraction_with_a_verdict_per_fracti
     text = write_report(runs, tmp_path).read_text()
     main, curves = text.split("## Label efficiency and frozen backbones")
     assert "(frozen)" not in main.split("## Runs")[0]  # main tables: every label, fine-tuned only
-    assert "| vit_mae | 0, 1, 2 | 21.0 ± 0.4 |" in main
+    assert "| vit_mae (mask 75%) | 0, 1, 2 | 21.0 ± 0.4 |" in main
     assert "| backbone | 10 % | 100 % |" in curves
-    assert "| vit_mae | 15.0 ± 0.4 (n=3) | 21.0 ± 0.4 (n=3) |" in curves
-    assert "| vit_mae (frozen) | 12.0 ± 0.4 (n=3) | 12.0 ± 0.4 (n=3) |" in curves
+    assert "| vit_mae (mask 75%) | 15.0 ± 0.4 (n=3) | 21.0 ± 0.4 (n=3) |" in curves
+    assert "| vit_mae (mask 75%) (frozen) | 12.0 ± 0.4 (n=3) | 12.0 ± 0.4 (n=3) |" in curves
     assert (
-        "| vit_mae vs vit_random | +5.0 (2 SE 0.7): **ahead** | +0.2 (2 SE 0.7): does not separate |"
+        "| vit_mae (mask 75%) vs vit_random | +5.0 (2 SE 0.7): **ahead** "
+        "| +0.2 (2 SE 0.7): does not separate |"
         in curves
     )
-    assert "| vit_mae (frozen) vs vit_supervised (frozen) | -2.0 (2 SE 0.7): **behind** |" in curves
+    assert (
+        "| vit_mae (mask 75%) (frozen) vs vit_supervised (frozen) | -2.0 (2 SE 0.7): **behind** |" in curves
+    )
     assert (tmp_path / "seg_label_efficiency.png").is_file()
