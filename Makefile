@@ -1,7 +1,8 @@
 # The two commands the README promises: `make demo` and `make test`. Both set up .venv first, idempotently.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# MMCV_OPS=1: mmcv with its compiled ops (a 15-35 min build, cached); the default needs none of them.
+# MMCV_OPS=1: mmcv with its compiled ops (a long C++ build, cached; docs/install.md); the default
+# needs none of them.
 MMCV_OPS ?= 0
 export MMCV_OPS
 STAMP := $(VENV)/.setup-done-mmcv-ops$(MMCV_OPS)

@@ -1,7 +1,7 @@
-"""What every benchmark shares: the options, the tolerances, the timing, the FLOP count and the
+"""What every benchmark shares: the options' common base, the tolerances, the timing, the FLOP count and the
 report writer (benchmarks.pretrain, benchmarks.backbone, benchmarks.demo_epoch, benchmarks.masking).
 
-Timings on a shared machine drift by ±15% over minutes, so implementations are never timed one
+Timings on a shared machine drift over minutes (docs/benchmarks.md), so implementations are never timed one
 after the other: each round runs every case once (in a rotating order) and the report takes the
 median over rounds. Achieved FLOP/s are set against a plain matrix product timed as one more case
 in the same rounds (`matmul_case`), the machine's practical limit at that moment."""
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from mae_app.flops import flop_count
+from mae_core.precision import cpu_flags, warn_if_bf16_is_slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -41,32 +42,36 @@ OUTPUT_TOLERANCE = 1e-4
 
 
 @dataclasses.dataclass
-class Options:
-    """What a benchmark's command line chooses (the tools' --help says more). The timing fields
-    apply to every benchmark; the rest to the one named in their comment."""
+class BenchOptions:
+    """What every benchmark's command line chooses. Each benchmark module extends it with its own
+    fields (`benchmarks.pretrain.PretrainOptions`, `benchmarks.backbone.BackboneOptions`,
+    `benchmarks.masking.MaskingOptions`, `benchmarks.demo_epoch.DemoEpochOptions`).
 
-    # pretrain times each of these; backbone and demo_epoch the one they are given.
-    precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32"])
+    Args:
+        rounds: timed rounds; the report takes the median over them.
+        threads: torch threads for every implementation in the process (None: torch's default).
+        device: "cpu" or "cuda".
+    """
+
     rounds: int = 3
-    warmup: int = 1
     threads: int | None = None
     device: str = "cpu"
+
+
+@dataclasses.dataclass
+class MatmulReferenceOptions(BenchOptions):
+    """Options of a benchmark that warms every case up and sets achieved FLOP/s against a matrix
+    product timed in the same rounds (`matmul_case`).
+
+    Args:
+        warmup: untimed runs of every case before the rounds.
+        matmul_size: n of the reference's (n x n) @ (n x n) products.
+        matmul_reps: products per reference case.
+    """
+
+    warmup: int = 1
     matmul_size: int = 2048
     matmul_reps: int = 4
-    # pretrain: the Hugging Face comparison off; variants of the toolkit step also timed.
-    no_hf: bool = False
-    ablations: bool = False
-    compile: bool = False
-    foreach_adamw: bool = False
-    skip_flops: bool = False
-    # Batch size; None: each pretrain config's own.
-    batch: int | None = None
-    # backbone: modes (fwd, fwdbwd), per-case peak memory, rel-pos paths forced (det), and glibc
-    # keeping freed blocks (mae_core.host_memory) as pretraining does with retain_host_memory.
-    modes: list[str] = dataclasses.field(default_factory=lambda: ["fwd", "fwdbwd"])
-    memory: bool = True
-    attention_paths: tuple[str, ...] = ()
-    retain_host_memory: bool = False
 
 
 def reached(ok: bool) -> str:
@@ -105,12 +110,19 @@ def synchronize(device: torch.device) -> None:
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast (weights and master copies stay fp32), or nothing for fp32."""
+    """bf16 autocast (weights and master copies stay fp32), or nothing for fp32. bf16 on a CPU
+    without native support is said to be slow, once (`mae_core.precision`)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision == "bf16":
+        warn_if_bf16_is_slow(device, "time fp32 only (--precision fp32, or --precisions fp32)")
         return torch.autocast(device.type, dtype=torch.bfloat16)
     raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+
+
+def progress(line: str) -> None:
+    """A benchmark's progress line, on stdout at once even when it goes to a file."""
+    print(line, flush=True)
 
 
 def time_once(fn: Callable[[], object], device: torch.device) -> float:
@@ -126,16 +138,20 @@ def interleaved_medians(
     device: torch.device,
     rounds: int,
     warmup: int = 1,
-    log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = progress,
 ) -> dict[str, dict]:
     """Warm every case up, then `rounds` rounds that each run every case once, the order rotated
     per round so no case always follows the same neighbour. Returns median, min, max, all times
-    and the first warm-up step's time."""
+    and the first warm-up step's time. `log` gets a line as each case starts and ends, so a slow
+    round (emulated bf16, a big model on a small CPU) shows where it is."""
     names = list(cases)
+    say = log or (lambda line: None)
     first: dict[str, float] = {}
     for name in names:
         for i in range(warmup):
+            say(f"  warm-up {i + 1}/{warmup}: {name} ...")
             seconds = time_once(cases[name], device)
+            say(f"  warm-up {i + 1}/{warmup}: {name} {seconds:.3f}s")
             if i == 0:
                 first[name] = seconds  # includes one-off costs, e.g. torch.compile
 
@@ -143,9 +159,9 @@ def interleaved_medians(
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
+            say(f"  round {r + 1}/{rounds}: {name} ...")
             times[name].append(time_once(cases[name], device))
-        if log:
-            log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names))
+        say(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names))
     return {
         name: {
             "median": statistics.median(t),
@@ -186,11 +202,7 @@ def machine_description() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    flags = ""
-    with contextlib.suppress(OSError):
-        text = Path("/proc/cpuinfo").read_text()
-        found = [f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f" {f}" in text]
-        flags = " ".join(found)
+    flags = " ".join(f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f in (cpu_flags() or ()))
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
         f"{cpu} ({os.cpu_count()} cores visible; {flags}), {gpu}; torch {torch.__version__}, "

@@ -23,11 +23,19 @@ import math
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import AUGMENTATION_LOSS_TOLERANCE, Options, markdown_table, reached, setup_threads
+from benchmarks.common import (
+    AUGMENTATION_LOSS_TOLERANCE,
+    BenchOptions,
+    markdown_table,
+    progress,
+    reached,
+    setup_threads,
+)
 from mae_core.config import load_pretrain_config, override
 from mae_core.distributed import init_distributed
 from mae_core.engine import Pretrainer
@@ -39,6 +47,17 @@ GLIBC_STEADY_STATE = (32 << 20, 64 << 20)  # DEFAULT_MMAP_THRESHOLD_MAX and twic
 FAST = {"data.batched_augment": True, "data.cache_images": True, "retain_host_memory": True}
 OLD = {key: False for key in FAST}
 GOAL_SPEEDUP = 2.0  # old / fast
+
+
+@dataclass
+class DemoEpochOptions(BenchOptions):
+    """tools/bench_demo_epoch.py's choices, beyond the common ones.
+
+    Args:
+        steps: steps per round and path (the demo's epoch is 31).
+    """
+
+    steps: int = 31
 
 
 def demo_config(data: str, output_dir: str, changes: dict):
@@ -86,11 +105,16 @@ def first_losses(trainers: dict) -> dict[str, float]:
     return losses
 
 
-def bench_demo_epoch(data: str, steps: int, opts: Options) -> dict:
+def bench_demo_epoch(data: str, opts: DemoEpochOptions) -> dict:
     """Both paths' first-batch losses (they must agree within AUGMENTATION_LOSS_TOLERANCE, or
-    nothing is timed), then `opts.rounds` rounds of `steps` steps each, after a warm-up round that
-    also fills the image cache. Returns the losses and every round's seconds per path."""
-    threads = setup_threads(opts.threads)
+    nothing is timed), then `opts.rounds` rounds of `opts.steps` steps each, after a warm-up round
+    that also fills the image cache. Returns the losses and every round's seconds per path.
+
+    Args:
+        data: the demo's pretraining image folder (tools/make_demo_data.py).
+        opts: rounds, steps, threads and device.
+    """
+    threads, steps = setup_threads(opts.threads), opts.steps
     out = tempfile.mkdtemp(prefix="bench_demo_epoch_")
     allocator = {"old": GLIBC_STEADY_STATE, "fast": (MMAP_LIMIT, TRIM_LIMIT)}
     trainers = {}
@@ -105,6 +129,7 @@ def bench_demo_epoch(data: str, steps: int, opts: Options) -> dict:
     times: dict[str, list[float]] = {"old": [], "fast": []}
     for r in range(opts.rounds + 1):  # round 0 warms up (and fills the image cache)
         for name in (["old", "fast"] if r % 2 else ["fast", "old"]):
+            progress(f"  {f'round {r}/{opts.rounds}' if r else 'warm-up'}: {name}, {steps} steps ...")
             set_allocator(allocator[name])
             start = time.perf_counter()
             run_steps(trainers[name], r, steps)

@@ -7,12 +7,26 @@ sweep run's own speed from its log); speed is measured, never asserted in tests.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
-from benchmarks.common import Options, interleaved_medians, markdown_table
+from benchmarks.common import BenchOptions, interleaved_medians, markdown_table
 from mae_core.mae import MaskedAutoencoder, create_mae, extra_parameters
 from mae_core.masking import build_masking
+
+
+@dataclass
+class MaskingOptions(BenchOptions):
+    """tools/bench_masking.py's choices, beyond the common ones.
+
+    Args:
+        batch: images per training step.
+        steps: training steps per round and strategy.
+    """
+
+    batch: int = 128
+    steps: int = 5
 
 
 def pipeline_ms_per_sample(strategy, grid: tuple[int, int], num_masked: int, samples: int = 200) -> float:
@@ -67,9 +81,9 @@ def pretrain_speed(
     return result
 
 
-def report_sections(result: dict[str, dict[str, float]], steps: int, opts: Options) -> list[str]:
+def report_sections(result: dict[str, dict[str, float]], opts: MaskingOptions) -> list[str]:
     """`pretrain_speed`'s result as a table, for benchmarks.common.write_report."""
     rows = [[label, f"{r['img_per_s']:.0f}", r["extra_params"], f"{r['pipeline_ms_per_sample']:.3f}"]
             for label, r in result.items()]
-    return [f"{opts.rounds} rounds x {steps} steps, batch {opts.batch}, medians", "",
+    return [f"{opts.rounds} rounds x {opts.steps} steps, batch {opts.batch}, medians", "",
             markdown_table(["masking", "img/s", "extra parameters", "noise ms per sample"], rows)]

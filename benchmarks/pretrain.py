@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from benchmarks.common import (
     BF16_LOSS_TOLERANCE,
     PRECISION_DTYPES,
     SAME_INPUT_LOSS_TOLERANCE,
-    Options,
+    MatmulReferenceOptions,
     autocast,
     forward_flops,
     interleaved_medians,
@@ -37,6 +37,27 @@ from benchmarks.common import (
 from mae_core.checkpoint import to_official_layout
 from mae_core.layer_decay import param_groups
 from mae_core.mae import MaskedAutoencoder, create_mae
+
+
+@dataclass
+class PretrainOptions(MatmulReferenceOptions):
+    """tools/bench_pretrain.py's choices, beyond the common ones.
+
+    Args:
+        precisions: each is timed ("fp32", "bf16").
+        no_hf: skip the Hugging Face comparison.
+        ablations: also time the toolkit with foreach AdamW and with the unfused (math) attention.
+        compile: also time `torch.compile` of the toolkit (its first step is the compile).
+        foreach_adamw: foreach instead of fused AdamW everywhere.
+        skip_flops: do not count FLOPs (no FLOP/s columns).
+    """
+
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    no_hf: bool = False
+    ablations: bool = False
+    compile: bool = False
+    foreach_adamw: bool = False
+    skip_flops: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,7 +190,7 @@ def check_numerics(models, imgs, noise, device, precisions) -> list[dict]:
     return rows
 
 
-def numerics(models, imgs, noise, device, name: str, opts: Options) -> list[dict]:
+def numerics(models, imgs, noise, device, name: str, opts: PretrainOptions) -> list[dict]:
     """The toolkit-vs-HF check, fp32 first; a mismatch stops the benchmark before any timing."""
     rows = check_numerics(models, imgs, noise, device, ["fp32"] + [p for p in opts.precisions if p != "fp32"])
     for row in rows:
@@ -184,7 +205,7 @@ def numerics(models, imgs, noise, device, name: str, opts: Options) -> list[dict
     return rows
 
 
-def timing_cases(models, imgs, noise, device, opts: Options) -> tuple[dict, dict]:
+def timing_cases(models, imgs, noise, device, opts: PretrainOptions) -> tuple[dict, dict]:
     """Every case to time (implementations x precisions, the ablations, the matmul reference) and
     the FLOPs of the matmul cases."""
     tk = models["toolkit"]
@@ -213,7 +234,9 @@ def timing_cases(models, imgs, noise, device, opts: Options) -> tuple[dict, dict
     return cases, case_flops
 
 
-def bench_config(name: str, cfg: BenchConfig, opts: Options, device) -> dict:
+def bench_config(name: str, cfg: BenchConfig, opts: PretrainOptions, device) -> dict:
+    """One config's results: the numerics check (which must pass before timing), the FLOPs, and
+    the interleaved timings of every case, for `report_sections`."""
     print(f"\n== {name}: {cfg.arch} at {cfg.img_size}, batch {cfg.batch}, mask {MASK_RATIO}")
     torch.manual_seed(0)
     with_hf = cfg.versus_hf and not opts.no_hf
@@ -300,7 +323,7 @@ MASK_HEADER = ["config", "precision", "visible-only s", "mask tokens s", "time r
                "FLOP ratio", "time ratio / FLOP ratio"]
 
 
-def report_sections(results: list[dict], opts: Options) -> list[str]:
+def report_sections(results: list[dict], opts: PretrainOptions) -> list[str]:
     """The tables and goal lines of `results`, for benchmarks.common.write_report."""
     out = [
         f"Rounds: {opts.rounds} (after {opts.warmup} warm-up step(s)), medians; "

@@ -47,8 +47,21 @@ class PyramidOutputs(Backbone):
 class ViTDetBackbone(FreezableMixin, PyramidOutputs):
     """`net` (e.g. `mae_core.backbone.create_backbone(...)`) returns a list of token maps; the last
     one feeds the pyramid. Its channels and stride are read from `net.embed_dim` and
-    `net.patch_size` unless given. Outputs "p2".."p6" (with `top_level`). `freeze=True` fixes
-    `net` (mae_core.transfer: no gradients, no optimizer group, eval mode); the pyramid trains."""
+    `net.patch_size` unless given. Outputs "p2".."p6" (with `top_level`).
+
+    Args:
+        net: images (B, C, H, W) -> list of (B, in_channels, H / in_stride, W / in_stride) maps.
+        out_channels: width of every pyramid level.
+        scale_factors: the pyramid's levels relative to the net's map (see
+            `mae_core.pyramid.SimpleFeaturePyramid`).
+        top_level: add "p6", a stride-2 subsampling of "p5" (for the RPN's largest anchors).
+        square_pad: pad every batch to a square of this side (ViTDet: the image size, so the
+            global blocks' relative-position tables see the grid they were sized for); 0: no.
+        in_channels: the net's output width; None: `net.embed_dim`.
+        in_stride: the net's output stride; None: `net.patch_size`.
+        freeze: fix `net` (mae_core.transfer: no gradients, no optimizer group, eval mode); the
+            pyramid trains.
+    """
 
     def __init__(
         self,
@@ -75,6 +88,8 @@ class ViTDetBackbone(FreezableMixin, PyramidOutputs):
         return self.net
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, C, H, W), padded by Detectron2 as `padding_constraints` asks -> {"pK": (B,
+        out_channels, H / 2**K, W / 2**K)}."""
         return self.pyramid(self.net(images)[-1])
 
 

@@ -46,10 +46,12 @@ from detectron2.utils import comm
 from omegaconf import OmegaConf
 
 from mae_core.data import ConversionNotes, read_image
+from mae_core.datacheck import SplitReport, image_problems
+from mae_core.errors import UserError
 from mae_core.transfer import SubsetError, label_subset
 
 
-class CocoDatasetError(ValueError):
+class CocoDatasetError(UserError, ValueError):
     """A COCO json that cannot be used; the message names the file and the bad item."""
 
 
@@ -60,18 +62,27 @@ def check_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLike)
     drops it and the mask head then fails in a data-loader worker), a box that is not [x, y, w, h]."""
     json_file, image_root = Path(json_file), Path(image_root)
     coco = _read_coco_json(json_file)
-    for key in ("images", "annotations"):
-        if not isinstance(coco.get(key), list):
-            raise CocoDatasetError(f"{json_file}: expected a list under {key!r} (COCO instances format)")
-
-    image_files = {}
-    for img in coco["images"]:
+    for img in _listed_images(coco, json_file):
         path = image_root / img["file_name"]
         if not path.is_file():
             raise CocoDatasetError(
                 f"{json_file}: image id {img['id']} names {img['file_name']!r}, but {path} does not exist"
             )
-        image_files[img["id"]] = img["file_name"]
+    check_coco_annotations(coco, json_file)
+    return coco
+
+
+def _listed_images(coco: dict, json_file: Path) -> list[dict]:
+    for key in ("images", "annotations"):
+        if not isinstance(coco.get(key), list):
+            raise CocoDatasetError(f"{json_file}: expected a list under {key!r} (COCO instances format)")
+    return coco["images"]
+
+
+def check_coco_annotations(coco: dict, json_file: str | os.PathLike) -> None:
+    """The annotation part of `check_coco_json` (the image files aside): each annotation names a
+    listed image and category and has a usable box and segmentation."""
+    image_files = {img["id"]: img["file_name"] for img in _listed_images(coco, Path(json_file))}
     category_ids = {c["id"] for c in coco["categories"]}
     for ann in coco["annotations"]:
         where = (
@@ -109,7 +120,6 @@ def check_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLike)
                         f"{where} has a polygon with {len(poly)} coordinates; a polygon needs an even "
                         "number of coordinates and at least three points (6 numbers)"
                     )
-    return coco
 
 
 def _read_coco_json(json_file: Path) -> dict:
@@ -165,9 +175,17 @@ def coco_dataset(
     subset_seed: int = 0,
 ) -> list[dict]:
     """Dataset dicts for a config: registers `name` first when files are given, else `name` must
-    be registered already (e.g. Detectron2's `coco_2017_train`). `label_fraction` or `label_count`
-    keeps a labelled subset of the images (`labelled_subset`), chosen before images without
-    annotations are dropped, so the subset does not depend on `filter_empty`."""
+    be registered already (e.g. Detectron2's `coco_2017_train`).
+
+    Args:
+        name: the dataset's name in Detectron2's catalogue.
+        json_file: a COCO instances json (checked on first load: `check_coco_json`).
+        image_root: the folder its `file_name`s are relative to.
+        filter_empty: drop images without annotations (training).
+        label_fraction, label_count, subset_seed: keep a labelled subset of the images
+            (`labelled_subset`: nested across fractions, the same for every backbone and seed), chosen
+            before images without annotations are dropped, so it does not depend on `filter_empty`.
+    """
     if (json_file is None) != (image_root is None):
         raise CocoDatasetError(f"dataset {name!r}: give both json_file and image_root, or neither")
     if json_file is not None:
@@ -268,6 +286,56 @@ def _listed(cats: list[tuple[int, str]], n: int = 10) -> str:
     return shown + (f", ... {len(cats) - n} more" if len(cats) > n else "")
 
 
+def check_data_tree(cfg) -> tuple[list[SplitReport], list[str]]:
+    """The data check of `tools/check_data.py` for a detection config: per split (the config's
+    `dataloader.{train,test}.dataset`), the image, annotation and category counts and every missing,
+    unreadable or wrongly sized image and broken annotation; then, across splits, the refusals
+    training would give (`check_categories`: the model's class count, the same categories in both
+    jsons). Returns (reports, problems of no one split)."""
+    reports = [_check_split(split, cfg.dataloader[split].dataset) for split in ("train", "test")]
+    if any(report.classes is None for report in reports):
+        return reports, []  # a json that cannot be read is already reported
+    try:
+        check_categories(cfg, training=True)
+    except CocoDatasetError as exc:
+        return reports, [str(exc)]
+    return reports, []
+
+
+def _check_split(split: str, dataset) -> SplitReport:
+    json_file, image_root = _dataset_files(dataset)
+    report = SplitReport(split, json_file)
+    try:
+        coco = _read_coco_json(Path(json_file))
+        images = _listed_images(coco, Path(json_file))
+    except CocoDatasetError as exc:
+        report.problems.append(str(exc))
+        return report
+    report.images, report.annotations, report.classes = (
+        len(images), len(coco["annotations"]), len(coco["categories"]))
+    report.problems += image_problems(
+        (Path(image_root) / img["file_name"], (img["height"], img["width"]) if "height" in img else None)
+        for img in images
+    )
+    try:
+        check_coco_annotations(coco, json_file)
+    except CocoDatasetError as exc:
+        report.problems.append(str(exc))
+    return report
+
+
+def _dataset_files(dataset) -> tuple[str, str]:
+    """(json, image folder) of a config's dataset node: its own files, or those Detectron2
+    registered under its name (`coco_2017_*` under `$DETECTRON2_DATASETS/coco`)."""
+    if dataset.get("json_file") is not None:
+        return str(dataset.json_file), str(dataset.image_root)
+    meta = MetadataCatalog.get(dataset.name)
+    if meta.get("json_file") is None:
+        raise CocoDatasetError(
+            f"dataset {dataset.name!r} is not registered; give its json_file and image_root")
+    return meta.json_file, meta.image_root
+
+
 DETECTION_FORMATS = ("RGB", "BGR")
 
 
@@ -333,7 +401,16 @@ def train_loader(dataset, *, mapper, total_batch_size: int, seed: int | None = N
     iteration `start_iter` starts, so that a resumed run reads the images the uninterrupted run
     would have read. Exact when every batch leaves Detectron2's aspect-ratio groups empty (all
     images of one orientation, or `aspect_ratio_grouping=False`) and `num_workers=0`; otherwise the
-    images waiting in a group or prefetched by workers at the checkpoint are skipped."""
+    images waiting in a group or prefetched by workers at the checkpoint are skipped.
+
+    Args:
+        dataset: dataset dicts (`coco_dataset`).
+        mapper: turns a dict into the model's input (`ScaleAwareDatasetMapper`).
+        total_batch_size: images per iteration over all processes.
+        seed: the sampler's seed; None: Detectron2 draws one.
+        start_iter: the iteration the run starts at (0, or a resumed checkpoint's).
+        **kwargs: `build_detection_train_loader` arguments (`num_workers`, `aspect_ratio_grouping`).
+    """
     per_process = total_batch_size // comm.get_world_size()
     sampler = ResumableTrainingSampler(len(dataset), seed=seed, skip=start_iter * per_process)
     # A seeded generator for the DataLoader: its worker seeds then come from `seed` and the rank, and
@@ -371,7 +448,9 @@ __all__ = [
     "ScaleAwareDatasetMapper",
     "categories",
     "check_categories",
+    "check_coco_annotations",
     "check_coco_json",
+    "check_data_tree",
     "coco_dataset",
     "lsj_augmentations",
     "read_detection_image",

@@ -106,9 +106,17 @@ class AtomicCheckpointer(DetectionCheckpointer):
                 f"not saving {name}.pth: {bad}; the last finite checkpoint "
                 f"is {self.get_checkpoint_file() or 'none (no checkpoint was written)'}"
             )
-        path = save_checkpoint(data, Path(self.save_dir) / f"{name}.pth")
+        last_good = self.get_checkpoint_file() or None
+        path = save_checkpoint(data, Path(self.save_dir) / f"{name}.pth", last_good)
         self.logger.info(f"Saved checkpoint {path}")
         self.tag_last_checkpoint(path.name)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Upstream truncates `last_checkpoint` and then writes it; here it is replaced whole, so a
+        failed write (a full disk) leaves it naming the last good checkpoint, not empty."""
+        saved = Path(self.save_dir) / last_filename_basename  # complete: written before it is tagged
+        record = Path(self.save_dir) / "last_checkpoint"
+        write_atomically(record, lambda f: f.write(saved.name.encode()), saved)
 
     def _torch_load(self, f: str):
         return load_checkpoint_file(f, allow_pickle=self.allow_pickle)
@@ -132,7 +140,17 @@ def init_backbone_from_mae(
     """Loads an MAE checkpoint (toolkit or official layout) into `model.backbone.net` through
     mae_core's converter and logs the report. A checkpoint that does not fit completely is an
     error naming the keys (training would silently start from partly random blocks), unless the
-    user opted in with `train.allow_partial_load=True`."""
+    user opted in with `train.allow_partial_load=True`.
+
+    Args:
+        model: the detector (possibly DDP-wrapped) whose `backbone.net` is a toolkit ViT.
+        path: the MAE checkpoint (`train.mae_checkpoint`).
+        allow_pickle: trust a pickled checkpoint file (`train.allow_pickle`).
+        allow_partial: load what fits and warn about the rest.
+
+    Returns:
+        The `mae_core.checkpoint.LoadReport`.
+    """
     try:
         report = load_pretrained(
             unwrap(model).backbone.net, path, allow_pickle=allow_pickle, allow_partial=allow_partial

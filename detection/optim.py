@@ -19,7 +19,16 @@ def layer_decay_params(
     model: nn.Module, base_lr: float, weight_decay: float, layer_decay: float
 ) -> list[dict]:
     """Groups for `torch.optim.AdamW(params=...)`: lr = base_lr * layer_decay ** (depth + 1 - layer),
-    no weight decay on norms, biases, position tables and tokens."""
+    no weight decay on norms, biases, position tables and tokens.
+
+    Args:
+        model: the detector; its ViT reports layer ids (`mae_core.layer_decay.param_groups`), the
+            rest (pyramid, heads) is the top layer.
+        base_lr: the top layer's learning rate.
+        weight_decay: for weight matrices.
+        layer_decay: ratio between a layer's learning rate and the next one up (ViTDet: 0.7 for
+            ViT-B, 0.8 for ViT-L, 0.9 for ViT-H).
+    """
     groups = param_groups(model, weight_decay, layer_decay)
     for group in groups:
         group["lr"] = base_lr * group["lr_scale"]
@@ -34,7 +43,14 @@ def step_lr_schedule(
 ) -> WarmupParamScheduler:
     """Linear warmup, then x0.1 at each fraction of `max_iter` (ViTDet's step decay), so that
     changing `train.max_iter` keeps the schedule's shape. Very short runs (tests) keep the
-    milestones that still fall strictly inside the run."""
+    milestones that still fall strictly inside the run.
+
+    Args:
+        max_iter: the run's iterations.
+        warmup_iters: iterations of linear warm-up (capped at `max_iter`).
+        decay_fractions: where the learning rate drops by 10x, as fractions of `max_iter`.
+        warmup_factor: the warm-up's starting multiplier.
+    """
     milestones = sorted({round(f * max_iter) for f in decay_fractions} & set(range(1, max_iter)))
     return WarmupParamScheduler(
         MultiStepParamScheduler(

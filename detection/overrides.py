@@ -7,14 +7,19 @@ adding a key takes Hydra's explicit `+key=value` (an error if the key exists) or
 
 from __future__ import annotations
 
+import logging
+
 from detectron2.config import LazyConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from mae_core.config import closest_keys
+from mae_core.errors import UserError
+
+from .catalogue import fit_heads_to_backbone
 
 
-class OverrideError(ValueError):
+class OverrideError(UserError, ValueError):
     """An override that names no key of the config (or adds one that exists); names the key and
     the closest existing keys."""
 
@@ -67,9 +72,22 @@ def apply_overrides(cfg, overrides: list[str]):
     return LazyConfig.apply_overrides(cfg, overrides)
 
 
+def trust_pickles(cfg) -> None:
+    """--allow-pickle: the checkpoints the run loads may be pickled files (train.allow_pickle: the
+    MAE checkpoint, the weights; a catalogue backbone's own checkpoint through its options)."""
+    cfg.train.allow_pickle = True
+    backbone = cfg.model.backbone
+    if "name" in backbone and "options" in backbone:  # detection.catalogue.DetectronCatalogueBackbone
+        backbone.options = {**(backbone.options or {}), "allow_pickle": True}
+
+
 def load_lazy_config(path: str, overrides: list[str]):
-    """`LazyConfig.load(path)` with checked overrides."""
-    return apply_overrides(LazyConfig.load(path), overrides)
+    """`LazyConfig.load(path)` with checked overrides, and the heads' widths fitted to a catalogue
+    backbone (so `model.backbone = L(DetectronCatalogueBackbone)(...)` needs no width edits)."""
+    cfg = apply_overrides(LazyConfig.load(path), overrides)
+    for change in fit_heads_to_backbone(cfg):
+        logging.getLogger("detection").info(f"heads fitted to the catalogue backbone: {change}")
+    return cfg
 
 
-__all__ = ["OverrideError", "apply_overrides", "config_keys", "has_key", "load_lazy_config"]
+__all__ = ["OverrideError", "apply_overrides", "config_keys", "has_key", "load_lazy_config", "trust_pickles"]

@@ -36,6 +36,8 @@ class Predictor:
 
     @torch.no_grad()
     def __call__(self, image):
+        """(H, W, 3) array in the config's image format (`read_detection_image`) -> Detectron2
+        `Instances` on the CPU, in the image's own coordinates."""
         h, w = image.shape[:2]
         aug = T.AugInput(image)
         self.augment(aug)

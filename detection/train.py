@@ -9,17 +9,56 @@ import logging
 
 import torch
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_argument_parser, default_writers, hooks
+from detectron2.engine import (
+    AMPTrainer,
+    SimpleTrainer,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+)
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from mae_core.checkpoint import CheckpointError
+from mae_core.run_folder import run_folder
+from mae_core.run_record import RUN_FILE, evaluation_record, write_run_record
 from mae_core.transfer import trainable_summary
 
 from .data import check_categories, train_loader
 from .engine import AtomicCheckpointer, build_optimizer, evaluate, init_backbone_from_mae, wrap_ddp
 from .hooks import FinalEvalHook, NonFiniteGuard, TrainingState, run_training
+from .overrides import load_lazy_config, trust_pickles
+from .record import run_record
 
 logger = logging.getLogger("detection")
+
+# What makes train.output_dir another run's (mae_core.run_folder), and what --overwrite deletes with it.
+RUN_MARKS = ("model_*.pth", "last_checkpoint", "metrics.json", "eval_results*.json", "events.out.tfevents.*",
+             RUN_FILE)
+RUN_LOGS = ("log.txt*", "config.yaml", "coco_instances_results.json", "instances_predictions.pth",
+            "inference")
+
+
+def run(args: argparse.Namespace) -> None:
+    """What each process that `tools/train_det.py` launches runs: the config loaded, the output
+    folder claimed (one run per folder, refused when used unless --resume or --overwrite), then
+    training or evaluation; the main process leaves the run record (mae_core.run_record)."""
+    cfg = load_lazy_config(args.config_file, args.opts)
+    if args.allow_pickle:
+        trust_pickles(cfg)
+    with run_folder(cfg.train.output_dir, marks=RUN_MARKS, removed_with=RUN_LOGS, resume=args.resume,
+                    overwrite=args.overwrite, folder_flag="train.output_dir=DIR",
+                    is_main=comm.is_main_process(), share=comm.all_gather):
+        default_setup(cfg, args)
+        setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="detection")
+        if args.eval_only:
+            model, weights = evaluate_checkpoint(cfg, args.resume)
+            record = evaluation_record(run_record(cfg, model), weights)
+        else:
+            record = {**run_record(cfg, train(cfg, args.resume)), "split": "val"}
+        if comm.is_main_process():
+            write_run_record(cfg.train.output_dir, record)
 
 
 def build_model(cfg):
@@ -30,11 +69,12 @@ def build_model(cfg):
     return model
 
 
-def train(cfg, resume: bool) -> None:
+def train(cfg, resume: bool):
     """Trains `cfg`'s model (from `train.mae_checkpoint` or `train.init_checkpoint`, or, with
     `resume` and a checkpoint in `train.output_dir`, from there: weights, optimizer, schedule,
     iteration, sampler seed, random generators). The data's categories are checked against each
-    other and the model first, and every checkpoint it starts from must hold finite weights."""
+    other and the model first, and every checkpoint it starts from must hold finite weights.
+    Returns the trained model."""
     check_categories(cfg, training=True)
     model = build_model(cfg)
     if cfg.train.get("mae_checkpoint"):
@@ -68,6 +108,7 @@ def train(cfg, resume: bool) -> None:
     logger.info(f"Training sampler seed {state.sampler_seed}, starting at iteration {start_iter}")
     trainer.reset_data_loader(lambda: build_train_loader(cfg, state.sampler_seed, start_iter))
     run_training(trainer, start_iter, cfg.train.max_iter, checkpointer)
+    return model
 
 
 def training_hooks(cfg, model, trainer, checkpointer) -> list:
@@ -105,10 +146,10 @@ def build_train_loader(cfg, seed: int, start_iter: int):
     return instantiate(loader)
 
 
-def evaluate_checkpoint(cfg, resume: bool) -> dict:
+def evaluate_checkpoint(cfg, resume: bool):
     """COCO evaluation of `train.init_checkpoint` (or, with `resume`, of the last checkpoint in
     `train.output_dir`), which must hold every weight of the model, finite, with as many classes as
-    the test set has categories."""
+    the test set has categories. Returns the model and the checkpoint evaluated."""
     check_categories(cfg, training=False)
     model = wrap_ddp(cfg, build_model(cfg))
     checkpointer = AtomicCheckpointer(
@@ -119,19 +160,37 @@ def evaluate_checkpoint(cfg, resume: bool) -> dict:
     checkpoint = checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # A checkpoint stores the index of its last iteration; report completed iterations.
     iteration = checkpoint.get("iteration")
-    source = checkpointer.get_checkpoint_file() if resume else cfg.train.init_checkpoint
-    return evaluate(cfg, model, None if iteration is None else iteration + 1, source)
+    source = checkpointer.get_checkpoint_file() if resume and checkpointer.has_checkpoint() \
+        else cfg.train.init_checkpoint
+    evaluate(cfg, model, None if iteration is None else iteration + 1, source)
+    return model, source
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """Detectron2's standard arguments, with the overrides as an ordinary positional list instead
-    of `argparse.REMAINDER`, so that options may follow them (`... train.max_iter=10 --resume`)."""
-    parser = default_argument_parser()
-    opts = next(action for action in parser._actions if action.dest == "opts")
-    opts.nargs = "*"
+def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
+    """Detectron2's standard arguments (--num-gpus, --num-machines, --machine-rank, --dist-url,
+    --resume, --eval-only) with the toolkit's help (`description`: the tool's usage and examples,
+    instead of Detectron2's yacs examples, which the key check refuses), --overwrite and
+    --allow-pickle; the overrides are an ordinary positional list instead of `argparse.REMAINDER`,
+    so that options may follow them (`... train.max_iter=10 --resume`)."""
+    parser = default_argument_parser(epilog=" ")
+    parser.description = description
+    actions = {action.dest: action for action in parser._actions}
+    actions["opts"].nargs = "*"
+    actions["opts"].metavar = "key=value"
+    actions["opts"].help = ("LazyConfig overrides of existing keys, e.g. train.mae_checkpoint=PATH "
+                            "train.output_dir=DIR (`+key=value` adds a key)")
+    actions["resume"].help = ("continue the run in train.output_dir from its last checkpoint (a fresh run "
+                              "when it has none); with --eval-only, evaluate that checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in train.output_dir: its checkpoints, metrics and logs are "
+                             "deleted (a used folder is refused otherwise)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="trust pickled checkpoints (train.allow_pickle=True, and a catalogue "
+                             "backbone's checkpoint), e.g. an official MAE file or a model-zoo .pkl")
     return parser.parse_intermixed_args(argv)
 
 
 __all__ = [
-    "build_model", "build_train_loader", "evaluate_checkpoint", "parse_args", "train", "training_hooks",
+    "build_model", "build_train_loader", "evaluate_checkpoint", "parse_args", "run", "train",
+    "training_hooks",
 ]

@@ -28,6 +28,13 @@ from mae_core.config import IMAGENET_MEAN, IMAGENET_STD
 MODES = ("knn", "linear", "partial", "finetune")
 
 
+def run_record(ev: ClsEval) -> dict:
+    """What an evaluation's run record (mae_core.run_record) says about it."""
+    return {"task": "cls", "backbone": ev.backbone, "checkpoint": ev.checkpoint, "seed": ev.seed,
+            "img_size": ev.img_size, "backbone_kwargs": {"arch": ev.arch, "patch_size": ev.patch_size},
+            "eval_data": str(Path(ev.data) / "val"), "split": "val", "modes": list(ev.mode)}
+
+
 @dataclass
 class ClsEval:
     """One evaluation: the encoder, the data and every protocol's settings (tools/eval_cls.py --help)."""

@@ -44,6 +44,7 @@ from mae_app.runs import load_run
 from mae_core.catalogue import get_entry
 from mae_core.config import IMAGENET_MEAN, IMAGENET_STD
 from mae_core.data import FASHION_MNIST_INSTALL, DatasetNotFoundError, find_fashion_mnist
+from mae_core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -79,14 +80,14 @@ class Recipe:
 
     data: DemoDataSpec = field(default_factory=DemoDataSpec)
     arch: str = "vit_toy_patch4"
-    pretrain_epochs: int = 15     # about 6 minutes on two cores
+    pretrain_epochs: int = 15     # its time on two cores: docs/results.md
     # Each of the masking sweep's pretrainings: the main demo's length, at which random masking is
-    # ahead of random initialisation on the probes (at 8 epochs it was not; docs/masking.md: time).
+    # ahead of random initialisation on the probes (shorter ones were not; docs/masking.md).
     sweep_epochs: int = 15
     pretrain_batch: int = 128
     knn_every: int = 5
     det_iters: int = 500
-    seg_iters: int = 1000         # batch 8 at 64 px (SEG_CONFIG): 1.1-1.2x the time of 650 at 128 px, batch 2
+    seg_iters: int = 1000         # at batch 8 and 64 px (SEG_CONFIG says why)
     supervised_epochs: int = 10
     # --label-efficiency: the labelled fractions (nested subsets of one seeded permutation of the
     # training scenes, the same for every backbone and seed).
@@ -118,7 +119,7 @@ class Recipe:
 class DemoOptions:
     """What the demo's command line chooses (tools/demo.py --help)."""
 
-    out: Path
+    output_dir: Path
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     # Detection and segmentation seeds where fewer than the probes' (a run costs minutes, a probe
     # seconds); default: `seeds`.
@@ -130,8 +131,9 @@ class DemoOptions:
     sweep_epochs: int | None = None
     jobs: int = 2
     data_seed: int = 0
-    pretrain_seed: int = 0
-    pretrain_seeds: list[int] | None = None  # the masking sweep's; default 0 1
+    # Seeds of the MAE pretraining(s): one pretraining per seed (and per swept value); default 0,
+    # with the masking sweep 0 1.
+    pretrain_seeds: list[int] | None = None
     pretrain_epochs: int | None = None
     det_iters: int | None = None
     seg_iters: int | None = None
@@ -154,12 +156,11 @@ class DemoOptions:
                              "with --mask-ratio-sweep")
         if self.mask_ratio_sweep and self.masking_sweep:
             raise ValueError("--mask-ratio-sweep and --masking-sweep: one sweep at a time")
-        swept = (self.sweep_transfer, self.sweep_epochs is not None, self.pretrain_seeds is not None)
+        swept = (self.sweep_transfer, self.sweep_epochs is not None)
         if any(swept) and not self.masking_sweep:
-            raise ValueError("--sweep-transfer, --sweep-epochs and --pretrain-seeds belong to "
-                             "--masking-sweep")
-        if self.masking_sweep and self.pretrain_seeds is None:
-            self.pretrain_seeds = [0, 1]
+            raise ValueError("--sweep-transfer and --sweep-epochs belong to --masking-sweep")
+        if self.pretrain_seeds is None:
+            self.pretrain_seeds = [0, 1] if self.masking_sweep else [0]
         if self.transfer_seeds is not None and self.masking_sweep and not self.sweep_transfer:
             raise ValueError("--transfer-seeds: the masking sweep fine-tunes nothing without "
                              "--sweep-transfer")
@@ -263,7 +264,7 @@ def segmentation_overrides(backbone: str, checkpoint: str | None, data: Path, se
 class Demo:
     def __init__(self, options: DemoOptions):
         self.options = options
-        self.out = Path(options.out).resolve()
+        self.out = Path(options.output_dir).resolve()
         self.recipe = Recipe.quick() if options.quick else Recipe()
         for key in ("pretrain_epochs", "det_iters", "seg_iters"):
             if getattr(options, key) is not None:
@@ -273,15 +274,18 @@ class Demo:
         self.start = time.time()
         if options.sweep_epochs is not None:
             self.recipe.sweep_epochs = options.sweep_epochs
-        self.main_pretraining = main = Pretraining(self.recipe.pretrain_epochs, options.mask_ratio,
-                                                   seed=options.pretrain_seed)
-        # Every pretraining, and those detection and segmentation start from.
-        self.pretrainings, self.transfer = [main], [main]
+        seeds = options.pretrain_seeds
+        main = Pretraining(self.recipe.pretrain_epochs, options.mask_ratio, seed=seeds[0])
+        self.main_pretraining = main
+        # Every pretraining, and those detection and segmentation start from (at --mask-ratio).
+        self.pretrainings = [dataclasses.replace(main, seed=seed) for seed in seeds]
+        self.transfer = list(self.pretrainings)
         if options.mask_ratio_sweep:
-            self.pretrainings = [dataclasses.replace(main, mask_ratio=r) for r in RATIO_SWEEP]
+            self.pretrainings = [dataclasses.replace(main, mask_ratio=r, seed=seed)
+                                 for r in RATIO_SWEEP for seed in seeds]
         if options.masking_sweep:
             self.pretrainings = [Pretraining(self.recipe.sweep_epochs, options.mask_ratio, name, args, seed)
-                                 for name, args in MASKING_SWEEP.items() for seed in options.pretrain_seeds]
+                                 for name, args in MASKING_SWEEP.items() for seed in seeds]
             self.transfer = self.pretrainings if options.sweep_transfer else []
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -306,7 +310,7 @@ class Demo:
                 code = subprocess.call(command, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
         if code != 0:
             where = f"; see {log}" if log else ""
-            raise SystemExit(f"error: step failed with exit code {code}: {' '.join(command)}{where}")
+            raise UserError(f"step failed with exit code {code}: {' '.join(command)}{where}")
         marker.touch()
 
     # -- steps ---------------------------------------------------------------------------------------
@@ -317,17 +321,17 @@ class Demo:
             return
         except DatasetNotFoundError as exc:
             if os.geteuid() != 0 or not shutil.which("apt-get"):
-                raise SystemExit(f"error: {exc}\nRun as root: {FASHION_MNIST_INSTALL}") from exc
+                raise UserError(f"{exc}\nRun as root: {FASHION_MNIST_INSTALL}") from exc
         print(f"    Fashion-MNIST is missing; installing it: {FASHION_MNIST_INSTALL}")
         if subprocess.call(FASHION_MNIST_INSTALL.split()) != 0:
-            raise SystemExit(f"error: could not install Fashion-MNIST; run as root: {FASHION_MNIST_INSTALL}")
+            raise UserError(f"could not install Fashion-MNIST; run as root: {FASHION_MNIST_INSTALL}")
         find_fashion_mnist()
 
     def build_data(self) -> None:
         self.step("1/7 demo data: Fashion-MNIST items on scikit-image photos")
         self.ensure_fashion_mnist()
-        self.run([PYTHON, tool("make_demo_data"), "--out", str(self.data), *spec_argv(self.recipe.data)],
-                 self.data / ".done")
+        self.run([PYTHON, tool("make_demo_data"), "--output-dir", str(self.data),
+                  *spec_argv(self.recipe.data)], self.data / ".done")
 
     def pretrain_dir(self, pretraining: Pretraining) -> Path:
         return self.out / "pretrain" / pretraining.folder_name(self.recipe.pretrain_epochs)
@@ -420,7 +424,8 @@ class Demo:
 
     def heldout_entry(self, trained: dict) -> dict:
         """The held-out evaluation of one trained run, in `runs/<task>_heldout/<its folder name>`:
-        its record is the trained run's with `"split": "heldout"` (mae_app.report puts its numbers
+        the tool's record of it is the trained run's with `"split": "heldout"`, as it evaluates
+        other data than that run's val (mae_core.run_record; mae_app.report puts its numbers
         beside the val ones)."""
         run, r = trained["run"], self.recipe
         source = Path(trained["output_dir"])
@@ -446,12 +451,12 @@ class Demo:
         folder = self.out / "runs" / "cls" / f"{name}_s{seed}"
         command = [PYTHON, tool("eval_cls"), "--data", str(self.data / "cls"), "--backbone", backbone,
                    "--arch", r.arch, "--img-size", str(r.data.image_size), "--mode", "knn", "linear",
-                   "--seed", str(seed), "--output", str(folder / "eval_cls.json")]
-        run = {"task": "cls", "backbone": backbone, "seed": seed}
+                   "--seed", str(seed), "--output-dir", str(folder)]
+        run, adds = {"task": "cls", "backbone": backbone, "seed": seed}, {}
         if pretraining is not None:
             command += ["--checkpoint", str(self.checkpoint(pretraining))]
-            run.update(self.mae_record(pretraining))
-        return {"run": run, "output_dir": str(folder), "command": command}
+            adds = self.mae_record(pretraining)
+        return {"run": {**run, **adds}, "adds": adds, "output_dir": str(folder), "command": command}
 
     def dense_entry(self, task: str, backbone: str, seed: int, pretraining: Pretraining | None = None,
                     fraction: float = 1.0, frozen: bool = False) -> dict:
@@ -485,12 +490,13 @@ class Demo:
         size, batch = (r.data.scene_size, 2) if task == "det" else (r.data.image_size, 8)
         vit = {**r.vit_options(), "img_size": size} if backbone.startswith("vit_") else {}
         options = {"out_channels": PYRAMID_CHANNELS, **vit}
+        adds = self.mae_record(pretraining) if pretraining else {}
         run = {"task": task, "backbone": backbone, "seed": seed, "img_size": size,
-               "batch_size": batch, "checkpoint": checkpoint, "backbone_kwargs": options,
-               **(self.mae_record(pretraining) if pretraining else {})}
-        if fraction < 1 or frozen:  # the transfer protocol (mae_app.curves.PROTOCOL_DEFAULTS otherwise)
-            run.update(subset, frozen=frozen, iters=iters)
-        return {"run": run, "output_dir": str(folder), "command": command}
+               "batch_size": batch, "checkpoint": checkpoint, "backbone_kwargs": options, **adds}
+        if fraction < 1 or frozen:  # the schedule that fits the subset (the tools record the rest)
+            adds["iters"] = iters
+            run.update(adds)
+        return {"run": run, "adds": adds, "output_dir": str(folder), "command": command}
 
     @property
     def supervised_checkpoint(self) -> Path:
@@ -508,7 +514,7 @@ class Demo:
         self.run([PYTHON, tool("eval_cls"), "--data", str(self.data / "cls"), "--backbone", "vit_random",
                   "--arch", r.arch, "--img-size", str(r.data.image_size), "--mode", "finetune",
                   "--epochs", str(r.supervised_epochs), "--save-backbone", str(self.supervised_checkpoint),
-                  "--output", str(folder / "eval_cls.json")], folder / ".done")
+                  "--output-dir", str(folder)], folder / ".done")
 
     def main(self) -> int:
         if self.options.fresh and self.out.exists():

@@ -1,7 +1,7 @@
 """The one FLOP counter of the project: fvcore's forward count, reported as FLOPs (2 per
 multiply-accumulate; fvcore counts one per MAC), with a handler for `scaled_dot_product_attention`,
 which fvcore does not know and would otherwise leave out silently (a ViT's attention matrices).
-The comparison report and both benchmarks count with it."""
+The comparison report and the benchmarks (`benchmarks.common.forward_flops`) count with it."""
 
 from __future__ import annotations
 

@@ -82,11 +82,47 @@ def verdict_cell(result: Separation, digits: int) -> str:
 
 def row_name(run: dict) -> str:
     """The backbone, with the settings of the MAE pretraining it starts from (mask ratio, a masking
-    strategy other than random); the pretraining seed is left out, so a row spans them."""
+    strategy other than random); the pretraining seed is left out, so a row spans them. A config's
+    own backbone (not a catalogue name, which says its initialisation) adds the checkpoint it
+    starts from, or random init."""
     settings = [f"mask {100 * run['mask_ratio']:.0f}%"] if run.get("mask_ratio") is not None else []
     if run.get("masking", "random") != "random":
         settings.append(run["masking"])
+    if run.get("config_backbone"):
+        settings.append(f"from {Path(run['checkpoint']).name}" if run.get("checkpoint") else RANDOM_INIT)
     return run["backbone"] + (f" ({', '.join(settings)})" if settings else "")
+
+
+RANDOM_INIT = "random init"
+
+
+def mae_vs_random_pairs(runs: list[dict]) -> list[tuple[str, str]]:
+    """The rows compared by the rule: every vit_mae row against vit_random, and every config
+    backbone started from a checkpoint against the same backbone at random initialisation."""
+    names = list(dict.fromkeys(run["row"] for run in runs))
+    pairs = [(name, "vit_random") for name in names if name.startswith("vit_mae")]
+    for run in runs:
+        if run.get("config_backbone") and run.get("checkpoint"):
+            pair = (run["row"], row_name({**run, "checkpoint": None}))
+            if pair[1] in names and pair not in pairs:
+                pairs.append(pair)
+    return pairs
+
+
+def is_other_data(run: dict) -> bool:
+    """An evaluation on data other than val (the demo's held-out scenes, another test set)."""
+    return run.get("split", "val") != "val"
+
+
+def data_label(run: dict) -> str:
+    split = run.get("split", "val")
+    return "held-out" if split == HELDOUT else split
+
+
+def repeats_its_training(run: dict, folders: set[str]) -> bool:
+    """An evaluation on val of a trained run that is itself compared: its numbers are that run's
+    again, not another seed."""
+    return not is_other_data(run) and run.get("trained_in") in folders
 
 
 def on_heldout(run: dict) -> dict:
@@ -319,8 +355,8 @@ def stack_pictures(rows: dict[str, list[Path]], path: Path) -> Path:
 def class_iou_section(seg_runs: list[dict]) -> list[str]:
     """Per-class IoU (mae_app.runs.mmseg_class_iou) of every segmentation row, on val and held out."""
     rows: dict[str, dict[str, list[float]]] = defaultdict(dict)
-    for run in sorted(seg_runs, key=lambda r: r.get("split") == HELDOUT):
-        label = f"{run['row']}, {'held-out' if run.get('split') == HELDOUT else 'val'}"
+    for run in sorted(seg_runs, key=is_other_data):
+        label = f"{run['row']}, {data_label(run)}"
         for name, value in (run.get("class_IoU") or {}).items():
             rows[label].setdefault(name, []).extend([] if value is None else [value])
     if not rows:
@@ -339,6 +375,8 @@ def class_iou_section(seg_runs: list[dict]) -> list[str]:
 DENSE_TEXT = ("Mean ± sample standard deviation over the seeds listed (AP and mIoU in %) on the val "
               "split{held}. Parameters, FLOPs and latency are those of the backbone with its feature pyramid "
               "for one image at the task's image size; throughput is of the whole model in training.")
+OTHER_DATA_TEXT = (", and held out: the same trained models evaluated on other data ({}; run.json's "
+                   "eval_data names it)")
 HELDOUT_TEXT = (", and held out: the same trained models on the held-out scenes (Fashion-MNIST test items "
                 "and photos that no train or val file shows)")
 
@@ -347,10 +385,11 @@ def write_report(runs: list[dict], out: Path, title: str = "Backbone comparison"
                  figures: dict[str, Path] | None = None) -> Path:
     """report.md (and its plots, runs.json) in `out`; `figures` (title: picture) are shown at the end."""
     out.mkdir(parents=True, exist_ok=True)
-    runs = [{**run, "row": row_name(run)} for run in runs]
+    folders = {str(Path(run["source"]).parent) for run in runs if run.get("source")}
+    runs = [{**run, "row": row_name(run)} for run in runs if not repeats_its_training(run, folders)]
     curves = curves_section(runs, out)  # labelled fractions and frozen backbones: their own section
     main = [run for run in runs if is_default_protocol(run)]
-    joined = [on_heldout(r) if r.get("split") == HELDOUT else r for r in main]
+    joined = [on_heldout(r) if is_other_data(r) else r for r in main]
     lines = [f"# {title}", ""]
     for task, title_, metrics in (("det", "Detection (Mask R-CNN)", DENSE_METRICS[:2]),
                                   ("seg", "Semantic segmentation (UperNet)", DENSE_METRICS[2:])):
@@ -361,14 +400,16 @@ def write_report(runs: list[dict], out: Path, title: str = "Backbone comparison"
         keys = {key for key, _, _ in metrics}
         held = [m for m in HELDOUT_METRICS if m[0].removesuffix(f"_{HELDOUT}") in keys
                 and any(row["values"].get(m[0]) for row in table.values())]
-        lines += [f"## {title_}", "", DENSE_TEXT.format(held=HELDOUT_TEXT if held else ""), ""]
+        others = sorted({r["split"] for r in runs_of_task if is_other_data(r)})
+        other_text = HELDOUT_TEXT if others == [HELDOUT] else OTHER_DATA_TEXT.format(", ".join(others))
+        lines += [f"## {title_}", "", DENSE_TEXT.format(held=other_text if held else ""), ""]
         lines += render_table(table, metrics + held + COST_METRICS) + [""]
         if plot_metrics(table, metrics + held + COST_METRICS, out / f"{task}.png"):
             lines += [f"![{task}]({task}.png)", ""]
         if task == "seg":
             lines += class_iou_section([r for r in main if r["task"] == "seg"])
     table = aggregate(joined, key="row")
-    comparison = verdict_table(table, [(name, "vit_random") for name in table if name.startswith("vit_mae")],
+    comparison = verdict_table(table, mae_vs_random_pairs(runs),
                                DENSE_METRICS + HELDOUT_METRICS + CLS_METRICS, first="comparison")
     if comparison:
         lines += ["## MAE vs random initialisation", "", f"{VERDICT_CELL} {VERDICT_RULE}", "",

@@ -1,19 +1,20 @@
-"""Reading runs: a run folder's `run.json` completed from the logs its tool left (Detectron2's
-`eval_results.json` and `metrics.json`; MMEngine's `*/vis_data/scalars.json`, or a test's
-`*/<timestamp>.json`, and the per-class IoU table in its log; tools/eval_cls.py's `eval_cls.json`)
-and by measuring the catalogue backbone (parameters, FLOPs, latency).
+"""Reading runs: a run folder's `run.json` (mae_core.run_record: written by the tools that train or
+evaluate, tools/train_det.py, train_seg.py, test_seg.py and eval_cls.py, at the end of a successful
+run) completed from the logs its tool left (Detectron2's `eval_results.json` and `metrics.json`;
+MMEngine's `*/vis_data/scalars.json`, or a test's `*/<timestamp>.json`, and the per-class IoU table
+in its log; tools/eval_cls.py's `eval_cls.json`) and by measuring the catalogue backbone
+(parameters, FLOPs, latency).
 
-A run is described by `run.json` in its folder:
-    {"task": "det" | "seg" | "cls", "backbone": "vit_mae", "seed": 0,
-     "backbone_kwargs": {...}, "checkpoint": "...", "img_size": 128, "batch_size": 2,
-     "mask_ratio": 0.75, "masking": "block",   # optional, for pretraining sweeps
-     "pretrain_dir": "...",             # optional: the MAE pretraining, for its speed and extra parameters
-     "label_fraction": 0.1, "subset_seed": 0,  # optional: a labelled subset (else every label)
-     "frozen": true,                    # optional: the backbone fixed (linear / head-only transfer)
-     "split": "heldout",                # optional: an evaluation on the demo's held-out scenes (else val)
-     "box_AP": ..., "mask_AP": ..., "mIoU": ..., "knn_acc": ..., "linear_acc": ...}
-Metrics that are absent are read from the folder; params, FLOPs and latency are measured on the
-catalogue backbone (mae_core/catalogue.py) at `img_size`."""
+The record's fields are listed in mae_core/run_record.py; callers may add their own, as the demo
+adds its MAE pretraining's settings:
+     "mask_ratio": 0.75, "masking": "block", "pretrain_seed": 0,
+     "pretrain_dir": "...",             # the MAE pretraining, for its speed and extra parameters
+The transfer protocol, where not the default (every label, fine-tuned):
+     "label_fraction": 0.1, "subset_seed": 0,  # a labelled subset
+     "frozen": true,                    # the backbone fixed (linear / head-only transfer)
+A catalogue backbone is measured (mae_core/catalogue.py) at `img_size`; a config's own backbone
+(`"config_backbone": true`) comes with the parameter count the tool counted, and no FLOPs or
+latency."""
 
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ import time
 from pathlib import Path
 
 from mae_app.flops import flop_count
+from mae_core.errors import UserError
+from mae_core.run_record import RUN_FILE
 
-RUN_FILE = "run.json"
+CLS_RESULTS = "eval_cls.json"  # tools/eval_cls.py's results, in its --output-dir beside run.json
 # (key, column title, digits); AP and mIoU in percent as Detectron2 and MMSeg report them.
 DENSE_METRICS = [("box_AP", "box AP", 1), ("mask_AP", "mask AP", 1), ("mIoU", "mIoU", 1)]
 COST_METRICS = [("params", "params (M)", 2), ("flops", "GFLOPs", 2), ("train_throughput", "train img/s", 2),
@@ -36,7 +39,7 @@ CLS_METRICS = [("knn_acc", "k-NN acc", 1), ("linear_acc", "linear acc", 1)]
 PRETRAIN_METRICS = [("pretrain_img_per_s", "pretrain img/s", 0), ("extra_params", "extra params", 0)]
 
 
-class RunError(ValueError):
+class RunError(UserError, ValueError):
     """A run folder or record that cannot be used; the message names the file and key."""
 
 
@@ -143,7 +146,7 @@ def mmseg_class_iou(log: Path) -> dict[str, float | None]:
 
 
 def classification_metrics(folder: Path) -> dict:
-    path = folder / "eval_cls.json"
+    path = folder / CLS_RESULTS
     if not path.is_file():
         return {}
     data = read_json(path)
@@ -224,7 +227,9 @@ def load_run(path: Path, measure: bool = True, cache: dict | None = None) -> dic
     path = Path(path)
     record_file = path / RUN_FILE if path.is_dir() else path
     if not record_file.is_file():
-        raise RunError(f"{record_file} does not exist: a run folder needs a {RUN_FILE} (see --help)")
+        raise RunError(f"{record_file} does not exist: a run folder needs the {RUN_FILE} that the tools "
+                       "write at the end of a successful run (train_det.py, train_seg.py, test_seg.py, "
+                       "eval_cls.py)")
     run = read_json(record_file)
     for key in ("task", "backbone"):
         if key not in run:
@@ -233,7 +238,7 @@ def load_run(path: Path, measure: bool = True, cache: dict | None = None) -> dic
     if run["task"] not in ("det", "seg", "cls"):
         raise RunError(f"{record_file}: task must be 'det', 'seg' or 'cls', got {run['task']!r}")
     try:
-        kind = get_entry(run["backbone"]).kind
+        kind = None if run.get("config_backbone") else get_entry(run["backbone"]).kind
     except CatalogueError as exc:
         raise RunError(f"{record_file}: {exc}") from exc
     folder = Path(run.get("output_dir") or record_file.parent)
@@ -244,7 +249,8 @@ def load_run(path: Path, measure: bool = True, cache: dict | None = None) -> dic
         run = {**pretraining_metrics(Path(run["pretrain_dir"])), **run}
     if "train_throughput" not in run and "seconds_per_iter" in run and run.get("batch_size"):
         run["train_throughput"] = run["batch_size"] / run["seconds_per_iter"]
-    if measure and run["task"] != "cls" and not all(k in run for k in ("params", "flops", "latency")):
+    measured = all(k in run for k in ("params", "flops", "latency"))
+    if measure and kind and run["task"] != "cls" and not measured:
         if "img_size" not in run:
             raise RunError(f"{record_file}: needs 'img_size' to measure params, FLOPs and latency")
         # ViT entries differ in weights only: one measurement serves them all.

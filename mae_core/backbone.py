@@ -27,18 +27,30 @@ VITDET_GLOBAL_BLOCKS = {
 
 
 class ViTBackbone(VisionTransformer):
-    """Returns the token maps (B, C, H/p, W/p) after the blocks in `out_indices` (default: last).
+    """The MAE encoder as a dense-prediction trunk: images (B, in_chans, H, W) of any size that is
+    a multiple of the patch size -> token maps (B, embed_dim, H/p, W/p) after the blocks in
+    `out_indices`. MMSegmentation's `MAE` is `cls_token_in_attention=True, rel_pos_bias=True,
+    init_values=...` (layer scale); ViTDet is `create_backbone(arch, vitdet_windows=True,
+    use_rel_pos=True)`.
 
-    img_size: the typical input size; it sets the size of the relative-position tables of the
-        global blocks (tables are resampled for other sizes).
-    pretrain_img_size: the grid the position table was trained on (224 for MAE checkpoints).
-    window_size / global_blocks: blocks not listed in `global_blocks` attend within windows.
-    use_rel_pos: decomposed relative positions (ViTDet).
-    cls_token_in_attention: the cls token (with its position) attends and is attended to in every
-        block, and is dropped from the outputs (MMSegmentation's `MAE` / `BEiT`); global attention only.
-    rel_pos_bias: BEiT's relative position bias, one learned scalar per head and 2-D offset (plus
-        the cls entries when the cls token attends). MMSegmentation's `MAE` is
-        `cls_token_in_attention=True, rel_pos_bias=True, init_values=...` (layer scale).
+    Args:
+        img_size: the typical input size; it sets the size of the relative-position tables of the
+            global blocks (tables are resampled for other sizes).
+        pretrain_img_size: the grid the position table was trained on (224 for MAE checkpoints);
+            the table is resampled to each input's grid.
+        patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, drop_path_rate,
+            init_values: as `VisionTransformer`.
+        window_size: side of the attention windows, in tokens; 0: global attention everywhere.
+        global_blocks: indices of the blocks that attend globally when `window_size` is set.
+        use_rel_pos: decomposed relative positions (ViTDet).
+        cls_token_in_attention: the cls token (with its position) attends and is attended to in
+            every block, and is dropped from the outputs (MMSegmentation's `MAE` / `BEiT`); global
+            attention only.
+        rel_pos_bias: BEiT's relative position bias, one learned scalar per head and 2-D offset
+            (plus the cls entries when the cls token attends); excludes `use_rel_pos`.
+        out_indices: blocks whose outputs are returned, in order; None: the last block only.
+        final_norm: apply the pretraining's final LayerNorm to the last block's output.
+        grad_checkpointing: recompute each block in backward while training (less memory).
     """
 
     def __init__(
@@ -111,6 +123,7 @@ class ViTBackbone(VisionTransformer):
         return self.depth + 1
 
     def forward(self, imgs: torch.Tensor) -> list[torch.Tensor]:
+        """(B, in_chans, H, W) -> one (B, embed_dim, H/p, W/p) map per `out_indices` entry."""
         self.check_input(imgs, fixed_size=False)
         x = self.patch_embed(imgs)
         b, h, w, c = x.shape
@@ -137,7 +150,14 @@ class ViTBackbone(VisionTransformer):
 
 def create_backbone(arch: str, vitdet_windows: bool = False, **kwargs) -> ViTBackbone:
     """`create_backbone("vit_base_patch16", vitdet_windows=True, use_rel_pos=True)`: a named size,
-    optionally with ViTDet's 14x14 windows and global blocks; keyword arguments override."""
+    optionally with ViTDet's 14x14 windows and global blocks; keyword arguments override.
+
+    Args:
+        arch: a ViT size of `mae_core.vit.VIT_ARCHS`.
+        vitdet_windows: 14x14 windows with ViTDet's global blocks for `arch`
+            (`VITDET_GLOBAL_BLOCKS`; KeyError for a size it has none for).
+        **kwargs: any `ViTBackbone` argument, overriding the size's and the windows'.
+    """
     spec = get_arch(arch).to_dict()
     if vitdet_windows:
         if arch not in VITDET_GLOBAL_BLOCKS:

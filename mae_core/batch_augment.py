@@ -10,8 +10,8 @@ kernel is the library's, not a copy), placed at the crop's offset and reversed f
 
 Difference to the per-sample path: torchvision resizes uint8 images with fixed-point weights and
 rounds after each pass; here both passes run in float32 weights, rounded to uint8 levels after
-each pass too. Pixels differ by at most one of 255 levels, and rarely (measured in
-tests/test_batch_augment.py); crops, flips and masks are exactly the same."""
+each pass too. Pixels differ by a level or two of 255, and rarely (tests/test_batch_augment.py
+bounds both); crops, flips and masks are exactly the same."""
 
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ class CropDraws(Dataset):
         epoch, index = key
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only, to the same state as torch.manual_seed gives it: manual_seed
-            # also queues a lazy seed per accelerator type with a formatted stack (0.5 ms a call).
+            # also queues a lazy seed per accelerator type with a formatted stack, a cost per call
+            # that would rival the rest of a small sample's draws.
             torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
             img = read_or_skip(self.dataset, index, self.skip_bad_images)
             if isinstance(img, SkippedImage):

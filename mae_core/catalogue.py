@@ -9,8 +9,9 @@ segmentation/catalogue.py; nothing here imports either framework.
 Names:
     vit_mae          the toolkit's ViT loaded from an MAE checkpoint (any layout load_pretrained reads)
     vit_random       the same ViT, randomly initialised
-    vit_supervised   the same ViT pretrained with labels (tools/eval_cls.py --mode supervised writes
-                     one on the demo data; a timm ViT checkpoint works too)
+    vit_supervised   the same ViT pretrained with labels (tools/eval_cls.py --mode finetune
+                     --save-backbone writes one, as `tools/demo.py --also vit_supervised` does on the
+                     demo data; a timm ViT checkpoint works too)
     resnet50_fpn     torchvision ResNet-50 + FPN (checkpoint: a torchvision state dict, optional)
     convnext_atto    timm ConvNeXt-Atto through `features_only` (checkpoint optional)
     timm:<name>      any timm model with `features_only` support: adding one is a config change
@@ -36,17 +37,21 @@ from .checkpoint import (
     load_checkpoint_file,
     load_pretrained,
 )
+from .errors import UserError
 from .pyramid import SimpleFeaturePyramid
 
 PYRAMID_STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
 
 
-class CatalogueError(ValueError):
+class CatalogueError(UserError, ValueError):
     """An unknown backbone name or unusable arguments; the message lists what is known."""
 
 
 @dataclass(frozen=True)
 class Entry:
+    """A catalogue backbone: which trunk builder makes it, a one-line description for reports,
+    whether it needs weights, and the timm model name of a timm entry."""
+
     kind: str                      # "vit", "resnet" or "timm"
     description: str
     needs_checkpoint: bool = False
@@ -63,6 +68,8 @@ CATALOGUE: dict[str, Entry] = {
 
 
 def get_entry(name: str) -> Entry:
+    """The entry `name` of `CATALOGUE`, or a timm entry for "timm:<model>"; CatalogueError listing
+    the known names otherwise."""
     if name.startswith("timm:"):
         return Entry("timm", f"{name[5:]} + FPN (timm)", timm_name=name[5:])
     if name not in CATALOGUE:
@@ -85,6 +92,7 @@ class ViTTrunk(nn.Module):
         self.strides = [net.patch_size]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, H, W) -> [(B, embed_dim, H/p, W/p)]: the last output map only."""
         return self.net(images)[-1:]
 
 
@@ -188,7 +196,13 @@ class FPNNeck(nn.Module):
 class PyramidBackbone(nn.Module):
     """trunk -> neck -> {"p2": ..., "p6": ...}; levels the neck does not give are stride-2
     subsamplings of the previous one (Detectron2's LastLevelMaxPool). `strides` maps level names
-    to strides; `out_channels` is the width of every level."""
+    to strides; `out_channels` is the width of every level.
+
+    Args:
+        trunk: images -> list of feature maps, finest first, with `out_channels` and `strides`.
+        neck: that list -> {"pK": map}, from stride 4 (p2) up.
+        out_channels: the neck's width, the same for every level.
+    """
 
     def __init__(self, trunk: nn.Module, neck: nn.Module, out_channels: int):
         super().__init__()
@@ -197,6 +211,8 @@ class PyramidBackbone(nn.Module):
         self.strides = dict(PYRAMID_STRIDES)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, C, H, W) -> {"pK": (B, out_channels, H / 2**K, W / 2**K)} for K = 2..6 (sizes exact
+        for sides that are multiples of 64)."""
         feats = self.neck(self.trunk(images))
         out = {}
         for name in PYRAMID_STRIDES:
@@ -223,10 +239,23 @@ def build_trunk(
     allow_pickle: bool = False,
     **kwargs,
 ) -> nn.Module:
-    """The trunk of catalogue entry `name`. ViT entries take `arch` (a size in mae_core.vit), the
-    typical input `img_size` (default 224), the `pretrain_img_size` of the position table (default
-    `img_size`) and any `create_backbone` keyword. A timm entry passes `img_size` (only when given:
-    Swin needs it, ConvNeXt refuses it) and `kwargs` to `timm.create_model`."""
+    """The trunk of catalogue entry `name`: images -> list of feature maps, finest first.
+
+    Args:
+        name: a catalogue name (`CATALOGUE`) or "timm:<model>".
+        checkpoint: weights to load (required by `vit_mae` and `vit_supervised`; refused by
+            `vit_random`): for a ViT any layout `load_pretrained` reads, the whole encoder or an
+            error; for ResNet a torchvision state dict; for timm a file timm reads.
+        arch: ViT entries: a size of `mae_core.vit.VIT_ARCHS`.
+        img_size: ViT entries: the typical input size (default 224); timm entries: passed to
+            timm only when given (Swin needs it, ConvNeXt refuses it).
+        pretrain_img_size: ViT entries: the grid of the checkpoint's position table (default
+            `img_size`).
+        in_chans: image channels.
+        allow_pickle: trust a pickled checkpoint file.
+        **kwargs: ViT entries: any `create_backbone` keyword (windows, relative positions...);
+            ResNet: `norm` ("gn", "frozen_bn", "bn"); timm: `timm.create_model` keywords.
+    """
     entry = get_entry(name)
     if entry.needs_checkpoint and not checkpoint:
         raise CatalogueError(f"backbone {name!r} ({entry.description}) needs checkpoint=PATH")
@@ -272,7 +301,13 @@ def load_resnet(net: nn.Module, checkpoint: str, allow_pickle: bool = False) -> 
 def build_pyramid(name: str, checkpoint: str | None = None, out_channels: int = 256,
                   **kwargs) -> PyramidBackbone:
     """`build_pyramid("vit_mae", "pretrain/checkpoint.pth", arch="vit_toy_patch4", img_size=128)`:
-    the backbone + neck of catalogue entry `name`, returning p2-p6."""
+    the backbone + neck of catalogue entry `name`, returning p2-p6. Single-map trunks (ViTs) get
+    ViTDet's simple feature pyramid, multi-scale ones torchvision's FPN.
+
+    Args:
+        name, checkpoint, **kwargs: as `build_trunk`.
+        out_channels: the width of every pyramid level.
+    """
     trunk = build_trunk(name, checkpoint, **kwargs)
     if len(trunk.out_channels) == 1:
         neck = SimplePyramidNeck(trunk.out_channels[0], trunk.strides[0], out_channels)

@@ -9,11 +9,13 @@ ViTMAE files into any toolkit ViT, adapting grid and patch size, and reports eve
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
 import pickle
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,17 +25,18 @@ import torch
 from timm.layers import resample_patch_embed
 from torch import nn
 
+from .errors import UserError
 from .layers import resize_bias_table
 from .pos_embed import resample_pos_embed
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be used, with the file and the reason in the message."""
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError, RuntimeError):
     """A loss, gradient norm or tensor that is NaN or infinite. Pretraining, Detectron2 and
     MMSegmentation runs all raise this one class, so one `except` catches every such stop; the
     message says where (the iteration as the run's log numbers it, or the file) and which
@@ -75,32 +78,133 @@ def describe_non_finite(tree) -> str | None:
     return f"{len(bad)} of {total} floating-point tensors are non-finite (NaN or infinity): {few_names(bad)}"
 
 
-def write_atomically(path: str | os.PathLike, write) -> Path:
+class CheckpointWriteError(CheckpointError, UserError):
+    """A file the toolkit could not write (no space, quota, permission, file too large): the
+    message names the file, the operating system's error, the disk, and the checkpoint a run can
+    resume from. Nothing was written under the file's name."""
+
+    def __init__(self, path: Path, error: OSError, last_good: str | os.PathLike | None, partial: str | None):
+        code = f" ({errno.errorcode[error.errno]})" if error.errno in errno.errorcode else ""
+        message = f"could not write {path}: {error.strerror or error}{code}"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and partial is not None:
+            message += f"; {_disk_note(Path(partial))}"
+        message += (
+            f". Nothing was written under {path.name}: a previous file of that name is unchanged and no "
+            "partial file is left. "
+        )
+        if last_good:
+            message += f"The last good checkpoint is {last_good}; make room (or fix the permission) and " \
+                       "continue from it with --resume."
+        else:
+            message += "No checkpoint was written before this one."
+        super().__init__(message)
+        self.path, self.error, self.last_good = path, error, last_good
+
+
+def _disk_note(partial: Path) -> str:
+    """How far the write got, which file system it was on and how full that is (a user's quota is
+    not shown)."""
+    mount = partial.parent.resolve()
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    usage = shutil.disk_usage(partial.parent)
+    written = partial.stat().st_size if partial.exists() else 0
+    return (f"the write stopped after {_size(written)}, with {_size(usage.free)} free of "
+            f"{_size(usage.total)} on the file system mounted at {mount}")
+
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
+
+
+class _ErrorKeepingFile:
+    """A file whose failed write is remembered: `torch.save` reports a full disk only as its own
+    `RuntimeError` ("unexpected pos ..."), and the operating system's error is what says why."""
+
+    def __init__(self, file):
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def write_atomically(path: str | os.PathLike, write, last_good: str | os.PathLike | None = None) -> Path:
     """Calls `write(file)` on a temporary file beside `path`, fsyncs it and renames it into place:
-    readers see the old file or the complete new one, never a partial one."""
+    readers see the old file or the complete new one, never a partial one. Every path the toolkit
+    saves through ends here, so a failed write is reported here, once.
+
+    Args:
+        path: the file to write; its folder is created if missing.
+        write: called with a binary file object (`write` and `flush`).
+        last_good: the checkpoint a run stopped by a failed write resumes from, for the message.
+
+    Returns:
+        `path`, as a `Path`.
+
+    Raises:
+        CheckpointWriteError: the write failed (no space, quota, permission, file too large);
+            names `path`, the OS error, how full the disk was and `last_good`. No partial file is
+            left and a previous file under `path` is unchanged.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it a normal file's mode
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            kept = _ErrorKeepingFile(f)
+            try:
+                write(kept)
+            except RuntimeError:
+                if kept.error is None:
+                    raise
+                raise kept.error from None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        # Described before the partial file goes: the disk is as full as the write found it.
+        failed = CheckpointWriteError(path, exc, last_good, tmp) if isinstance(exc, OSError) else None
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if failed is not None:
+            raise failed from exc
         raise
     return path
 
 
-def save_checkpoint(obj, path: str | os.PathLike) -> Path:
-    return write_atomically(path, lambda f: torch.save(obj, f))
+def save_checkpoint(obj, path: str | os.PathLike, last_good: str | os.PathLike | None = None) -> Path:
+    """`torch.save(obj)` to `path` atomically (`write_atomically`); returns the path. `last_good`
+    is named if the write fails (`CheckpointWriteError`)."""
+    return write_atomically(path, lambda f: torch.save(obj, f), last_good)
 
 
 def load_checkpoint_file(path: str | os.PathLike, allow_pickle: bool = False, map_location="cpu"):
     """Loads with `weights_only=True` unless `allow_pickle` is set (only for files you trust:
-    the official MAE releases pickle an `argparse.Namespace` beside the weights)."""
+    the official MAE releases pickle an `argparse.Namespace` beside the weights).
+
+    Args:
+        path: a file written by `torch.save`.
+        allow_pickle: unpickle arbitrary Python objects (runs code from the file).
+        map_location: as `torch.load`.
+
+    Raises:
+        CheckpointError: a missing or unreadable file, or pickled objects without `allow_pickle`
+            (the message says how to opt in).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -318,7 +422,16 @@ def _from_mmseg(sd: dict[str, torch.Tensor], source: str) -> tuple[dict[str, tor
 
 def to_official_layout(obj, source: str = "checkpoint") -> ConvertedCheckpoint:
     """Detects the layout of a loaded checkpoint (toolkit, official MAE / timm ViT, Hugging Face
-    ViTMAE, MMSegmentation MAE) from its keys and converts it to the official MAE layout."""
+    ViTMAE, MMSegmentation MAE) from its keys and converts it to the official MAE layout.
+
+    Args:
+        obj: a loaded checkpoint: a state dict, or one under "model", "state_dict" or "module".
+        source: its name in error messages (usually the path).
+
+    Returns:
+        `ConvertedCheckpoint`: the converted state dict, the layout it came in, the classifier keys
+        dropped and the toolkit's architecture record when the file had one.
+    """
     record = obj.get("arch") if isinstance(obj, Mapping) and isinstance(obj.get("arch"), Mapping) else None
     sd = extract_state_dict(obj, source)
     if _is_hugging_face(sd):
@@ -339,7 +452,7 @@ def to_official_layout(obj, source: str = "checkpoint") -> ConvertedCheckpoint:
 
 def read_checkpoint(path: str | os.PathLike, allow_pickle: bool = False):
     """A torch checkpoint (safe loading, see `load_checkpoint_file`) or a `.safetensors` file
-    (the Hugging Face hub format)."""
+    (the Hugging Face hub format), as loaded: not yet converted (`to_official_layout`)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         return load_checkpoint_file(path, allow_pickle=allow_pickle)
@@ -514,7 +627,22 @@ def load_pretrained(
     raises `IncompleteLoadError` naming the keys before the module is touched, unless the caller
     opts in with `allow_partial=True`: then what fits is loaded and the report says what did not.
     Weights holding a NaN or an infinity are never loaded (`NonFiniteError` naming them): a run
-    would otherwise train from them until its first checkpoint refuses to save."""
+    would otherwise train from them until its first checkpoint refuses to save.
+
+    Args:
+        module: the toolkit model to load into.
+        source: a checkpoint path (torch or `.safetensors`), a loaded checkpoint or a state dict.
+        allow_pickle: trust a pickled checkpoint file (see `load_checkpoint_file`).
+        allow_partial: load what fits and report the rest instead of raising.
+
+    Returns:
+        `LoadReport`: every key loaded, resized, ignored, new, missing, unexpected or mismatched.
+
+    Raises:
+        CheckpointError: an unreadable file or an unknown layout; `IncompleteLoadError` (with its
+            report) for a partial fit without `allow_partial`.
+        NonFiniteError: weights holding a NaN or an infinity.
+    """
     name, converted = _read_and_convert(source, allow_pickle)
     report = LoadReport(name, converted.source_format, ignored=list(converted.dropped))
     model_sd = module.state_dict()
@@ -554,8 +682,19 @@ def export_backbone(
     source, path: str | os.PathLike, *, allow_pickle: bool = False, arch_record: dict | None = None
 ):
     """Writes the encoder of any readable checkpoint (no decoder, no classifier) as a toolkit
-    checkpoint {"model", "arch", "source_format"}, atomically. `arch_record` completes or overrides
-    the architecture record read off the weights (the head count cannot be)."""
+    checkpoint {"model", "arch", "source_format"}, atomically.
+
+    Args:
+        source: a checkpoint path, a loaded checkpoint or a state dict, in any layout
+            `to_official_layout` reads.
+        path: the file to write.
+        allow_pickle: trust a pickled checkpoint file.
+        arch_record: completes or overrides the architecture record read off the weights (the head
+            count cannot be read off them), e.g. `{"name": "vit_base_patch16", "num_heads": 12}`.
+
+    Returns:
+        The written path.
+    """
     _, converted = _read_and_convert(source, allow_pickle)
     encoder = {k: v for k, v in converted.state_dict.items() if not k.startswith(MAE_HEAD_PARTS)}
     record = {**_arch_record_from_weights(encoder), **(converted.arch_record or {}), **(arch_record or {})}

@@ -18,16 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used; the message names the file or key."""
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The masked autoencoder to pretrain (`mae_core.engine.model_record` turns it into the
+    constructor arguments stored in every checkpoint)."""
+
     arch: str = "vit_base_patch16"  # a name in mae_core.vit.VIT_ARCHS
     img_size: int | tuple[int, int] = 224  # (height, width) for non-square inputs
     in_chans: int = 3
@@ -46,6 +51,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The pretraining images and their augmentation (`mae_core.data`)."""
+
     dataset: str = "image_folder"  # "image_folder" or "fashion_mnist"
     root: str = ""  # image folder; for fashion_mnist, "" finds the Debian package's files
     split: str = "train"  # fashion_mnist only: "train" or "test"
@@ -64,6 +71,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """AdamW with MAE's linear warm-up and half-cosine decay (`mae_core.engine.LRSchedule`)."""
+
     blr: float = 1.5e-4  # lr = blr * effective batch / 256
     lr: float | None = None  # absolute lr; overrides blr when set
     min_lr: float = 0.0
@@ -75,6 +84,9 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
+    """One pretraining run: what a configs/pretrain/*.py file builds and `key=value` overrides
+    change (`override`, `parse_overrides`)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

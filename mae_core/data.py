@@ -9,6 +9,7 @@ gradient accumulation, and a resumed run match an uninterrupted one."""
 from __future__ import annotations
 
 import gzip
+import itertools
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 from .config import DataConfig
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +39,11 @@ FASHION_MNIST_FILES = {
 }
 
 
-class ImageReadError(RuntimeError):
+class ImageReadError(UserError, RuntimeError):
     """An image file that cannot be decoded; the message names the file."""
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """Data that is not where it should be; the message says how to get it."""
 
 
@@ -78,7 +80,16 @@ def read_image(path: str | os.PathLike, in_chans: int, notes: ConversionNotes | 
     Detectron2's reader does: COCO annotations are drawn on the upright picture). 32-bit integer
     or float files are refused, naming the file and mode; conversions that lose information (alpha,
     palette transparency, CMYK, colour to grey) are reported to `notes` (once per kind). Decoding
-    problems become an `ImageReadError` naming the file."""
+    problems become an `ImageReadError` naming the file.
+
+    Args:
+        path: an image file PIL opens (PNG, JPEG, TIFF...).
+        in_chans: channels wanted: 1 (grey), 3 (RGB) or 4 (RGBA).
+        notes: where lossy conversions are reported; None: a process-wide default.
+
+    Returns:
+        (in_chans, H, W) uint8, or float32 in [0, 1] for a 16-bit file.
+    """
     if in_chans not in PIL_MODES:
         raise ValueError(f"in_chans must be one of {sorted(PIL_MODES)} for image files, got {in_chans}")
     try:
@@ -98,16 +109,18 @@ def read_image(path: str | os.PathLike, in_chans: int, notes: ConversionNotes | 
     return tensor
 
 
-def check_image_scale(path: str | os.PathLike) -> None:
+def check_image_scale(path: str | os.PathLike) -> tuple[int, int]:
     """Refuses, as `read_image` does, an image whose pixels have no standard scale (32-bit integer
     or float grey), reading only its header: for loaders other than `read_image` (MMSegmentation's,
-    whose OpenCV cannot decode them), so every path refuses them with the same message."""
+    whose OpenCV cannot decode them), so every path refuses them with the same message. Returns
+    the image's (height, width), which the data check compares with its annotations."""
     try:
         with Image.open(path) as img:
-            mode = img.mode
+            mode, (width, height) = img.mode, img.size
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
     _refuse_unscaled(path, mode)
+    return height, width
 
 
 def _refuse_unscaled(path, mode: str) -> None:
@@ -159,7 +172,15 @@ def list_images_recursively(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 class ImageFolder(Dataset):
     """Every image under `root`, found recursively and sorted. When all images sit in
     sub-folders of `root`, the top-level sub-folder names are the classes (ImageNet's layout);
-    otherwise labels are -1. Labels are not used by pretraining, only by monitors."""
+    otherwise labels are -1. Labels are not used by pretraining, only by monitors.
+
+    Args:
+        root: the folder (DatasetNotFoundError when it does not exist or holds no image).
+        in_chans: channels each image is read with (`read_image`).
+        transform: applied to each (C, H, W) image; None: the image as read.
+
+    Items are (image, label) pairs.
+    """
 
     def __init__(self, root: str | os.PathLike, in_chans: int = 3, transform: Callable | None = None):
         self.root = Path(root)
@@ -227,7 +248,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 class FashionMNIST(Dataset):
-    """Fashion-MNIST (28x28 grey, 10 classes) from the IDX files, as (1, 28, 28) uint8 tensors."""
+    """Fashion-MNIST (28x28 grey, 10 classes) from the IDX files, as (1, 28, 28) uint8 tensors.
+
+    Args:
+        root: the folder of the IDX files; None: where the Debian package put them
+            (`find_fashion_mnist`).
+        split: "train" or "test".
+        transform: applied to each image; None: the uint8 tensor.
+
+    Items are (image, label) pairs.
+    """
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train", transform=None):
         if split not in FASHION_MNIST_FILES:
@@ -280,7 +310,9 @@ def eval_transform(cfg: DataConfig, img_size: int | tuple[int, int], in_chans: i
 
 
 def build_dataset(cfg: DataConfig, transform=None, in_chans: int = 3) -> Dataset:
-    """The dataset named by `cfg.dataset`, limited to its first `cfg.limit` samples if set."""
+    """The dataset named by `cfg.dataset` ("image_folder" at `cfg.root`, or "fashion_mnist"),
+    limited to its first `cfg.limit` samples if set; `transform` is applied to every image, read
+    with `in_chans` channels."""
     if cfg.dataset == "fashion_mnist":
         if in_chans != 1:
             raise ValueError(f"Fashion-MNIST is grayscale: set model.in_chans=1 (got {in_chans})")
@@ -324,8 +356,18 @@ class MaskedViews(Dataset):
     """Pretraining samples: an augmented view and the masking noise of one image, both drawn
     from that sample's own seed. Keys are (epoch, index) pairs from `EpochSampler`.
 
-    Returns (image, noise), or None for an unreadable image when `skip_bad_images` is set (the
-    collate function drops it and counts it); otherwise the `ImageReadError` propagates."""
+    Items are (image, noise) with noise (gh * gw,), or a `SkippedImage` (its message) for an
+    unreadable image when `skip_bad_images` is set (`collate_views` drops and counts it);
+    otherwise the `ImageReadError` propagates.
+
+    Args:
+        dataset: yields (augmented image, label) pairs (`pretrain_transform` applied).
+        masking: the `mae_core.masking.MaskingStrategy` whose draw goes with each image.
+        grid: the model's patch grid (gh, gw).
+        num_masked: patches masked per image.
+        seed: the run's seed; each sample's is `sample_seed(seed, epoch, index)`.
+        skip_bad_images: skip unreadable images instead of stopping.
+    """
 
     def __init__(self, dataset: Dataset, masking, grid: tuple[int, int], num_masked: int, seed: int,
                  skip_bad_images: bool = False):
@@ -378,7 +420,17 @@ def collate_views(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 
 class EpochSampler(DistributedSampler):
     """DistributedSampler whose indices carry the epoch, so per-sample seeds stay right even
-    with persistent data workers (which never see `set_epoch` on their dataset copy)."""
+    with persistent data workers (which never see `set_epoch` on their dataset copy).
+
+    `set_epoch(epoch, skip=n)` starts the epoch's order at its n-th sample (of this process): a run
+    resumed mid-epoch reads the samples the interrupted run had not reached, without loading the
+    others. The order itself depends on (seed, epoch) only, so it is the interrupted run's."""
+
+    skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.skip = skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, index) for index in super().__iter__())
+        return ((self.epoch, index) for index in itertools.islice(super().__iter__(), self.skip, None))

@@ -12,6 +12,9 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in the run (`init_distributed`): global rank, process count, rank on
+    this machine, and the device it computes on."""
+
     rank: int
     world_size: int
     local_rank: int

@@ -4,7 +4,10 @@ atomic checkpoints with exact resume, and logs (progress bar, TensorBoard, JSON 
 
 Resume is exact because everything random is either a function of (seed, epoch, sample)
 (crops, flips, masks: see `mae_core.data`) or restored from the checkpoint (each process's
-torch RNG, which drop path uses)."""
+torch RNG, which drop path uses). A run preempted mid-epoch (SIGTERM, SIGUSR1: `mae_core.preemption`)
+saves its position in the epoch too; the resumed run skips the samples already trained on
+(`EpochSampler.set_epoch(epoch, skip)`) and restores the RNG after the data loader has drawn its
+seed, where the interrupted run stood."""
 
 from __future__ import annotations
 
@@ -39,11 +42,17 @@ from .host_memory import retain_freed_memory
 from .layer_decay import param_groups
 from .mae import MaskedAutoencoder, decoder_preset
 from .masking import build_masking
+from .precision import warn_if_bf16_is_slow
+from .preemption import PreemptionNotice, ignore_preemption_signals
+from .run_folder import previous_run_files, run_folder
 from .vit import get_arch
 
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.pth"
+# What makes an output folder another run's (mae_core.run_folder), and what --overwrite deletes with it.
+CHECKPOINT_MARKS = (LAST_CHECKPOINT, "checkpoint-*.pth")
+RUN_LOGS = ("diverged-*.pth", "log.jsonl", "tensorboard", "config.json")
 
 
 class EpochHook(Protocol):
@@ -92,6 +101,8 @@ def mae_from_record(record: dict) -> MaskedAutoencoder:
 
 
 def accumulation_steps(cfg: PretrainConfig, world_size: int) -> int:
+    """Micro-batches per optimizer step so that every step sees `cfg.effective_batch` images over
+    `world_size` processes; ConfigError when it is not a multiple of the per-step batch."""
     per_step = cfg.batch_size * world_size
     if cfg.effective_batch is None:
         return 1
@@ -126,8 +137,8 @@ class LRSchedule:
 
 def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on weight matrices only (not norms, biases, position tables, tokens).
-    Fused: one pass over parameters, gradients and moments; for ViT-B's 112M parameters on CPU
-    0.33 s per step against 1.7 s for the default per-tensor loop (docs/benchmarks.md)."""
+    Fused: one pass over parameters, gradients and moments, several times faster than the default
+    per-tensor loop on a large model (docs/benchmarks.md)."""
     groups = param_groups(model, cfg.optim.weight_decay, layer_decay=1.0)
     return torch.optim.AdamW(groups, lr=0.0, betas=tuple(cfg.optim.betas), fused=True)
 
@@ -161,7 +172,7 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def previous_checkpoints(output_dir: Path) -> list[Path]:
-    return sorted([*output_dir.glob(LAST_CHECKPOINT), *output_dir.glob("checkpoint-*.pth")])
+    return previous_run_files(output_dir, CHECKPOINT_MARKS)
 
 
 def instantiate_hooks(specs) -> list[EpochHook]:
@@ -193,6 +204,7 @@ class PretrainResult:
     epoch: int  # last finished epoch
     iteration: int  # optimizer steps taken in total
     losses: list[float] = field(default_factory=list)  # per optimizer step of this run, all processes' mean
+    preempted_by: str | None = None  # the signal that stopped the run early, its checkpoint written
 
 
 class _RunLog:
@@ -249,16 +261,52 @@ def pretrain(
 ) -> PretrainResult:
     """Runs (or continues, from `resume`) pretraining as configured; one call per process.
     `resume=LAST_CHECKPOINT` continues the output folder's own run if it has one and starts fresh
-    otherwise (a preemptible job can always pass it). A fresh run into a folder holding another
-    run's checkpoints is refused unless `overwrite` (which deletes them)."""
+    otherwise (a preemptible job can always pass it). The run holds its output folder while it
+    runs (mae_core.run_folder): a folder another run holds, or one holding another run's
+    checkpoints, is refused unless `overwrite`.
+
+    Args:
+        cfg: the run (`mae_core.config.PretrainConfig`); `cfg.output_dir` receives checkpoints,
+            log.jsonl and TensorBoard events.
+        resume: a checkpoint to continue from, or `LAST_CHECKPOINT`; None: a fresh run.
+        hooks: `EpochHook`s told about every finished epoch, besides `cfg.epoch_hooks`.
+        overwrite: let a fresh run replace another run in `cfg.output_dir` (its checkpoints and
+            logs are deleted first).
+
+    Returns:
+        `PretrainResult`: the trained (unwrapped) model, the last epoch, the optimizer steps taken
+        and this run's per-step losses.
+    """
     joined_here = not torch.distributed.is_initialized()
     dist_info = init_distributed(cfg.device)
     try:
+        output_dir = Path(cfg.output_dir)
+        start = resume_from(output_dir, resume, overwrite, dist_info.is_main)
+        continues_here = start is not None and start.parent.resolve() == output_dir.resolve()
+        # Built first (it writes nothing), so a config the model or data refuse leaves no folder.
         pretrainer = Pretrainer(cfg, dist_info, list(hooks) + instantiate_hooks(cfg.epoch_hooks))
-        return pretrainer.run(resume, overwrite)
+        with run_folder(output_dir, marks=CHECKPOINT_MARKS, removed_with=RUN_LOGS, resume=continues_here,
+                        take_over=resume is not None or overwrite, overwrite=overwrite,
+                        folder_flag="--output-dir", is_main=dist_info.is_main, share=all_gather_objects):
+            return pretrainer.run(start)
     finally:
         if joined_here:  # a caller's own process group stays up
             close_distributed()
+
+
+def resume_from(output_dir: Path, resume: str | Path | None, overwrite: bool, is_main: bool) -> Path | None:
+    """The checkpoint a run restores: `resume`, or with a bare --resume the output folder's last
+    checkpoint when there is one (a fresh run, said so, when there is none)."""
+    if resume is not None and overwrite:
+        raise ConfigError("--resume continues the run in the output folder, --overwrite replaces it: "
+                          "give one of them")
+    if str(resume) == LAST_CHECKPOINT:
+        resume = output_dir / LAST_CHECKPOINT
+        if not resume.is_file():
+            if is_main:
+                log.info("nothing to resume: %s does not exist; starting a fresh run", resume)
+            return None
+    return Path(resume) if resume is not None else None
 
 
 def _duration(seconds: float) -> str:
@@ -279,6 +327,8 @@ class Pretrainer:
         self.device = dist_info.device
         self.output_dir = Path(cfg.output_dir)
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
+        if self.amp_dtype == torch.bfloat16 and dist_info.is_main:
+            warn_if_bf16_is_slow(self.device, "set amp=none (a key=value override of tools/pretrain.py)")
         if cfg.retain_host_memory:
             retain_freed_memory()
         self.accum = accumulation_steps(cfg, dist_info.world_size)
@@ -304,7 +354,7 @@ class Pretrainer:
         self.loader = DataLoader(
             views, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.data.num_workers,
             collate_fn=collate, drop_last=True, pin_memory=self.device.type == "cuda",
-            persistent_workers=cfg.data.num_workers > 0,
+            persistent_workers=cfg.data.num_workers > 0, worker_init_fn=ignore_preemption_signals,
         )
         self.steps_per_epoch = len(self.loader) // self.accum
         if self.steps_per_epoch == 0:
@@ -325,6 +375,13 @@ class Pretrainer:
         self.epoch = -1  # last finished epoch
         self.iteration = 0
         self.last_good: Path | None = None
+        # Within the epoch after `epoch`: steps done, their losses and skipped images (all nonzero
+        # only in a run preempted mid-epoch, and in the run resumed from it until that epoch ends).
+        self.epoch_step = 0
+        self.epoch_losses: list[float] = []
+        self.skipped = 0
+        self.rng_after_loader: dict | None = None  # a mid-epoch checkpoint's RNG, see train_epoch
+        self.notice = PreemptionNotice()
 
     # ------------------------------------------------------------ checkpoints
 
@@ -338,17 +395,25 @@ class Pretrainer:
             "iteration": self.iteration,
             "rng": all_gather_objects(rng_state(self.device)),
             "config": to_dict(self.cfg),
+            # Skipped images of all processes; restored on the main process (end_epoch sums them).
+            "epoch_progress": {"step": self.epoch_step, "losses": self.epoch_losses,
+                               "skipped": self.skipped_everywhere()},
         }
 
-    def save(self) -> None:
-        """Writes last.pth (and a numbered checkpoint when due); the weights and optimizer state
-        were checked finite by `check_finite` first, so these names only ever hold a good state."""
+    def skipped_everywhere(self) -> int:
+        """Unreadable images skipped so far in this epoch by all processes (a collective)."""
+        return int(all_reduce_sum(torch.tensor(self.skipped, device=self.device)).item())
+
+    def save(self, numbered: bool = True) -> None:
+        """Writes last.pth (and a numbered checkpoint when due, at an epoch's end); the weights and
+        optimizer state were checked finite by `check_finite` first, so these names only ever hold
+        a good state."""
         state = self.checkpoint()  # every process takes part (RNG gather)
         if self.dist.is_main:
             epoch_number = self.epoch + 1
-            if epoch_number % self.cfg.save_every == 0 or epoch_number == self.cfg.epochs:
-                save_checkpoint(state, self.output_dir / f"checkpoint-{epoch_number:04d}.pth")
-            save_checkpoint(state, self.output_dir / LAST_CHECKPOINT)
+            if numbered and (epoch_number % self.cfg.save_every == 0 or epoch_number == self.cfg.epochs):
+                save_checkpoint(state, self.output_dir / f"checkpoint-{epoch_number:04d}.pth", self.last_good)
+            save_checkpoint(state, self.output_dir / LAST_CHECKPOINT, self.last_good)
         self.last_good = self.output_dir / LAST_CHECKPOINT
 
     def last_good_note(self) -> str:
@@ -370,7 +435,7 @@ class Pretrainer:
         if self.dist.is_main:
             debug = self.output_dir / f"diverged-{self.iteration:06d}.pth"
             save_checkpoint({"model": self.model.state_dict(), "arch": self.model_record, "epoch": self.epoch,
-                             "iteration": self.iteration}, debug)
+                             "iteration": self.iteration}, debug, self.last_good)
             kept = f" (kept for debugging as {debug})"
         raise NonFiniteError(
             f"{when.capitalize()}, after iteration {self.iteration} (counted from 1, as in log.jsonl), "
@@ -400,9 +465,15 @@ class Pretrainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
         self.iteration = int(state["iteration"])
+        progress = state.get("epoch_progress") or {"step": 0, "losses": [], "skipped": 0}
+        self.epoch_step, self.epoch_losses = int(progress["step"]), list(progress["losses"])
+        self.skipped = int(progress["skipped"]) if self.dist.is_main else 0
         rng = state["rng"]
         if len(rng) == self.dist.world_size:
-            set_rng_state(rng[self.dist.rank], self.device)
+            if self.epoch_step:  # mid-epoch: the loader of the epoch must draw its seed first
+                self.rng_after_loader = rng[self.dist.rank]
+            else:
+                set_rng_state(rng[self.dist.rank], self.device)
         elif self.dist.is_main:
             log.warning("%s was saved by %d process(es), now %d: RNG states not restored, drop path "
                         "will differ from the uninterrupted run", path, len(rng), self.dist.world_size)
@@ -410,34 +481,8 @@ class Pretrainer:
 
     # ------------------------------------------------------------ training
 
-    def start_from(self, resume: str | Path | None, overwrite: bool) -> Path | None:
-        """The checkpoint to restore, if any, after making sure no other run's checkpoints in the
-        output folder get overwritten (see `pretrain`)."""
-        if resume is not None and overwrite:
-            raise ConfigError("--resume continues the run in the output folder, --overwrite replaces it: "
-                              "give one of them")
-        if str(resume) == LAST_CHECKPOINT:
-            resume = self.output_dir / LAST_CHECKPOINT
-            if not resume.is_file():
-                if self.dist.is_main:
-                    log.info("nothing to resume: %s does not exist; starting a fresh run", resume)
-                resume = None
-        resume = Path(resume) if resume is not None else None
-        others = [p for p in previous_checkpoints(self.output_dir)
-                  if resume is None or p.parent.resolve() != resume.parent.resolve()]
-        if others and not overwrite:
-            raise ConfigError(
-                f"{self.output_dir} holds another run's checkpoints ({', '.join(p.name for p in others)}); "
-                f"pass --resume to continue it, --overwrite to replace it, or choose another output_dir"
-            )
-        if others and self.dist.is_main:
-            for path in [*others, *self.output_dir.glob("diverged-*.pth")]:
-                path.unlink()
-            log.warning("--overwrite: deleted the previous run's %s", ", ".join(p.name for p in others))
-        return resume
-
-    def run(self, resume: str | Path | None, overwrite: bool = False) -> PretrainResult:
-        resume = self.start_from(resume, overwrite)
+    def run(self, resume: Path | None) -> PretrainResult:
+        """Trains from `resume` (a checkpoint path, or None for a fresh run) to the last epoch."""
         if resume is not None:
             self.restore(resume)
         if self.dist.is_main:
@@ -450,29 +495,66 @@ class Pretrainer:
         self.run_log = _RunLog(self.output_dir, self.dist.is_main, self.iteration)
         losses: list[float] = []
         first_epoch, started = self.epoch + 1, time.monotonic()
+        self.stopped_by = None
         try:
-            for epoch in range(first_epoch, self.cfg.epochs):
-                losses += self.train_epoch(epoch)
-                self.epoch = epoch
-                self.end_epoch(epoch, losses[-self.steps_per_epoch:])
-                if self.dist.is_main:
-                    per_epoch = (time.monotonic() - started) / (epoch + 1 - first_epoch)
-                    remaining = per_epoch * (self.cfg.epochs - epoch - 1)
-                    log.info("epoch %d/%d done, %s per epoch, about %s to go", epoch + 1, self.cfg.epochs,
-                             _duration(per_epoch), _duration(remaining))
+            with self.notice:
+                for epoch in range(first_epoch, self.cfg.epochs):
+                    losses += self.train_epoch(epoch)
+                    if self.stopped_by:
+                        self.save_mid_epoch(epoch)
+                        break
+                    self.epoch = epoch
+                    self.end_epoch(epoch, self.epoch_losses)
+                    self.epoch_step, self.epoch_losses, self.skipped = 0, [], 0
+                    self.save()
+                    self.log_time(epoch, first_epoch, started)
+                    if epoch < self.cfg.epochs - 1 and self.preemption_requested():
+                        self.log_preempted(f"the end of epoch {epoch}")
+                        break
         finally:
             self.run_log.close()
-        return PretrainResult(self.model, self.epoch, self.iteration, losses)
+        return PretrainResult(self.model, self.epoch, self.iteration, losses, self.stopped_by)
+
+    def preemption_requested(self) -> bool:
+        """Whether any process got a preemption signal (`stopped_by` names it); every process
+        calls this after the same steps, and all get the same answer."""
+        self.stopped_by = self.notice.requested(self.device, self.dist.world_size)
+        return self.stopped_by is not None
+
+    def save_mid_epoch(self, epoch: int) -> None:
+        """last.pth at this step of `epoch`, with the position in the epoch, for a preempted run."""
+        self.check_finite(f"at the preemption in epoch {epoch}")
+        self.save(numbered=False)
+        self.log_preempted(f"step {self.epoch_step} of {self.steps_per_epoch} in epoch {epoch}")
+
+    def log_preempted(self, where: str) -> None:
+        if self.dist.is_main:
+            log.warning("%s received: stopped after iteration %d (%s) and wrote %s at that iteration; "
+                        "continue with --resume", self.stopped_by, self.iteration, where, self.last_good)
+
+    def log_time(self, epoch: int, first_epoch: int, started: float) -> None:
+        if self.dist.is_main:
+            per_epoch = (time.monotonic() - started) / (epoch + 1 - first_epoch)
+            remaining = per_epoch * (self.cfg.epochs - epoch - 1)
+            log.info("epoch %d/%d done, %s per epoch, about %s to go", epoch + 1, self.cfg.epochs,
+                     _duration(per_epoch), _duration(remaining))
 
     def train_epoch(self, epoch: int) -> list[float]:
-        self.sampler.set_epoch(epoch)
+        """Trains `epoch` from step `epoch_step` (0 unless resumed mid-epoch) to its end, or until a
+        preemption request is agreed (then `stopped_by` names the signal). Returns
+        this run's losses; `epoch_losses` holds the whole epoch's."""
+        first = self.epoch_step
+        self.sampler.set_epoch(epoch, skip=first * self.accum * self.cfg.batch_size)
         self.model.train()
-        self.skipped = 0
-        batches = iter(self.loader)
+        batches = iter(self.loader)  # draws the loader's seed from the torch RNG
+        if self.rng_after_loader is not None:
+            set_rng_state(self.rng_after_loader, self.device)
+            self.rng_after_loader = None
         losses = []
         # Redirected to a log file (a cluster job), the bar updates every 30 s, not 10 times a second.
-        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch}", disable=not self.dist.is_main,
-                   dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30)
+        bar = tqdm(range(first, self.steps_per_epoch), desc=f"epoch {epoch}", disable=not self.dist.is_main,
+                   initial=first, total=self.steps_per_epoch, dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else 30)
         pending: list[torch.Tensor] = []  # losses still on the device, read once per log line
         pending_norms: list[torch.Tensor] = []  # gradient norms, likewise (when clipping computes them)
         for step in bar:
@@ -499,6 +581,16 @@ class Pretrainer:
                     record["pixel_loss"] = scalars["train/pixel_loss"] = losses[-1] - record["aux_loss"]
                 self.run_log.line(record, scalars, self.iteration)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.3g}", refresh=False)
+            self.epoch_step = step + 1
+            # The epoch's last step goes on to the epoch's end and its checkpoint: no stop here.
+            if step < self.steps_per_epoch - 1 and self.preemption_requested():
+                if pending_norms:
+                    self.check_values("gradient norm", pending_norms, epoch, step)
+                if pending:  # read without a log line, which the uninterrupted run would not write
+                    losses += self.check_values("loss", pending, epoch, step)
+                break
+        bar.close()
+        self.epoch_losses += losses
         return losses
 
     @property
@@ -562,10 +654,10 @@ class Pretrainer:
 
     def end_epoch(self, epoch: int, losses: list[float]) -> None:
         """Checks the weights before anything else, so no monitor reports on (and no checkpoint
-        holds) a diverged model; then logs, runs the epoch hooks and saves."""
+        holds) a diverged model; then logs and runs the epoch hooks."""
         self.check_finite(f"at the end of epoch {epoch}")
         record = {"epoch": epoch, "iteration": self.iteration, "train_loss": sum(losses) / len(losses)}
-        skipped = int(all_reduce_sum(torch.tensor(self.skipped, device=self.device)).item())
+        skipped = self.skipped_everywhere()
         if skipped or self.cfg.data.skip_bad_images:
             record["skipped_images"] = skipped
         scalars = {"epoch/train_loss": record["train_loss"]}
@@ -577,4 +669,3 @@ class Pretrainer:
                     scalars[f"monitor/{name}"] = float(value)
             self.model.train()
         self.run_log.line(record, scalars, self.iteration)
-        self.save()

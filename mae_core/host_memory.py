@@ -2,9 +2,9 @@
 
 By default glibc hands blocks above 32 MB back to the kernel on free (mmap threshold) and trims the
 heap top above 64 MB, so a training step whose activations are tens of MB each page-faults them
-in afresh every step: about 100,000 minor faults per step of the demo's toy MAE at batch 128, and
-12% of its step time (docs/benchmarks.md, "Demo pretraining step"). Raising both thresholds keeps
-those pages mapped for the next step. Preloading jemalloc instead made that epoch slower."""
+in afresh every step, a cost that shows in a small model's step time at a large batch
+(docs/benchmarks.md, "The demo's pretraining epoch"). Raising both thresholds keeps those pages
+mapped for the next step. Preloading jemalloc instead made that step slower."""
 
 from __future__ import annotations
 

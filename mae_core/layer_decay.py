@@ -33,7 +33,18 @@ def param_groups(
                                    "rel_pos_h", "rel_pos_w", "absolute_pos_embed"),
 ) -> list[dict]:
     """Optimizer groups, one per (layer, decay / no decay), each with `lr_scale` to multiply the
-    scheduled learning rate by: layer_decay ** (num_layers + 1 - layer_id)."""
+    scheduled learning rate by: layer_decay ** (num_layers + 1 - layer_id).
+
+    Args:
+        model: any module; its backbones take part through `num_layers` and `layer_id(name)`.
+        weight_decay: for weight matrices; norms, biases, 1-D tensors and `skip_names` get none.
+        layer_decay: learning-rate ratio between a layer and the one above it; 1.0: no decay.
+        skip_names: parameter names (the last part of the dotted name) without weight decay.
+
+    Returns:
+        A list of `torch.optim` parameter groups, each with `params`, `param_names`,
+        `weight_decay`, `lr_scale` and `layer_id`.
+    """
     layered = find_layered_modules(model)
     num_layers = max((m.num_layers for m in layered.values()), default=0)
     skip = set(skip_names)

@@ -88,8 +88,8 @@ class _GatherBiasTable(torch.autograd.Function):
     """table[bias_index(grid, cls_token)].permute(2, 0, 1), the (heads, N, N) bias, gathered
     straight into that layout (index_select on the transposed table: no permuted copy later); its
     backward sums the gradient over the diagonals of each 2-D offset (`_offset_sums`) instead of
-    scattering N * N entries per head into the table. ViT-B at 32x32 tokens, per block on a CPU
-    with retained host memory: forward 7.6 -> 6.3 ms, forward+backward 64.6 -> 25.9 ms."""
+    scattering N * N entries per head into the table: faster both ways than autograd's gather and
+    scatter (docs/benchmarks.md)."""
 
     @staticmethod
     def forward(ctx, table: torch.Tensor, grid: tuple[int, int], cls_token: bool) -> torch.Tensor:
@@ -125,10 +125,9 @@ class _GatherBiasTable(torch.autograd.Function):
 #   "auto": `choose_rel_pos_path(device type, tokens, head size)`.
 REL_POS_PATHS = ("auto", "fused", "chunked")
 # Query rows per chunk are chosen so one chunk's (batch x heads x rows x N) scores hold about this
-# many elements (512 MB in fp32; ViT-B at 1024 px: 2 chunks of the 12 x 4096 x 4096 scores). Few
-# large chunks: on a contended 2-core CPU with 2 threads a global block's forward+backward took
-# 17.9 s at 2**22 elements (49 chunks), 9.8 s at 2**25, 8.7 s at 2**26, 7.7 s at 2**27 (fused 8.3-8.9 s);
-# the backward holds about three chunk-sized buffers at a time.
+# many elements (512 MB in fp32; ViT-B at 1024 px: 2 chunks of the 12 x 4096 x 4096 scores): a few
+# large chunks run a global block faster than many small ones, and faster than the fused path on a
+# CPU (docs/benchmarks.md); the backward holds about three chunk-sized buffers at a time.
 CHUNK_ELEMENTS = 2**27
 
 
@@ -137,10 +136,10 @@ def choose_rel_pos_path(device_type: str, tokens: int, head_dim: int) -> str:
     side sqrt(tokens)) at `head_dim`. Not CPU -> "fused": CUDA's flash / memory-efficient kernels run
     near matrix speed, so the wider head costs little. CPU -> "chunked" once the fused head would be
     more than 2.5x wider (head_dim + 2 sqrt(tokens) > 2.5 head_dim): the CPU flash kernel pays the
-    width in both of its products. Measured per ViT-B block, forward+backward (docs/benchmarks.md,
-    sections 3 and 6): 4096 tokens (3x wider) chunked 1.8x faster on one contended thread, 1.5x on
-    two quiet ones (2.77 vs 4.15 s); 1024 tokens (2x) and 14x14 windows (1.4x) fused 1.05-1.15x
-    faster on one thread, windows equal on two."""
+    width in both of its products. The 2.5x threshold sits between ViT-B's global blocks at 1024 px
+    (3x wider: chunked faster) and those at 512 px and its windows (2x and 1.4x: fused as fast or
+    faster), timed per block forward+backward (docs/benchmarks.md, "The attention path, chosen by
+    size and device")."""
     if device_type != "cpu":
         return "fused"
     return "chunked" if 2 * tokens**0.5 > 1.5 * head_dim else "fused"
@@ -328,6 +327,8 @@ class Attention(nn.Module):
         return x.transpose(1, 2).reshape(b, n, three_dim // 3)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, N, dim) tokens -> (B, N, dim); `grid` (gh, gw) is the tokens' layout, needed with
+        relative positions (N = gh * gw, plus the cls token first with a BEiT table)."""
         return self.proj(self.attend(self.qkv(x), grid))
 
 
@@ -356,7 +357,22 @@ def window_unpartition(
 class Block(nn.Module):
     """Pre-norm transformer block. Takes tokens (B, N, C), or a token map (B, H, W, C) when it
     attends within windows or uses relative positions, which both need the 2-D layout. Tokens
-    with a BEiT bias table (cls token first) come with their `grid` instead."""
+    with a BEiT bias table (cls token first) come with their `grid` instead. Returns the same
+    shape.
+
+    Args:
+        dim: token width C.
+        num_heads: attention heads; `dim` must divide by it.
+        mlp_ratio: MLP hidden width over `dim`.
+        qkv_bias: bias in the q, k, v projection.
+        drop_path: stochastic-depth rate of both residual branches.
+        norm_layer, act_layer: the norm (built with `dim`) and the MLP's activation.
+        window_size: attend within windows of this many tokens a side (token maps only); 0: global.
+        rel_pos_size: decomposed relative positions (ViTDet) for this (h, w) grid of queries.
+        rel_pos_bias_size: BEiT's relative position bias table for this grid.
+        cls_token: the BEiT table has cls entries (the tokens start with a cls token).
+        init_values: layer-scale initial value; None: no layer scale.
+    """
 
     def __init__(
         self,

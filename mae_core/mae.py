@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .layers import Block
-from .masking import MaskingInputs, RandomMasking
+from .masking import MaskingInputs, MaskingStrategy, RandomMasking
 from .pos_embed import sincos_2d
 from .vit import VisionTransformer, get_arch, layer_norm
 
@@ -45,6 +45,8 @@ def unpatchify(x: torch.Tensor, patch_size: int, grid: tuple[int, int], channels
 
 
 class MAEOutput(NamedTuple):
+    """What `MaskedAutoencoder.forward` returns; L = gh * gw patches, p the patch size."""
+
     loss: torch.Tensor  # what is optimised: pixel_loss, plus aux_loss when there is one
     pred: torch.Tensor  # (B, L, p*p*C), in the (normalised) target space
     mask: torch.Tensor  # (B, L), 1 = masked (predicted), 0 = visible
@@ -56,7 +58,22 @@ class MaskedAutoencoder(VisionTransformer):
     """ViT encoder (inherited: official key layout at the top level) plus the MAE decoder.
 
     `mask_tokens_in_encoder=True` is the slow baseline of the paper's speed claim: every patch is
-    encoded, masked ones replaced by a learned token, so the encoder sees all L tokens."""
+    encoded, masked ones replaced by a learned token, so the encoder sees all L tokens.
+
+    Args:
+        img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate:
+            the encoder, as `VisionTransformer`; images must be exactly `img_size`.
+        decoder_embed_dim: decoder token width.
+        decoder_depth: decoder blocks.
+        decoder_num_heads: decoder attention heads.
+        mask_ratio: default share of the L = gh * gw patches masked, in [0, 1); at least one
+            patch must stay visible and one masked.
+        norm_pix_loss: the target is each patch's pixels normalised by its own mean and standard
+            deviation (the paper's better target).
+        masking: the `mae_core.masking.MaskingStrategy`; None: random masking. A strategy's head
+            (`build_head`) becomes `decoder_loss_pred`.
+        mask_tokens_in_encoder: encode all patches, masked ones as a learned token (the baseline).
+    """
 
     def __init__(
         self,
@@ -72,7 +89,7 @@ class MaskedAutoencoder(VisionTransformer):
         decoder_num_heads: int = 16,
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = False,
-        masking=None,
+        masking: MaskingStrategy | None = None,
         mask_tokens_in_encoder: bool = False,
         drop_path_rate: float = 0.0,
     ):
@@ -240,9 +257,22 @@ class MaskedAutoencoder(VisionTransformer):
         self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None,
         scores: torch.Tensor | None = None,
     ) -> MAEOutput:
-        """`noise`: the masking strategy's per-sample random draw (the data pipeline's), drawn here
-        when None; for random, block and filtered noise it is the mask's score, for informed
-        strategies it is combined with their signal. `scores`: a mask imposed whatever the strategy."""
+        """Masks, encodes the visible patches, decodes all and scores the reconstruction.
+
+        Args:
+            imgs: (B, in_chans, H, W) images of exactly `img_size`, normalised as for the encoder.
+            mask_ratio: share of patches to mask; None: the model's `mask_ratio`.
+            noise: (B, L) the masking strategy's per-sample random draw (the data pipeline's),
+                drawn here when None; for random, block and filtered noise it is the mask's score,
+                for informed strategies it is combined with their signal.
+            scores: (B, L) a mask imposed whatever the strategy: the highest-scoring patches are
+                masked.
+
+        Returns:
+            `MAEOutput`: `loss` (scalar, what is optimised), `pred` (B, L, p*p*C) per-patch
+            predictions in target space (`unpatchify` makes images of them), `mask` (B, L; 1 =
+            masked), `pixel_loss` and, with a masking head, `aux_loss`.
+        """
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         self.check_mask_ratio(ratio)
         latent, mask, ids_restore, predicted_loss = self.encode(imgs, ratio, noise, scores)
@@ -255,6 +285,7 @@ class MaskedAutoencoder(VisionTransformer):
         return MAEOutput(pixel + aux, pred, mask, pixel, aux)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, p*p*C) per-patch values (e.g. `MAEOutput.pred`) -> (B, C, H, W) images."""
         return unpatchify(x, self.patch_size, self.grid_size, self.in_chans)
 
 
@@ -279,7 +310,9 @@ def decoder_preset(arch: str) -> dict:
 
 
 def create_mae(arch: str, **kwargs) -> MaskedAutoencoder:
-    """`create_mae("vit_base_patch16", norm_pix_loss=True)`; keyword arguments override the preset."""
+    """`create_mae("vit_base_patch16", norm_pix_loss=True)`: the size `arch` (`mae_core.vit.VIT_ARCHS`)
+    with its decoder preset (`decoder_preset`); keyword arguments (any `MaskedAutoencoder`
+    argument) override both."""
     return MaskedAutoencoder(**{**get_arch(arch).to_dict(), **decoder_preset(arch), **kwargs})
 
 

@@ -2,13 +2,14 @@
 lowest-scoring `len_keep` per sample (argsort), so every sample keeps exactly the same number of
 patches and a batch stays rectangular.
 
-Every strategy draws per-sample random scores with `strategy(batch, grid, num_masked, device)`.
+Every strategy is a `MaskingStrategy` and draws per-sample random scores with
+`strategy(batch, grid, num_masked, device)`.
 The data pipeline calls it once per sample under that sample's own seed (`mae_core.data`), so the
 draw is a function of (seed, epoch, sample) and resume stays exact; the model draws them itself
 only when called without `noise`.
 
 - Data-independent strategies (`random`, `block`, `filtered_noise`): the draw *is* the score.
-- Informed strategies (`hard_patches`, `salience`, `informed = True`): inside the model's forward,
+- Informed strategies (`InformedMasking`: `hard_patches`, `salience`): inside the model's forward,
   `strategy.scores(noise, inputs)` combines the draw with a signal from the batch (`MaskingInputs`:
   the images, the patch embeddings, the predicted per-patch loss, training progress). Only the order
   of `noise` matters to them, as it does to argsort for the others. To impose a mask whatever the
@@ -19,6 +20,7 @@ that module (so it is saved, optimised and restored with the model) and feeds it
 
 from __future__ import annotations
 
+import abc
 import inspect
 import math
 from typing import NamedTuple
@@ -45,24 +47,88 @@ def uniform_ranks(noise: torch.Tensor) -> torch.Tensor:
     return (ranks.to(torch.float32) + 0.5) / noise.shape[1]
 
 
-class RandomMasking:
-    """Uniform random masking, independently per sample (MAE default)."""
+def uniform_draw(batch: int, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """(batch, gh * gw) independent uniform numbers in [0, 1): random masking's draw."""
+    return torch.rand(batch, grid[0] * grid[1], device=device)
 
-    informed = False
+
+class MaskingStrategy(abc.ABC):
+    """What every masking strategy is. The model ranks per-patch scores and keeps the lowest
+    `len_keep`; a strategy decides the scores in up to three parts:
+
+    - `__call__`: the per-sample random draw, made by the data pipeline under each sample's seed
+      (or by the model when it is given none);
+    - `scores`: the final scores from that draw; data-independent strategies keep the draw as is,
+      informed ones (`informed = True`) combine it with the batch inside the model's forward;
+    - `build_head`: a trained module the model holds for the strategy (None for most)."""
+
+    informed: bool = False
+
+    @abc.abstractmethod
+    def __call__(
+        self, batch: int, grid: tuple[int, int], num_masked: int, device: torch.device
+    ) -> torch.Tensor:
+        """The random draw for `batch` samples on a `grid` = (gh, gw) of patches.
+
+        Args:
+            batch: number of samples (rows of the draw).
+            grid: patch rows and columns (gh, gw).
+            num_masked: how many patches of each sample will be masked.
+            device: where to put the draw.
+
+        Returns:
+            (batch, gh * gw) float scores, patches in row-major order.
+        """
+
+    def scores(self, noise: torch.Tensor, inputs: MaskingInputs) -> torch.Tensor:
+        """(B, L) scores from the (B, L) draw `noise` and the batch's `inputs`; the highest
+        `inputs.num_masked` are masked. A data-independent strategy's draw is already its score (the
+        model does not call this for it)."""
+        return noise
+
+    def build_head(self, embed_dim: int) -> nn.Module | None:
+        """The trained module this strategy needs on an encoder of width `embed_dim`, held, saved and
+        optimised by the model (its `decoder_loss_pred`); None when it needs none."""
+        return None
+
+
+class RandomMasking(MaskingStrategy):
+    """Uniform random masking, independently per sample (MAE default)."""
 
     def __call__(
         self, batch: int, grid: tuple[int, int], num_masked: int, device: torch.device
     ) -> torch.Tensor:
-        return torch.rand(batch, grid[0] * grid[1], device=device)
-
-    def build_head(self, embed_dim: int) -> nn.Module | None:
-        return None
+        return uniform_draw(batch, grid, device)
 
 
-class BlockMasking(RandomMasking):
+class InformedMasking(MaskingStrategy):
+    """A strategy that steers a uniform draw with a signal from the batch: only the draw's order
+    matters, and `scores` combines it with `MaskingInputs` inside the model's forward."""
+
+    informed = True
+
+    def __call__(
+        self, batch: int, grid: tuple[int, int], num_masked: int, device: torch.device
+    ) -> torch.Tensor:
+        return uniform_draw(batch, grid, device)
+
+    @abc.abstractmethod
+    def scores(self, noise: torch.Tensor, inputs: MaskingInputs) -> torch.Tensor:
+        """(B, L) scores from the (B, L) draw and the batch's signals; highest masked first."""
+
+
+class BlockMasking(MaskingStrategy):
     """BEiT-style block-wise masking: rectangles of random area and aspect ratio are masked until
     `num_masked` patches are covered. Masked patches score in [1, 2), the rest in [0, 1), so the
-    ranking tops up or trims the block mask at random to the exact count."""
+    ranking tops up or trims the block mask at random to the exact count.
+
+    Args:
+        min_block: smallest block area, in patches (BEiT: 16), or the patches still to cover if
+            fewer.
+        aspect_range: (lowest, highest) block aspect ratio, drawn log-uniformly.
+        tries: consecutive blocks that add nothing (overlap, or over the budget) before the draw
+            stops and the ranking tops it up.
+    """
 
     def __init__(
         self, min_block: int = 16, aspect_range: tuple[float, float] = (0.3, 1 / 0.3), tries: int = 10
@@ -99,7 +165,7 @@ class BlockMasking(RandomMasking):
         return (blocks.float() + torch.rand(blocks.shape)).to(device)
 
 
-class FilteredNoiseMasking(RandomMasking):
+class FilteredNoiseMasking(MaskingStrategy):
     """ColorMAE-style masks (Hinojosa et al. 2024): white noise on the patch grid, filtered, and the
     highest values masked, so the mask's spatial spectrum follows the filter.
 
@@ -109,7 +175,12 @@ class FilteredNoiseMasking(RandomMasking):
     evenly with visible ones. `band="low"` ("red" noise): a Gaussian of `sigma` patches, so large
     blobs (ColorMAE found it worse). The noise is drawn on a grid padded by three outer
     sigmas and cropped, so the FFT's wrap-around never joins opposite edges. No parameters, no
-    model-side cost: made in the data pipeline like random noise."""
+    model-side cost: made in the data pipeline like random noise.
+
+    Args:
+        sigma: the filter's scale, in patches.
+        band: "band" (green noise, difference of Gaussians) or "low" (red noise, one Gaussian).
+    """
 
     BANDS = ("band", "low")
 
@@ -145,7 +216,7 @@ class FilteredNoiseMasking(RandomMasking):
         return field[:, pad : pad + grid[0], pad : pad + grid[1]].flatten(1)
 
 
-class HardPatchesMasking(RandomMasking):
+class HardPatchesMasking(InformedMasking):
     """Hard patches mining (HPM, Wang et al. 2023): a light head predicts each patch's
     reconstruction loss; of the `num_masked` patches, the share `hard_share * progress` (0 at the
     start of training, `hard_share` at the end) are those predicted hardest, the rest are drawn at
@@ -155,9 +226,14 @@ class HardPatchesMasking(RandomMasking):
     the encoder's input tokens, detached: it learns from its own auxiliary loss only and sends no
     gradient into the patch embedding. Unlike the paper's predictor (a decoder branch on the visible
     encoder tokens) it sees each patch alone, with its position: cheap, and enough to tell textured
-    from flat patches, but blind to context."""
+    from flat patches, but blind to context.
 
-    informed = True
+    Args:
+        hard_share: share of the masked patches chosen as the hardest at the end of training, in
+            [0, 1]; it ramps up linearly from 0 with training progress.
+        loss_weight: weight of the head's loss in the model's total loss.
+        hidden: width of the head's hidden layer.
+    """
 
     def __init__(self, hard_share: float = 0.5, loss_weight: float = 1.0, hidden: int = 64):
         if not 0.0 <= hard_share <= 1.0:
@@ -211,7 +287,7 @@ class LossPredictor(nn.Module):
         return self.loss_weight * (error * mask).sum() / mask.sum()
 
 
-class SalienceMasking(RandomMasking):
+class SalienceMasking(InformedMasking):
     """Masking steered by a salience computed from the image's patch embeddings X (before position
     embeddings: content only). The masked set is drawn without replacement with probability
     proportional to salience^strength (Gumbel-top-k on the per-sample `noise`), so salient patches
@@ -219,14 +295,19 @@ class SalienceMasking(RandomMasking):
 
     `measure="attention"`: SBAM's salience (Choi et al. 2024), a patch's column sum of
     softmax(X Xᵀ / temperature), how much attention all patches would pay it; one L x L product per
-    image; `temperature=None` means sqrt(embedding width). Measured on Fashion-MNIST items pasted
-    on a flat background with a freshly initialised toy MAE, it masks the *background* more: the
-    many identical background patches attend to each other and collect the most attention.
+    image; `temperature=None` means sqrt(embedding width). On Fashion-MNIST items pasted on a flat
+    background with a freshly initialised toy MAE it masks the *background* more: the many
+    identical background patches attend to each other and collect the most attention.
     `measure="contrast"` (default): a patch's distance from the image's mean patch embedding
-    (global contrast, O(L D)): there it masks the item's patches far more than the background's
-    (tests/test_masking.py), the object-centric masking the strategy is for."""
+    (global contrast, O(L D)): there it masks the item's patches far more than the background's,
+    the object-centric masking the strategy is for (tests/test_masking.py holds both to this).
 
-    informed = True
+    Args:
+        strength: exponent on the salience; 0 is random masking, larger is more deterministic.
+        measure: "contrast" or "attention".
+        temperature: the attention measure's softmax temperature; None: sqrt(embedding width).
+    """
+
     MEASURES = ("contrast", "attention")
 
     def __init__(self, strength: float = 1.0, measure: str = "contrast", temperature: float | None = None):
@@ -260,8 +341,17 @@ MASKING = {
 }
 
 
-def build_masking(name: str, **kwargs) -> RandomMasking:
-    """The strategy `name` with its parameters; an unknown name or parameter is an error naming it."""
+def build_masking(name: str, **kwargs) -> MaskingStrategy:
+    """The strategy `name` with its parameters; an unknown name or parameter is an error naming it.
+
+    Args:
+        name: a key of `MASKING` ("random", "block", "filtered_noise", "hard_patches", "salience").
+        **kwargs: the strategy's constructor arguments, e.g. `sigma=2.0, band="low"`.
+
+    Raises:
+        KeyError: unknown `name`.
+        ValueError: a parameter the strategy does not take, or a value it refuses.
+    """
     if name not in MASKING:
         raise KeyError(f"unknown masking {name!r}; known: {', '.join(MASKING)}")
     accepted = list(inspect.signature(MASKING[name]).parameters)

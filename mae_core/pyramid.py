@@ -54,7 +54,16 @@ class SimpleFeaturePyramid(nn.Module):
     """(B, C, H, W) map of stride `in_stride` -> {"p2": ..., "p6": ...} maps of `out_channels`.
 
     Level names follow FPN: "pK" has stride 2**K. `top_level` adds one more level by a stride-2
-    subsampling of the coarsest one (Detectron2's LastLevelMaxPool, "p6" for RPN anchors)."""
+    subsampling of the coarsest one (Detectron2's LastLevelMaxPool, "p6" for RPN anchors).
+
+    Args:
+        in_channels: channels C of the input map (the ViT's width).
+        in_stride: the input map's stride in pixels (the patch size).
+        out_channels: channels of every output level.
+        scale_factors: one level per factor, each the input resized by it (4, 2, 1 or 0.5); the
+            strides they give must be powers of two growing by 2 from level to level.
+        top_level: add the stride-2 subsampling of the coarsest level.
+    """
 
     def __init__(
         self,
@@ -86,6 +95,8 @@ class SimpleFeaturePyramid(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, in_channels, H, W) -> {"pK": (B, out_channels, H * in_stride / 2**K, ...)}, finest
+        first (`self.strides` gives each level's stride)."""
         outs = {name: stage(x) for name, stage in self.stages.items()}
         if self.top_level:
             outs[self.top_level] = F.max_pool2d(outs[self.coarsest], kernel_size=1, stride=2)

@@ -42,6 +42,8 @@ VIT_ARCHS: dict[str, ViTArch] = {
 
 
 def get_arch(name: str, **overrides) -> ViTArch:
+    """The size `name` (a key of `VIT_ARCHS`, e.g. "vit_base_patch16"), with `overrides` of its
+    fields (e.g. `patch_size=8`). Raises KeyError naming the known sizes."""
     if name not in VIT_ARCHS:
         raise KeyError(f"unknown ViT size {name!r}; known: {', '.join(sorted(VIT_ARCHS))}")
     return replace(VIT_ARCHS[name], **overrides)
@@ -55,8 +57,22 @@ def layer_norm(dim: int) -> nn.LayerNorm:
 class VisionTransformer(nn.Module):
     """ViT encoder: patch embedding, cls token, fixed 2-D sin-cos position table, pre-norm blocks.
 
-    `img_size` may be non-square; both sides must be multiples of the patch size. `block_kwargs`
-    receives the block index and returns extra `Block` arguments (windows, relative positions)."""
+    Args:
+        img_size: input side, or (height, width); both multiples of `patch_size`. Fixes the
+            position table's grid.
+        patch_size: side of the square patches.
+        in_chans: image channels.
+        embed_dim: token width D.
+        depth: number of blocks.
+        num_heads: attention heads per block.
+        mlp_ratio: MLP hidden width over `embed_dim`.
+        qkv_bias: bias in the q, k, v projection.
+        drop_path_rate: stochastic depth of the last block, rising linearly from 0 at the first.
+        init_values: layer-scale initial value (BEiT); None: no layer scale.
+        trainable_pos_embed: train the position table (MAE keeps it fixed).
+        block_kwargs: callable from a block's index to extra `Block` arguments (windows, relative
+            positions); used by `mae_core.backbone.ViTBackbone`.
+    """
 
     def __init__(
         self,

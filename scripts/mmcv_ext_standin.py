@@ -1,5 +1,5 @@
 """Stand-in for mmcv's compiled `mmcv._ext`, put into the mmcv wheel that scripts/setup_env.sh builds
-without ops (MMCV_WITH_OPS=0, seconds instead of half an hour of C++).
+without ops (MMCV_WITH_OPS=0: a quick build instead of a long C++ one).
 
 Why: `import mmseg` imports a few names from `mmcv.ops` (point_sample, CrissCrossAttention, PSAMask,
 sigmoid_focal_loss), and each `mmcv.ops` module asks `mmcv._ext` for its op functions at import time.
@@ -7,7 +7,7 @@ None of the toolkit's models calls a compiled op (UperNet, the pyramid neck, the
 pipeline are plain PyTorch; Mask R-CNN uses torchvision's ops), so every op here is a function that
 stops with the op's name and how to get a full build, should anything ever call one."""
 
-FULL_BUILD = ("run `make setup MMCV_OPS=1` (compiles mmcv's ops once, 15-35 min on two cores, cached in "
+FULL_BUILD = ("run `make setup MMCV_OPS=1` (compiles mmcv's ops once, a long C++ build, cached in "
               "~/.cache/mae-toolkit/wheels) or install an mmcv 2.1.0 wheel built with ops for your torch")
 
 

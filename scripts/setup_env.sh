@@ -6,7 +6,7 @@
 # mmcv comes in two flavours. Default (MMCV_OPS=0): built without its compiled ops in seconds, with
 # scripts/mmcv_ext_standin.py as `mmcv._ext` so that `import mmseg` works; no toolkit model calls a
 # compiled op, and one that is called stops naming the op. MMCV_OPS=1: the full C++ build (its
-# setup.py pins C++17, torch 2.14 headers need C++20), 15-35 min on two cores once, then cached.
+# setup.py pins C++17, torch 2.14 headers need C++20): a long build (docs/install.md), once, then cached.
 set -euo pipefail
 
 VENV=${VENV:-.venv}
@@ -45,7 +45,7 @@ build_mmcv_wheel() {  # $1: 1 with compiled ops, 0 without
     local work
     work=$(mktemp -d)
     if [ "$1" = 1 ]; then
-        log "building mmcv $MMCV_VERSION with compiled ops (15-35 min on two cores, once)"
+        log "building mmcv $MMCV_VERSION with compiled ops (a long C++ build, once; docs/install.md)"
     else
         log "building mmcv $MMCV_VERSION without compiled ops (seconds; MMCV_OPS=1 for the full build)"
     fi

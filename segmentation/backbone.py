@@ -31,9 +31,25 @@ class MAEViT(FreezableMixin, ViTBackbone):
     layout) loaded in `init_weights`, which the Runner calls before training; mmseg's
     `model.pretrained=...` is forwarded here by `EncoderDecoder`, and mmengine's
     `init_cfg=dict(type="Pretrained", checkpoint=...)` names it too. The checkpoint loads
-    completely or not at all (`load_pretrained`) unless `allow_partial_load=True`. `freeze=True`
-    fixes the whole ViT (mae_core.transfer: no gradients, no optimizer group, always in eval mode),
-    so only the neck and heads train."""
+    completely or not at all (`load_pretrained`) unless `allow_partial_load=True`.
+
+    Args:
+        arch: a ViT size of `mae_core.vit.VIT_ARCHS`.
+        img_size: the crop size; sets the global blocks' relative-position tables (inputs of other
+            sizes work: tables and the position table are resampled).
+        out_indices: blocks whose outputs are returned, one map per UperNet input (ViT-B:
+            3, 5, 7, 11).
+        pretrained: a checkpoint loaded in `init_weights`.
+        allow_pickle: trust a pickled checkpoint file.
+        init_cfg: mmengine's `dict(type="Pretrained", checkpoint=PATH)`, the other way to name
+            it; any other init_cfg is refused.
+        allow_partial_load: load what fits and report the rest instead of raising.
+        freeze: fix the whole ViT (mae_core.transfer: no gradients, no optimizer group, always in
+            eval mode), so only the neck and heads train.
+        **kwargs: any `mae_core.backbone.ViTBackbone` argument (`drop_path_rate`, `window_size`,
+            `global_blocks`, `use_rel_pos`, `cls_token_in_attention`, `rel_pos_bias`,
+            `init_values`, `pretrain_img_size`, `final_norm`, `grad_checkpointing`...).
+    """
 
     def __init__(
         self,
@@ -78,8 +94,9 @@ class MAEViT(FreezableMixin, ViTBackbone):
             print_log(f"MAEViT initialised from {self.pretrained}:\n{report}", logger="current")
 
     def forward(self, imgs: torch.Tensor) -> list[torch.Tensor]:
-        """Pads the bottom and right to a multiple of the patch size first: sliding-window crops
-        at image borders and resized images need not be multiples (mmseg's backbones pad too)."""
+        """(B, C, H, W) -> one (B, embed_dim, ceil(H/p), ceil(W/p)) map per `out_indices` entry.
+        Pads the bottom and right to a multiple of the patch size first: sliding-window crops at
+        image borders and resized images need not be multiples (mmseg's backbones pad too)."""
         pad_h, pad_w = (-imgs.shape[-2]) % self.patch_size, (-imgs.shape[-1]) % self.patch_size
         if pad_h or pad_w:
             imgs = F.pad(imgs, (0, pad_w, 0, pad_h))

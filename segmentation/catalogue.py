@@ -2,11 +2,13 @@
 picks its backbone by name with the head unchanged:
 
     custom_imports = dict(imports=["segmentation", "segmentation.catalogue"])
-    model = dict(backbone=dict(type="MMSegCatalogueBackbone", name="resnet50_fpn"), neck=None,
-                 decode_head=dict(in_channels=[256] * 4, in_index=[0, 1, 2, 3], ...))
+    model = dict(backbone=dict(_delete_=True, type="MMSegCatalogueBackbone", name="resnet50_fpn"),
+                 neck=None)
 
 Returns the pyramid levels p2-p5 (strides 4-32, `out_channels` wide) as a tuple, the four inputs
-UPerHead expects; the pyramid is part of the backbone, so the config has no neck.
+UPerHead expects; the pyramid is part of the backbone, so the config has no neck. The heads'
+`in_channels` follow the backbone (`fit_heads_to_backbone`, applied as the tools load a config), so
+a ViT config's 768-wide heads need no edit.
 (detection.catalogue.DetectronCatalogueBackbone is its Detectron2 twin: p2-p6 as a dict.)"""
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from mae_core.catalogue import build_pyramid, build_trunk
 from mae_core.errors import UserError
 from mae_core.transfer import FreezableMixin
 
+from .data import model_heads
+
 LEVELS = ("p2", "p3", "p4", "p5")
+DEFAULT_OUT_CHANNELS = 256
 
 
 @MODELS.register_module()
@@ -30,11 +35,18 @@ class MMSegCatalogueBackbone(FreezableMixin, nn.Module):
     dict, so `--cfg-options model.backbone.options=None` drops them all when a ViT is swapped for
     another kind. A plain nn.Module, so the Runner's `init_weights` leaves the weights alone.
 
-    `freeze=True` fixes the trunk (mae_core.transfer); the pyramid on it still trains.
-    `features="trunk"` returns the trunk's own maps instead of a pyramid (no pyramid is built),
-    for a head on the raw features, such as `LinearHead`'s DINOv2-style linear evaluation."""
+    Args:
+        name: a `mae_core.catalogue` backbone name ("vit_mae", "resnet50_fpn", "timm:<model>"...).
+        checkpoint: its weights (required by `vit_mae` and `vit_supervised`).
+        out_channels: width of every level p2-p5 (the decode head's `in_channels`).
+        options: the entry's own arguments (`mae_core.catalogue.build_trunk`), e.g.
+            `dict(arch="vit_base_patch16", img_size=512)`.
+        freeze: fix the trunk (mae_core.transfer); the pyramid on it still trains.
+        features: "pyramid", or "trunk" for the trunk's own maps (no pyramid is built), for a head
+            on the raw features such as `LinearHead`'s DINOv2-style linear evaluation.
+    """
 
-    def __init__(self, name: str, checkpoint: str | None = None, out_channels: int = 256,
+    def __init__(self, name: str, checkpoint: str | None = None, out_channels: int = DEFAULT_OUT_CHANNELS,
                  options: dict | None = None, freeze: bool = False, features: str = "pyramid"):
         super().__init__()
         if features not in ("pyramid", "trunk"):
@@ -53,9 +65,10 @@ class MMSegCatalogueBackbone(FreezableMixin, nn.Module):
         return self.trunk if self.features == "trunk" else self.body.trunk
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Any input size: pads the bottom and right to a multiple of the coarsest stride (sliding-
-        window crops at borders need not be multiples), then crops every level back to the cells
-        that cover the input, so the head's logits stay aligned with the image."""
+        """(B, C, H, W) -> (p2, p3, p4, p5), each (B, out_channels, ceil(H/s), ceil(W/s)) for its
+        stride s. Any input size: pads the bottom and right to a multiple of the coarsest stride
+        (sliding-window crops at borders need not be multiples), then crops every level back to
+        the cells that cover the input, so the head's logits stay aligned with the image."""
         h, w = images.shape[-2:]
         divisor = self.strides[-1]
         images = F.pad(images, (0, (-w) % divisor, 0, (-h) % divisor))
@@ -68,4 +81,24 @@ class MMSegCatalogueBackbone(FreezableMixin, nn.Module):
         return tuple(m[..., :ch, :cw] for m, (ch, cw) in zip(maps, cells, strict=True))
 
 
-__all__ = ["MMSegCatalogueBackbone"]
+def fit_heads_to_backbone(cfg) -> list[str]:
+    """With `MMSegCatalogueBackbone`, every head reads pyramid levels `out_channels` wide: sets the
+    decode and auxiliary heads' `in_channels` to that width (a list per level for a head that reads
+    several), so that swapping a config's ViT for a catalogue backbone keeps the recipe's heads and
+    needs no width edit. Returns what changed, `key: old -> new`, for the log; other backbones
+    are left alone."""
+    backbone = cfg.model.get("backbone") or {}
+    if backbone.get("type") != "MMSegCatalogueBackbone":
+        return []
+    width = backbone.get("out_channels", DEFAULT_OUT_CHANNELS)
+    changed = []
+    for key, head in model_heads(cfg.model):
+        levels = head.get("in_index", 0)
+        fitted = [width] * len(levels) if isinstance(levels, (list, tuple)) else width
+        if head.get("in_channels") != fitted:
+            changed.append(f"{key}.in_channels: {head.get('in_channels')} -> {fitted}")
+            head.in_channels = fitted
+    return changed
+
+
+__all__ = ["DEFAULT_OUT_CHANNELS", "MMSegCatalogueBackbone", "fit_heads_to_backbone"]

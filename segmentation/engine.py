@@ -22,6 +22,7 @@ from __future__ import annotations
 import copyreg
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,7 +64,11 @@ class AtomicLocalBackend(LocalBackend):
     Selected with `backend_args=dict(backend="atomic_local")` on the CheckpointHook."""
 
     def put(self, obj: bytes, filepath) -> None:
-        write_atomically(filepath, lambda f: f.write(obj))
+        """A failed write names the checkpoint `last_checkpoint` (CheckpointHook's record beside
+        it) points to: the one `--resume` continues from."""
+        record = Path(filepath).parent / "last_checkpoint"
+        last_good = record.read_text().strip() if record.is_file() else None
+        write_atomically(filepath, lambda f: f.write(obj), last_good)
 
     def put_text(self, obj: str, filepath, encoding: str = "utf-8") -> None:
         write_atomically(filepath, lambda f: f.write(obj.encode(encoding)))

@@ -26,6 +26,8 @@ from mmseg.registry import HOOKS
 
 from mae_core.checkpoint import NonFiniteError, describe_non_finite
 
+from .data import check_checkpoint_head_widths
+
 
 @HOOKS.register_module()
 class NonFiniteGuardHook(Hook):
@@ -112,3 +114,17 @@ def _finite(value) -> bool:
     if isinstance(value, torch.Tensor):
         return bool(torch.isfinite(value).all())
     return math.isfinite(value)
+
+
+class HeadWidthHook(Hook):
+    """Refuses a loaded checkpoint (load_from, --resume, test_seg's checkpoint) whose head
+    classifiers are wider or narrower than the model's, before mmengine loads it: it would leave
+    those heads at initialisation with a warning only. `dataset` names where the width came from."""
+
+    def __init__(self, dataset: str):
+        self.dataset = dataset
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        source = runner.cfg.get("load_from") or "the checkpoint resumed from"
+        check_checkpoint_head_widths(checkpoint.get("state_dict", checkpoint), model, source, self.dataset)

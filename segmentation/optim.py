@@ -18,7 +18,18 @@ from mae_core.layer_decay import find_layered_modules, param_groups
 class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """`paramwise_cfg=dict(layer_decay_rate=0.65)`: the group of layer l gets
     lr * rate ** (num_layers + 1 - l); norms, biases, position tables and tokens get no weight
-    decay. Necks and heads are the top layer (full lr)."""
+    decay. Necks and heads are the top layer (full lr).
+
+    mmengine builds it from the config's `optim_wrapper`, with `DefaultOptimWrapperConstructor`'s
+    arguments:
+
+    Args:
+        optim_wrapper_cfg: the wrapper and its `optimizer` (whose `lr` is the top layer's and
+            `weight_decay` the matrices').
+        paramwise_cfg: only `layer_decay_rate` (default 1.0: no decay); any other key is refused.
+
+    Calling it with the model returns the built optim wrapper.
+    """
 
     KNOWN_KEYS = {"layer_decay_rate"}
 

@@ -13,6 +13,7 @@ import inspect
 from mmengine.runner import Runner
 
 from mae_core.config import closest_keys
+from mae_core.errors import UserError
 
 # Top-level keys something reads after the config file is parsed: the Runner's arguments, the
 # custom imports (Config) and the DDP wrapper's settings (Runner.wrap_model). Any other top-level
@@ -20,7 +21,7 @@ from mae_core.config import closest_keys
 CONFIG_LEVEL_KEYS = {"custom_imports", "model_wrapper_cfg"}
 
 
-class ConfigOverrideError(ValueError):
+class ConfigOverrideError(UserError, ValueError):
     """A --cfg-options key that would change nothing: absent from the config, or a file variable."""
 
 

@@ -14,18 +14,27 @@ import os
 from pathlib import Path
 
 from mmengine.config import Config, DictAction
-from mmengine.dist import get_world_size
+from mmengine.dist import all_gather_object, get_world_size, init_dist, is_distributed, is_main_process
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-from mae_core.checkpoint import CheckpointError
-from mae_core.data import ImageReadError
+from mae_core.errors import UserError
+from mae_core.run_folder import RunFolderError, run_folder
+from mae_core.run_record import RUN_FILE, evaluation_record, write_run_record
 from mae_core.transfer import trainable_summary
 
-from .data import DatasetError
+from .catalogue import fit_heads_to_backbone
+from .data import TEST_SETS, TRAINING_SETS, check_head_classes
 from .engine import adapt_config_to_device, init_cpu_distributed
-from .hooks import NonFiniteError
-from .overrides import ConfigOverrideError, checked_overrides
+from .hooks import HeadWidthHook
+from .overrides import checked_overrides
+from .record import run_record
+
+# What makes a work dir another run's (mae_core.run_folder), and what --overwrite deletes with it:
+# checkpoints, and each run's <timestamp>/ folder of logs, scalars and TensorBoard events.
+RUN_MARKS = ("iter_*.pth", "epoch_*.pth", "best_*.pth", "last_checkpoint", "*/vis_data/scalars.json",
+             RUN_FILE)
+RUN_LOGS = ("[0-9]*_[0-9]*",)
 
 
 def parse_with_launcher_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
@@ -52,7 +61,8 @@ def load_mmseg_config(
 ):
     """An mmengine Config prepared as MMSegmentation's tools prepare it (options checked and merged,
     AMP if asked, work_dir from the CLI, else the config, else work_dirs/<config name>), with the
-    non-finite guard, then adapted to this machine."""
+    non-finite guard and, for a catalogue backbone, the heads' widths fitted to it; then adapted
+    to this machine."""
     cfg = Config.fromfile(path)
     cfg.launcher = launcher
     if cfg_options:
@@ -65,6 +75,8 @@ def load_mmseg_config(
     elif cfg.get("work_dir") is None:
         cfg.work_dir = os.path.join("work_dirs", Path(path).stem)
     add_non_finite_guard(cfg)
+    for change in fit_heads_to_backbone(cfg):
+        print_log(f"heads fitted to the catalogue backbone: {change}", logger="current")
     adapt_config_to_device(cfg)
     return cfg
 
@@ -76,7 +88,7 @@ def add_non_finite_guard(cfg) -> None:
         hooks.append(dict(type="NonFiniteGuardHook"))
 
 
-class BatchTooSmallError(ValueError):
+class BatchTooSmallError(UserError, ValueError):
     """A per-device batch that the model's BatchNorm cannot train on; names the cause and the fix."""
 
 
@@ -108,41 +120,90 @@ def check_batch_for_pooling_norm(cfg, world_size: int) -> None:
     )
 
 
-# What the tools turn into a one-line error instead of a traceback.
-TOOL_ERRORS = (BatchTooSmallError, CheckpointError, ConfigOverrideError, DatasetError, ImageReadError,
-               NonFiniteError)
-
-
 @contextlib.contextmanager
 def exit_on_error(tool: str):
-    """Runs a tool's body; a `TOOL_ERRORS` exception is logged and ends the process with exit
-    status 1 and the message alone (the traceback of a user's mistake helps no one)."""
+    """Runs a tool's body; a `UserError` (mae_core.errors) is logged and ends the process with exit
+    status 1 and `<tool>: error: <message>` alone (the traceback of a user's mistake helps no one)."""
     try:
         yield
-    except TOOL_ERRORS as exc:
+    except UserError as exc:
         print_log(f"{tool}: {exc}", logger="current", level=logging.ERROR)
         raise SystemExit(f"{tool}: error: {exc}") from None
 
 
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags both segmentation tools take beside MMSegmentation's: --overwrite, --allow-pickle."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run in the work dir: its checkpoints and <timestamp>/ log folders "
+                             "are deleted (a used work dir is refused otherwise)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="trust a pickled backbone checkpoint (model.backbone.allow_pickle=True)")
+
+
+def start_processes(cfg, launcher: str) -> None:
+    """Joins the process group before the Runner would (it skips a group that exists), so that the
+    main process can claim the work dir and tell the others before anything is written."""
+    init_cpu_distributed(launcher)
+    if launcher != "none" and not is_distributed():
+        init_dist(launcher, **cfg.get("env_cfg", {}).get("dist_cfg", {}))
+
+
+def claimed_work_dir(cfg, args: argparse.Namespace, resume: bool = False):
+    """The work dir held for this run (mae_core.run_folder: one run per folder; a used one refused
+    without --resume or --overwrite)."""
+    dumped_config = Path(cfg.filename).name  # the Runner's copy of the config
+    return run_folder(cfg.work_dir, marks=RUN_MARKS, removed_with=(*RUN_LOGS, dumped_config), resume=resume,
+                      overwrite=args.overwrite, folder_flag="--work-dir", is_main=is_main_process(),
+                      share=all_gather_object)
+
+
+def allow_pickle(cfg) -> None:
+    """--allow-pickle: the backbone (MAEViT, or a catalogue backbone's options) trusts a pickled file."""
+    backbone = cfg.model.backbone
+    if backbone.get("type") == "MMSegCatalogueBackbone":
+        backbone.options = {**(backbone.get("options") or {}), "allow_pickle": True}
+    else:
+        backbone.allow_pickle = True
+
+
+def prepared_config(args: argparse.Namespace, amp: bool = False):
+    cfg = load_mmseg_config(args.config, args.launcher, args.work_dir, args.cfg_options, amp=amp)
+    if args.allow_pickle:
+        allow_pickle(cfg)
+    start_processes(cfg, args.launcher)
+    return cfg
+
+
 def train(args: argparse.Namespace) -> None:
     """`tools/train_seg.py`: the config's training run, resumed from the work dir's latest
-    checkpoint with `args.resume`. A batch that the decode head's BatchNorm cannot train on is
-    refused first."""
-    cfg = load_mmseg_config(args.config, args.launcher, args.work_dir, args.cfg_options, amp=args.amp)
-    init_cpu_distributed(args.launcher)
+    checkpoint with `args.resume`, in a work dir it holds. Heads whose class count is not the
+    datasets' and a batch that the decode head's BatchNorm cannot train on are refused first. The
+    main process leaves the run record at the end."""
+    cfg = prepared_config(args, amp=args.amp)
     cfg.resume = args.resume
-    runner = Runner.from_cfg(cfg)  # starts the process group: the world size is known from here
-    print_log(trainable_summary(runner.model), logger="current")
-    check_batch_for_pooling_norm(cfg, get_world_size())
-    runner.train()
+    dataset = check_head_classes(cfg, TRAINING_SETS)
+    with claimed_work_dir(cfg, args, resume=args.resume):
+        runner = Runner.from_cfg(cfg)
+        print_log(trainable_summary(runner.model), logger="current")
+        check_batch_for_pooling_norm(cfg, get_world_size())
+        runner.register_hook(HeadWidthHook(dataset))
+        runner.train()
+        if is_main_process():
+            record = run_record(cfg, runner.model, runner.seed, cfg.val_dataloader)
+            write_run_record(cfg.work_dir, {**record, "split": "val"})
 
 
 def evaluate(args: argparse.Namespace) -> dict:
     """`tools/test_seg.py`: the config's test set and metric on `args.checkpoint`, printed as one JSON
-    line. The checkpoint is read by mmengine through `engine.load_from_local_file`: a missing or
-    damaged file stops with an error naming it."""
-    cfg = load_mmseg_config(args.config, args.launcher, args.work_dir, args.cfg_options)
-    init_cpu_distributed(args.launcher)
+    line, in a work dir of its own (default work_dirs/<config name>_test; never the checkpoint's
+    folder, which holds its training run). The checkpoint is read by mmengine through
+    `engine.load_from_local_file`: a missing or damaged file stops with an error naming it."""
+    if args.work_dir is None:
+        args.work_dir = os.path.join("work_dirs", f"{Path(args.config).stem}_test")
+    if Path(args.work_dir).resolve() == Path(args.checkpoint).resolve().parent:
+        raise RunFolderError(f"--work-dir {args.work_dir} is the folder of the checkpoint {args.checkpoint} "
+                             "(its training run's): give the test a work dir of its own")
+    cfg = prepared_config(args)
     cfg.load_from = args.checkpoint
     if args.show_dir:
         # Every image, not mmseg's default of one in 50.
@@ -151,8 +212,15 @@ def evaluate(args: argparse.Namespace) -> dict:
         # The hook stamps images with runner.iter, which builds the train loop and its dataset:
         # point that at the test data, so testing never needs the training images.
         cfg.train_dataloader = cfg.test_dataloader
-    if args.out:
-        cfg.test_evaluator.output_dir = args.out
-    metrics = Runner.from_cfg(cfg).test()
+    if args.output_dir:
+        cfg.test_evaluator.output_dir = args.output_dir
+    dataset = check_head_classes(cfg, TEST_SETS)
+    with claimed_work_dir(cfg, args):
+        runner = Runner.from_cfg(cfg)
+        runner.register_hook(HeadWidthHook(dataset))
+        metrics = runner.test()
+        if is_main_process():
+            record = run_record(cfg, runner.model, runner.seed, cfg.test_dataloader)
+            write_run_record(cfg.work_dir, evaluation_record(record, args.checkpoint))
     print(json.dumps({"metrics": {name: float(value) for name, value in metrics.items()}}))
     return metrics

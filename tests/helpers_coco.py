@@ -32,10 +32,11 @@ def make_coco(
     seed: int = 0,
     image_dir: str = "images",
     num_empty: int = 0,
+    objects: tuple[int, int] = (1, 3),
 ) -> tuple[Path, Path]:
     """Writes `root/<image_dir>/<split>_NNN.png` and `root/<split>.json`; returns (json, image folder).
-    `size` is (height, width). Each image holds 1-3 objects, 10 px to a quarter of the image in
-    radius, that do not overlap; the last `num_empty` images hold none."""
+    `size` is (height, width). Each image holds `objects` (a range, both ends included) objects, 10
+    px to a quarter of the image in radius, that do not overlap; the last `num_empty` images hold none."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     image_root = root / image_dir
@@ -47,7 +48,7 @@ def make_coco(
         img = Image.fromarray(background)
         draw = ImageDraw.Draw(img)
         placed: list[tuple[float, float, float]] = []
-        for _ in range(0 if i >= num_images - num_empty else int(rng.integers(1, 4))):
+        for _ in range(0 if i >= num_images - num_empty else int(rng.integers(objects[0], objects[1] + 1))):
             for _attempt in range(20):
                 r = float(rng.uniform(10, min(h, w) / 4))
                 cx, cy = float(rng.uniform(r, w - r)), float(rng.uniform(r, h - r))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,9 @@ class Case:
     absent: list[str] = field(default_factory=list)  # substrings that must NOT appear (e.g. a metric)
     check: Callable[[], None] | None = None  # extra assertions on files after the run
     timeout: int = 600
+    cleanup: Callable[[], None] | None = None  # runs whatever happens (e.g. unmounts a small disk)
+    during: Callable[[subprocess.Popen], None] | None = None  # acts on the running tool (e.g. signals it)
+    env: dict[str, str] = field(default_factory=dict)  # added to the tool's environment
 
 
 ROWS: dict[str, Callable[[Path], Case]] = {}
@@ -171,8 +176,7 @@ def _(tmp_path):
         assert sorted(p.name for p in out.iterdir()) == ["checkpoint-0004.pth", "config.json"]
 
     return Case(pretrain_cmd(out), exit_code=1, check=check,
-                names=[f"{out} holds another run's checkpoints (checkpoint-0004.pth)", "--resume",
-                       "--overwrite"])
+                names=[f"{out} holds another run (checkpoint-0004.pth)", USED_FOLDER_WAY_ON])
 
 
 @bad_input("pretrain_overwrite_replaces_the_previous_run")
@@ -237,6 +241,135 @@ def _(tmp_path):
 
     return Case(pretrain_cmd(out, "--resume", "epochs=2"), exit_code=1, check=check,
                 names=[f"{out / 'last.pth'} cannot be resumed from", "model.blocks.0.attn.qkv.weight"])
+
+
+# ---------------------------------------------------------------- rows: one run per output folder
+
+
+def held_by(cmd: list[str], folder: Path) -> subprocess.Popen:
+    """Starts `cmd`, a run into `folder`, in the background and pauses it (SIGSTOP) as soon as it
+    holds the folder's claim: a second run started now meets a run in progress, whatever the
+    timing. `resume_held` lets it go on and waits for its end."""
+    import signal
+    import time
+
+    log = open(folder.parent / f"{folder.name}.first.log", "w")  # noqa: SIM115 (closed by the process's end)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads((folder / "run.lock").read_text()).get("pid") == proc.pid:
+                proc.send_signal(signal.SIGSTOP)
+                return proc
+        except (OSError, json.JSONDecodeError):
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"{cmd} never claimed {folder}: {log.name}")
+
+
+def resume_held(proc: subprocess.Popen, folder: Path) -> None:
+    import signal
+
+    proc.send_signal(signal.SIGCONT)
+    assert proc.wait(timeout=600) == 0, (folder.parent / f"{folder.name}.first.log").read_text()[-3000:]
+    assert not (folder / "run.lock").exists()  # released at the end
+
+
+def claim_refusal(folder: Path, proc: subprocess.Popen) -> list[str]:
+    """What a refusal by a held folder names: the folder, the holder, how to go on."""
+    return [f"{folder} is claimed by another run (process {proc.pid} on host", "--resume", "--overwrite",
+            "choose another output folder"]
+
+
+def dead_claim(folder: Path) -> int:
+    """A claim of this host left by a process that has ended (a killed run); returns its pid."""
+    import socket
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(),
+                                                 "started": "earlier", "command": "a killed run"}))
+    return gone.pid
+
+
+# The same words on all three paths.
+USED_FOLDER_WAY_ON = ("pass --resume to continue it, --overwrite to replace it, or choose another "
+                      "output folder")
+
+
+def files_of(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file under `folder` with its content hash and modification time."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def unchanged(folder: Path) -> Callable[[], None]:
+    """A check that `folder` ends as it is now: the same files, contents and times."""
+    before = files_of(folder)
+    return lambda: _assert_same(before, files_of(folder))
+
+
+def _assert_same(before: dict, after: dict) -> None:
+    assert after == before, {k: (before.get(k), after.get(k)) for k in set(before) | set(after)
+                             if before.get(k) != after.get(k)}
+
+
+@bad_input("pretrain_two_runs_into_one_folder_one_refused_the_others_log_its_own")
+def _(tmp_path):
+    out = tmp_path / "run"
+    first = held_by(pretrain_cmd(out, "epochs=2"), out)
+
+    def check():
+        resume_held(first, out)
+        assert [r["iteration"] for r in log_records(out)] == [1, 1, 2, 2]  # each step and epoch once
+        saved = [p.name for p in assert_checkpoints_finite(out)]
+        assert saved == ["checkpoint-0001.pth", "checkpoint-0002.pth", "last.pth"]
+
+    return Case(pretrain_cmd(out, "epochs=2"), exit_code=1, check=check, names=claim_refusal(out, first))
+
+
+@bad_input("pretrain_ddp_into_a_used_folder_every_process_refused")
+def _(tmp_path):
+    """Two processes: the main one claims and checks the folder, the other learns the refusal from
+    it and stops too (instead of waiting for the first step's collective)."""
+    from helpers_pretrain import require_fashion_mnist
+
+    require_fashion_mnist()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pth").write_bytes(b"another run")
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "tools/pretrain.py"), "--config", TOY_CONFIG, f"output_dir={out}", *TOY_PRETRAIN,
+           "batch_size=4"]
+    return Case(cmd, check=unchanged(out), timeout=300,
+                names=[f"{out} holds another run (last.pth)", USED_FOLDER_WAY_ON])
+
+
+@bad_input("pretrain_claim_of_a_dead_process_refused_without_resume")
+def _(tmp_path):
+    out = tmp_path / "run"
+    pid = dead_claim(out)
+    return Case(pretrain_cmd(out), exit_code=1, check=unchanged(out),  # the claim stays, nothing written
+                names=[f"{out} holds the claim of a run that is no longer running (process {pid} on host",
+                       "Pass --resume to take it over"])
+
+
+@bad_input("pretrain_claim_of_a_dead_process_taken_over_with_resume")
+def _(tmp_path):
+    out = tmp_path / "run"
+    pid = dead_claim(out)
+
+    def check():
+        assert not (out / "run.lock").exists()
+        assert [p.name for p in assert_checkpoints_finite(out)] == ["checkpoint-0001.pth", "last.pth"]
+
+    return Case(pretrain_cmd(out, "--resume"), exit_code=0, check=check,
+                names=["taking over the claim of a run that is no longer running", f"process {pid} on host"])
 
 
 @bad_input("pretrain_override_typo_names_the_closest_key")
@@ -345,6 +478,35 @@ def finite_checkpoints(out: Path) -> list[str]:
     if (out / "last_checkpoint").exists():
         assert (out / "last_checkpoint").read_text().strip() in names
     return names
+
+
+def det_run(root: Path) -> tuple[list[str], Path]:
+    """A whole tiny detection run (two iterations, evaluated at the end) and its output folder."""
+    return det_train(root, "train.max_iter=2", "train.eval_period=2", "train.log_period=1"), root / "out"
+
+
+@bad_input("det_two_runs_into_one_folder_one_refused_the_others_metrics_its_own")
+def _(tmp_path):
+    cmd, out = det_run(tmp_path)
+    first = held_by(cmd, out)
+
+    def check():
+        resume_held(first, out)
+        iterations = [r["iteration"] for r in map(json.loads, (out / "metrics.json").read_text().splitlines())
+                      if "total_loss" in r]
+        assert iterations == [0, 1], iterations  # each logged once, by one run
+        assert len(list(out.glob("events.out.tfevents.*"))) == 1
+
+    return Case(cmd, exit_code=1, check=check, names=claim_refusal(out, first))
+
+
+@bad_input("det_second_run_into_a_used_folder_refused_its_files_unchanged")
+def _(tmp_path):
+    cmd, out = det_run(tmp_path)
+    run_setup(cmd)
+    return Case(cmd, exit_code=1, check=unchanged(out),
+                names=[f"{out} holds another run (eval_results.json", "model_final.pth", USED_FOLDER_WAY_ON,
+                       "choose another output folder (train.output_dir=DIR)"])
 
 
 @bad_input("det_lr_diverges")
@@ -581,7 +743,7 @@ def _(tmp_path):
     val_json, images = make_coco(tmp_path, "val", 1)
     weights = det_weights(tmp_path / "three.pth", None, "model.roi_heads.num_classes=3")
     return Case(tool("infer_det.py", "--config-file", DET_TINY, "--weights", weights, "--input", images,
-                     "--output", tmp_path / "o", f"dataloader.test.dataset.json_file={val_json}",
+                     "--output-dir", tmp_path / "o", f"dataloader.test.dataset.json_file={val_json}",
                      "model.roi_heads.num_classes=3"),
                 names=["model.roi_heads.num_classes is 3", f"test set {val_json} has 2 categories"],
                 check=lambda: _assert_nothing_written(tmp_path / "o"))
@@ -632,7 +794,7 @@ def _(tmp_path):
         assert sorted(p.name for p in out.iterdir()) == ["val_000.png", "val_001.png"]
 
     return Case(tool("infer_det.py", "--config-file", DET_TINY, "--weights", weights, "--input", images,
-                     "--output", out, f"dataloader.test.dataset.json_file={val_json}"),
+                     "--output-dir", out, f"dataloader.test.dataset.json_file={val_json}"),
                 exit_code=1, check=check,
                 names=[f"{images / 'broken.png'}: cannot read this image", "1 unreadable image(s) skipped"])
 
@@ -646,7 +808,7 @@ def _(tmp_path):
     ckpt = tmp_path / "cut.pth"
     ckpt.write_bytes(det_weights(tmp_path / "whole.pth").read_bytes()[:5000])
     return Case(tool("infer_det.py", "--config-file", DET_TINY, "--weights", ckpt, "--input", images,
-                     "--output", tmp_path / "o", f"dataloader.test.dataset.json_file={val_json}"),
+                     "--output-dir", tmp_path / "o", f"dataloader.test.dataset.json_file={val_json}"),
                 names=[f"{ckpt} is not a readable torch checkpoint"])
 
 
@@ -660,6 +822,54 @@ def seg_data_options(root: Path, iters: int, *extra: str) -> list[str]:
     loaders = ("train_dataloader", "val_dataloader", "test_dataloader")
     return ["--cfg-options", *(f"{loader}.dataset.data_root={root}" for loader in loaders),
             f"train_cfg.max_iters={iters}", *extra]
+
+
+def seg_run(root: Path) -> tuple[list[str], Path]:
+    """A whole tiny segmentation run (two iterations, validated and saved at the end) and its work dir."""
+    from helpers_seg import make_shapes_dataset
+
+    data, work = make_shapes_dataset(root / "data"), root / "work"
+    options = seg_data_options(data, 2, "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2",
+                               "default_hooks.logger.interval=1")
+    return tool("train_seg.py", SEG_TINY, "--work-dir", work, *options), work
+
+
+@bad_input("seg_two_runs_into_one_work_dir_one_refused_the_others_logs_its_own")
+def _(tmp_path):
+    cmd, work = seg_run(tmp_path)
+    first = held_by(cmd, work)
+
+    def check():
+        resume_held(first, work)
+        [scalars] = work.glob("*/vis_data/scalars.json")  # one run's logs: one timestamp folder
+        steps = [r["step"] for r in map(json.loads, scalars.read_text().splitlines()) if "loss" in r]
+        assert steps == [1, 2], steps
+        assert len(list(work.glob("*/vis_data/events.out.tfevents.*"))) == 1
+
+    return Case(cmd, exit_code=1, check=check, names=claim_refusal(work, first))
+
+
+@bad_input("seg_second_run_into_a_used_work_dir_refused_its_files_unchanged")
+def _(tmp_path):
+    cmd, work = seg_run(tmp_path)
+    run_setup(cmd)
+    return Case(cmd, exit_code=1, check=unchanged(work),
+                names=[f"{work} holds another run (", "iter_2.pth", USED_FOLDER_WAY_ON,
+                       "choose another output folder (--work-dir)"])
+
+
+@bad_input("seg_overwrite_replaces_the_previous_run_leaving_one_runs_logs")
+def _(tmp_path):
+    cmd, work = seg_run(tmp_path)
+    run_setup(cmd)
+    [old] = work.glob("*/vis_data")
+
+    def check():
+        [new] = work.glob("*/vis_data")
+        assert new != old and (work / "iter_2.pth").is_file() and (work / "run.json").is_file()
+
+    return Case([*cmd, "--overwrite"], exit_code=0, check=check,
+                names=["--overwrite: deleted the previous run's", "iter_2.pth"])
 
 
 @bad_input("seg_lr_diverges")
@@ -915,8 +1125,8 @@ def _(tmp_path):
     def check():
         assert not (out / "report.md").exists()
 
-    return Case(tool("compare.py", "--runs", tmp_path / "seg", "--out", out), [str(log), "per class results"],
-                exit_code=1, absent=["Traceback"], check=check)
+    return Case(tool("compare.py", "--runs", tmp_path / "seg", "--output-dir", out),
+                [str(log), "per class results"], exit_code=1, absent=["Traceback"], check=check)
 
 
 # ---------------------------------------------------------------- rows: images and data
@@ -966,6 +1176,245 @@ def _(tmp_path):
                 names=["alpha channel dropped (first such file:", "mode 'RGBA'"])
 
 
+# ---------------------------------------------------------------- rows: class contract, faults, preemption
+
+
+@bad_input("seg_train_head_of_8_classes_on_a_3_class_dataset")
+def _(tmp_path):
+    """model.decode_head.num_classes=8 on the tiny 3-class set: refused before training, naming the
+    key, both counts and the dataset (mmseg trained and scored it, exit 0)."""
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+    return Case(seg_train(tmp_path, data, "model.decode_head.num_classes=8"), exit_code=1,
+                names=[f"model.decode_head.num_classes=8 but the training set (SegFolderDataset at {data}) "
+                       "has 3 classes"], absent=["Traceback", "Iter(train)"],
+                check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
+
+
+@bad_input("seg_test_auxiliary_head_of_8_classes_on_a_3_class_test_set")
+def _(tmp_path):
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=1, n_val=1)
+    return Case(tool("test_seg.py", SEG_TINY, tmp_path / "none.pth", "--work-dir", tmp_path / "work",
+                     *seg_data_options(data, 1, "model.auxiliary_head.num_classes=8")), exit_code=1,
+                names=["model.auxiliary_head.num_classes=8 but the test set (SegFolderDataset at "
+                       f"{data}) has 3 classes"], absent=["Traceback", '"metrics"'])
+
+
+def seg_checkpoint_of_8_classes(path: Path) -> Path:
+    """A segmentor checkpoint whose decode head classifies 8 classes (the tiny config's 32 channels);
+    mmengine loads non-strictly and would leave the 3-class model's head at initialisation."""
+    import torch
+
+    torch.save({"state_dict": {"decode_head.conv_seg.weight": torch.zeros(8, 32, 1, 1),
+                               "decode_head.conv_seg.bias": torch.zeros(8)}}, path)
+    return path
+
+
+@bad_input("seg_test_checkpoint_of_8_classes_on_a_3_class_test_set")
+def _(tmp_path):
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=1, n_val=1)
+    ckpt = seg_checkpoint_of_8_classes(tmp_path / "wide.pth")
+    cmd = tool("test_seg.py", SEG_TINY, ckpt, "--work-dir", tmp_path / "work", *seg_data_options(data, 1))
+    return Case(cmd, exit_code=1, absent=["Traceback", '"metrics"'],
+                names=[f"{ckpt}'s decode_head has 8 classes (decode_head.conv_seg.weight [8, 32, 1, 1]) "
+                       f"but the model's has 3, the classes of the test set (SegFolderDataset at {data})"])
+
+
+@bad_input("seg_train_load_from_a_checkpoint_of_8_classes")
+def _(tmp_path):
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+    ckpt = seg_checkpoint_of_8_classes(tmp_path / "wide.pth")
+    return Case(seg_train(tmp_path, data, f"load_from={ckpt}"), exit_code=1,
+                names=[f"{ckpt}'s decode_head has 8 classes", "the training set"],
+                absent=["Traceback", "Iter(train)"],
+                check=lambda: assert_no_seg_checkpoint(tmp_path / "work"))
+
+
+def small_disk(folder: Path, size: int) -> Callable[[], None]:
+    """A tmpfs of `size` bytes mounted at `folder`: a real full disk for a write that needs more.
+    Returns the unmount. Needs root (CI runs as root); anywhere else the row fails saying so."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0 or not os.path.ismount(folder):
+        pytest.fail(f"a full-disk row needs `mount -t tmpfs` (root): {mount.stderr.strip() or 'not mounted'}")
+
+    def unmount() -> None:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+        shutil.rmtree(folder)
+
+    return unmount
+
+
+def disk_just_too_small(first: Path, out: Path, name: str) -> Callable[[], None]:
+    """Copies the run in `first` to `out` on a disk with room for about half of one more `name`:
+    the next checkpoint the resumed run writes cannot fit. Returns the unmount."""
+    import shutil
+
+    used = sum(p.stat().st_size for p in first.rglob("*") if p.is_file())
+    unmount = small_disk(out, used + (first / name).stat().st_size // 2 + 64 * 1024)
+    shutil.copytree(first, out, dirs_exist_ok=True)
+    return unmount
+
+
+def assert_failed_save_left_nothing(out: Path, kept: dict[str, bytes], absent: str) -> None:
+    """The failed save touched no earlier checkpoint and left no partial or temporary file."""
+    for name, data in kept.items():
+        assert (out / name).read_bytes() == data, f"{name} changed"
+    leftovers = [p.name for p in out.rglob(".*.tmp")] + [p.name for p in out.glob(absent)]
+    assert not leftovers, leftovers
+
+
+@bad_input("pretrain_checkpoint_write_on_a_full_disk_names_the_disk_and_the_last_good_checkpoint")
+def _(tmp_path):
+    """Epoch 0 saved, then resumed on a disk too small for epoch 1's checkpoint: stopped naming the
+    file, ENOSPC, the disk, and last.pth to resume from (torch.save said only 'unexpected pos')."""
+    first, out = tmp_path / "first", tmp_path / "disk"
+    run_setup(pretrain_cmd(first))
+    unmount = disk_just_too_small(first, out, "last.pth")
+    kept = {name: (out / name).read_bytes() for name in ("last.pth", "checkpoint-0001.pth")}
+    return Case(pretrain_cmd(out, "--resume", "epochs=2"), exit_code=1, cleanup=unmount,
+                names=[f"could not write {out / 'checkpoint-0002.pth'}: No space left on device (ENOSPC)",
+                       f"on the file system mounted at {out}",
+                       f"The last good checkpoint is {out / 'last.pth'}", "--resume"],
+                absent=["Traceback", "unexpected pos"],
+                check=lambda: assert_failed_save_left_nothing(out, kept, "checkpoint-0002.pth"))
+
+
+def disk_for_one_more(folder: Path, checkpoint: Path) -> Callable[[], None]:
+    """A disk at `folder` with room for one checkpoint like `checkpoint` and half another (plus
+    logs): a run saving every iteration writes its first and fails on its second. Returns the unmount."""
+    size = checkpoint.stat().st_size
+    return small_disk(folder, size + size // 2 + 1024 * 1024)
+
+
+@bad_input("det_checkpoint_write_on_a_full_disk_names_the_disk_and_the_last_good_checkpoint")
+def _(tmp_path):
+    """A checkpoint per iteration into a disk with room for one: the second save stops the run
+    naming the file, ENOSPC, the disk and the first checkpoint; last_checkpoint still names it."""
+    first, out = tmp_path / "first", tmp_path / "disk"
+    every_iteration = ["train.checkpointer.period=1", "train.eval_period=100", "train.log_period=1"]
+    run_setup(det_train(first, "train.max_iter=1", *every_iteration))
+    unmount = disk_for_one_more(out, first / "out" / "model_final.pth")
+
+    def check():
+        assert (out / "last_checkpoint").read_text() == "model_0000000.pth"
+        assert_failed_save_left_nothing(out, {}, "model_0000001.pth")
+
+    return Case(det_train(tmp_path, "train.max_iter=3", f"train.output_dir={out}", *every_iteration),
+                exit_code=1, cleanup=unmount, check=check,
+                names=[f"could not write {out / 'model_0000001.pth'}: No space left on device (ENOSPC)",
+                       f"on the file system mounted at {out}",
+                       f"The last good checkpoint is {out / 'model_0000000.pth'}"],
+                absent=["unexpected pos"])
+
+
+@bad_input("seg_checkpoint_write_on_a_full_disk_names_the_disk_and_the_last_good_checkpoint")
+def _(tmp_path):
+    """The same for segmentation: iter_1.pth fits, iter_2.pth does not; last_checkpoint keeps
+    naming iter_1.pth, the checkpoint --resume continues from."""
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=2, n_val=1)
+    first, work = tmp_path / "first", tmp_path / "disk"
+    options = ["default_hooks.checkpoint.interval=1", "train_cfg.val_interval=100"]
+    run_setup(tool("train_seg.py", SEG_TINY, "--work-dir", first, *seg_data_options(data, 1, *options)))
+    unmount = disk_for_one_more(work, first / "iter_1.pth")
+
+    def check():
+        assert (work / "last_checkpoint").read_text().strip() == str(work / "iter_1.pth")
+        assert_failed_save_left_nothing(work, {}, "iter_2.pth")
+
+    return Case(tool("train_seg.py", SEG_TINY, "--work-dir", work, *seg_data_options(data, 3, *options)),
+                exit_code=1, cleanup=unmount, check=check,
+                names=[f"could not write {work / 'iter_2.pth'}: No space left on device (ENOSPC)",
+                       f"on the file system mounted at {work}",
+                       f"The last good checkpoint is {work / 'iter_1.pth'}"],
+                absent=["Traceback", "unexpected pos"])
+
+
+# 64 steps in one epoch, drop path on (the restored random generator matters), a line per step.
+PREEMPTIBLE = ["data.limit=512", "model.drop_path_rate=0.1"]
+
+
+def signal_after_steps(out: Path, steps: int, sig: int) -> Callable[[subprocess.Popen], None]:
+    """Sends `sig` to the tool once log.jsonl holds `steps` lines: in mid-epoch."""
+    import time
+
+    def during(proc: subprocess.Popen) -> None:
+        log = out / "log.jsonl"
+        while proc.poll() is None and (not log.is_file() or len(log.read_text().splitlines()) < steps):
+            time.sleep(0.02)
+        proc.send_signal(sig)
+
+    return during
+
+
+def assert_checkpoint_at_the_last_logged_step(out: Path) -> dict:
+    """last.pth holds the iteration the preempted run logged last, in mid-epoch (no epoch line)."""
+    import torch
+
+    state = torch.load(out / "last.pth", weights_only=True)
+    records = log_records(out)
+    assert all("loss" in r for r in records), "the preempted run finished an epoch"
+    assert state["iteration"] == records[-1]["iteration"] == len(records), (state["iteration"], records[-1])
+    assert 0 < state["epoch_progress"]["step"] == state["iteration"] < 64 and state["epoch"] == -1
+    return state
+
+
+@bad_input("pretrain_sigterm_mid_epoch_checkpoints_that_step_and_resumes_on_the_same_curve")
+def _(tmp_path):
+    """A scheduler's SIGTERM after 3 of 64 steps: the run finishes its step, writes last.pth at that
+    iteration and exits 143. --resume then continues mid-epoch: its log.jsonl (per-step losses and
+    the epoch's mean) equals the uninterrupted run's exactly."""
+    straight, out = tmp_path / "straight", tmp_path / "run"
+    run_setup(pretrain_cmd(straight, *PREEMPTIBLE))
+
+    def check():
+        assert_checkpoint_at_the_last_logged_step(out)
+        run_setup(pretrain_cmd(out, *PREEMPTIBLE, "--resume"))
+        assert log_records(out) == log_records(straight)
+
+    return Case(pretrain_cmd(out, *PREEMPTIBLE), exit_code=143, absent=["Traceback"], check=check,
+                during=signal_after_steps(out, 3, signal.SIGTERM),
+                names=["SIGTERM received: stopped after iteration",
+                       f"wrote {out / 'last.pth'} at that iteration",
+                       "continue with --resume (exit status 143)"])
+
+
+@bad_input("pretrain_sigusr1_mid_epoch_checkpoints_that_step")
+def _(tmp_path):
+    """SLURM's warning before a time limit (`--signal=USR1@...`) is a preemption notice too."""
+    out = tmp_path / "run"
+    return Case(pretrain_cmd(out, *PREEMPTIBLE), exit_code=143, absent=["Traceback"],
+                during=signal_after_steps(out, 3, signal.SIGUSR1),
+                names=["SIGUSR1 received: stopped after iteration", "(exit status 143)"],
+                check=lambda: assert_checkpoint_at_the_last_logged_step(out))
+
+
+@bad_input("pretrain_bf16_on_a_cpu_without_native_bf16_warns_once_how_to_turn_it_off")
+def _(tmp_path):
+    """amp=bf16 (pretraining's default) where the CPU flags (given in MAE_CPU_FLAGS: this machine
+    has native bf16) are an AVX2-only EPYC's: one warning naming the slowdown's record and amp=none;
+    the run still trains as asked."""
+    from mae_core.precision import CPU_FLAGS_VARIABLE
+
+    out = tmp_path / "run"
+    return Case(pretrain_cmd(out, "amp=bf16"), exit_code=0, env={CPU_FLAGS_VARIABLE: "fpu sse2 avx avx2 fma"},
+                names=["bf16 autocast was asked for, but this CPU has no native bf16",
+                       "docs/robustness.md", "To train in fp32, set amp=none"],
+                check=lambda: assert_checkpoints_finite(out))
+
+
 # ---------------------------------------------------------------- the test
 
 
@@ -973,9 +1422,25 @@ def _(tmp_path):
 @pytest.mark.parametrize("row", sorted(ROWS))
 def test_bad_input_stops_loudly_naming_the_fault(row, tmp_path):
     case = ROWS[row](tmp_path)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(case.cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=case.timeout)
-    output = proc.stdout + proc.stderr
+    try:
+        run_case(row, case)
+    finally:
+        if case.cleanup is not None:
+            case.cleanup()
+
+
+def run_case(row: str, case: Case) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **case.env}
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: `during` may wait while it fills
+        proc = subprocess.Popen(case.cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            if case.during is not None:
+                case.during(proc)
+            proc.wait(timeout=case.timeout)
+        finally:
+            proc.kill()
+        log.seek(0)
+        output = log.read()
     if case.exit_code is None:
         assert proc.returncode != 0, f"{row}: exit 0 on bad input\n{output[-3000:]}"
     else:

@@ -3,6 +3,8 @@ MMSegmentation, and returns the pyramid strides; checkpoints load into the right
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -205,3 +207,67 @@ def test_timm_entry_loads_a_local_checkpoint(tmp_path):
     loaded = build_trunk("convnext_atto", str(path)).net.stages_2.blocks[0].conv_dw.weight
     torch.testing.assert_close(loaded, expected)
     assert not torch.equal(build_trunk("convnext_atto").net.stages_2.blocks[0].conv_dw.weight, expected)
+
+
+# --- A catalogue backbone on the ViT-B configs: the heads' widths follow it -------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("out_channels", [None, 128])
+def test_catalogue_backbone_on_the_vit_b_mask_rcnn_config_needs_no_width_edit(tmp_path, out_channels):
+    """The README's swap on configs/detection/mask_rcnn_vit_base_100ep.py (heads stated 256 wide):
+    the RPN, box and mask heads take the backbone's width, also one other than 256, and the
+    model runs on a small image."""
+    import shutil
+
+    from detectron2.config import instantiate
+
+    from detection.overrides import load_lazy_config
+
+    shutil.copytree(REPO / "configs/detection", tmp_path, dirs_exist_ok=True)  # beside its base, as a user's
+    (tmp_path / "my_run.py").write_text(
+        "from detection.catalogue import DetectronCatalogueBackbone\n"
+        "from detectron2.config import LazyCall as L\n"
+        "from .mask_rcnn_vit_base_100ep import dataloader, lr_multiplier, model, optimizer, train\n"
+        'model.backbone = L(DetectronCatalogueBackbone)(name="convnext_atto")\n')
+    overrides = [] if out_channels is None else [f"+model.backbone.out_channels={out_channels}"]
+    cfg = load_lazy_config(str(tmp_path / "my_run.py"), overrides)
+    width = out_channels or 256
+    assert cfg.model.proposal_generator.head.in_channels == width
+    assert cfg.model.roi_heads.box_head.input_shape.channels == width
+    assert cfg.model.roi_heads.mask_head.input_shape.channels == width
+    model = instantiate(cfg.model).eval()
+    assert model.backbone.output_shape()["p2"].channels == width
+    with torch.no_grad():
+        [out] = model([{"image": torch.randint(0, 255, (3, 64, 96)).float(), "height": 64, "width": 96}])
+    assert out["instances"].image_size == (64, 96)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("out_channels", [None, 128])
+def test_catalogue_backbone_on_the_vit_b_upernet_config_needs_no_width_edit(tmp_path, out_channels):
+    """The README's swap on configs/segmentation/upernet_vit_base_512x512_160k_ade20k.py (heads
+    768 wide in): the decode and auxiliary heads read the backbone's width, and the model runs."""
+    from mmengine.registry import DefaultScope
+    from mmseg.registry import MODELS
+
+    from segmentation.train import load_mmseg_config
+
+    config = tmp_path / "my_run.py"
+    config.write_text(
+        f'_base_ = ["{REPO}/configs/segmentation/upernet_vit_base_512x512_160k_ade20k.py"]\n'
+        'custom_imports = dict(imports=["segmentation", "segmentation.catalogue"])\n'
+        'model = dict(backbone=dict(_delete_=True, type="MMSegCatalogueBackbone", name="convnext_atto"), '
+        "neck=None)\n")
+    options = None if out_channels is None else {"+model.backbone.out_channels": out_channels}
+    cfg = load_mmseg_config(str(config), cfg_options=options)
+    width = out_channels or 256
+    assert cfg.model.decode_head.in_channels == [width] * 4 and cfg.model.auxiliary_head.in_channels == width
+    assert cfg.model.decode_head.channels == 768  # the recipe's head is kept
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        model = MODELS.build(cfg.model).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 64, 64), mode="tensor")
+    assert logits.shape == (1, 150, 16, 16)

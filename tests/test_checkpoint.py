@@ -14,6 +14,7 @@ from mae_layout import official_mae_shapes, random_state_dict
 from mae_core.backbone import ViTBackbone
 from mae_core.checkpoint import (
     CheckpointError,
+    CheckpointWriteError,
     IncompleteLoadError,
     export_backbone,
     extract_state_dict,
@@ -350,11 +351,32 @@ def test_failed_save_leaves_the_previous_file_and_no_partial_one(tmp_path, monke
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", save_half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint({"step": torch.tensor(2)}, path)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointWriteError, match=f"could not write {path}: disk full. Nothing was written"):
+        save_checkpoint({"step": torch.tensor(2)}, path, last_good=path)
+    with pytest.raises(CheckpointWriteError, match="No checkpoint was written before this one"):
         save_checkpoint({"step": torch.tensor(2)}, tmp_path / "new.pth")
     monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]
+    assert load_checkpoint_file(path)["step"].item() == 1
+
+
+def test_a_file_too_large_for_the_limit_is_named_with_the_os_error_not_torchs(tmp_path):
+    """A real failed write inside torch.save (the file-size limit, EFBIG: Python ignores SIGXFSZ),
+    which torch reports only as 'unexpected pos': traced back to the OS error, the previous file
+    untouched, no partial file."""
+    import resource
+
+    path = save_checkpoint({"step": torch.tensor(1)}, tmp_path / "last.pth")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, limit[1]))
+    try:
+        with pytest.raises(CheckpointWriteError) as err:
+            save_checkpoint({"w": torch.zeros(100_000)}, path, last_good=path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+    assert f"could not write {path}: File too large (EFBIG)" in str(err.value)
+    assert "the write stopped after 64.0 KiB" in str(err.value)
+    assert f"The last good checkpoint is {path}" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]
     assert load_checkpoint_file(path)["step"].item() == 1
 

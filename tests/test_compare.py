@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,11 @@ import pytest
 
 from mae_app.demo_data import FASHION_CLASSES
 from mae_app.jobs import execute_plan
-from mae_app.report import VERDICT_RULE, aggregate, separation
+from mae_app.report import VERDICT_RULE, aggregate, cell, separation
 from mae_app.runs import RunError, load_run, mmseg_metrics
 
 REPO = Path(__file__).resolve().parents[1]
+SEG_TINY = "configs/segmentation/upernet_vit_tiny_cpu.py"
 
 VIT = {"arch": "vit_toy_patch4", "patch_size": 8}
 
@@ -259,7 +261,7 @@ def test_report_of_two_backbones_and_two_seeds_has_every_column_filled(scenes, t
 
     out = tmp_path / "report"
     run = subprocess.run([sys.executable, str(REPO / "tools/compare.py"), "--runs", *map(str, folders),
-                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+                          "--output-dir", str(out)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = (out / "report.md").read_text()
     assert str(out / "report.md") in run.stdout
@@ -290,7 +292,7 @@ def test_report_of_two_backbones_and_two_seeds_has_every_column_filled(scenes, t
 
 
 def test_verdict_rule_is_the_difference_of_means_against_twice_its_standard_error():
-    """Two seeds with the means and standard deviations the demo measured (README, 2026-12-02):
+    """Two seeds a side, of the size a two-seed demo run gives (inputs, not a measurement):
     box AP separates, mIoU does not; more runs, no spread or a single run change the verdict as the
     rule says."""
     box = separation([5.29, 3.15], [0.52, 0.42])  # MAE init vs random init: 4.22 ± 1.51 vs 0.47 ± 0.07
@@ -328,12 +330,16 @@ def test_bad_run_records_name_the_file_and_key(tmp_path):
 
 
 def test_plan_runs_unfinished_entries_in_parallel_and_stops_on_a_failure(tmp_path):
-    def entry(name, code):
+    def entry(name, code, record=None):
+        """A command that leaves results and a run record as tools/eval_cls.py does."""
         folder = tmp_path / name
-        script = (f"import json, pathlib; pathlib.Path({str(folder)!r}, 'eval_cls.json').write_text("
-                  f"json.dumps({{'knn_acc': 0.5}})); print('ran {name}'); raise SystemExit({code})")
-        return {"run": {"task": "cls", "backbone": "vit_random", "seed": 0}, "output_dir": str(folder),
-                "command": [sys.executable, "-c", script]}
+        record = record or {"task": "cls", "backbone": "vit_random", "seed": 0}
+        script = (f"import json, pathlib; d = pathlib.Path({str(folder)!r}); "
+                  f"(d / 'eval_cls.json').write_text(json.dumps({{'knn_acc': 0.5}})); "
+                  f"(d / 'run.json').write_text(json.dumps({record!r})); "
+                  f"print('ran {name}'); raise SystemExit({code})")
+        return {"run": {"task": "cls", "backbone": "vit_random", "seed": 0}, "adds": {"pretrain_seed": 7},
+                "output_dir": str(folder), "command": [sys.executable, "-c", script]}
 
     plan = [entry("a", 0), entry("b", 0), entry("c", 0)]
     (tmp_path / "c").mkdir()
@@ -344,9 +350,105 @@ def test_plan_runs_unfinished_entries_in_parallel_and_stops_on_a_failure(tmp_pat
     assert folders == [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
     assert (tmp_path / "a" / "stdout.txt").read_text() == "ran a\n"
     assert not (tmp_path / "c" / "stdout.txt").exists()
-    assert load_run(tmp_path / "a")["knn_acc"] == 50.0
+    run = load_run(tmp_path / "a")
+    assert run["knn_acc"] == 50.0 and run["pretrain_seed"] == 7  # the tool's record, with the plan's adds
 
+    plan_file.write_text(json.dumps([entry("e", 0, {"task": "cls", "backbone": "vit_mae", "seed": 0})]))
+    with pytest.raises(RunError, match=r"e/run.json: the tool ran something other .*'vit_mae', planned"):
+        execute_plan(plan_file)
     plan_file.write_text(json.dumps([entry("d", 3)]))
     with pytest.raises(RunError, match="exit code 3.*d/stdout.txt"):
         execute_plan(plan_file)
     assert not (tmp_path / "d" / ".done").exists()
+
+
+def run_tool(name: str, *args) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{name} {args}:\n{(proc.stdout + proc.stderr)[-3000:]}"
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_compare_reads_the_folders_that_the_tools_made(tmp_path):
+    """The issue's done-when: two seeds each of detection and segmentation, trained with the tools
+    directly on a small custom dataset (tiny CPU configs, two iterations), and a segmentation test
+    on another data set; `compare.py --runs` makes one report of both tasks with seeds "0, 1", the
+    other data's mIoU in its own column, apart from val."""
+    from helpers_coco import make_coco
+    from helpers_seg import make_shapes_dataset, shapes_label, write_sample
+
+    train_json, images = make_coco(tmp_path / "coco", "train", 4)
+    val_json, _ = make_coco(tmp_path / "coco", "val", 2, seed=1)
+    ade = make_shapes_dataset(tmp_path / "ade")
+    rng = np.random.default_rng(5)
+    for i in range(2):  # another test set, in the same layout
+        write_sample(ade, "test", f"test_{i}", shapes_label((72, 96), rng), seed=10 + i)
+    det_data = [f"dataloader.train.dataset.json_file={train_json}",
+                f"dataloader.train.dataset.image_root={images}",
+                f"dataloader.test.dataset.json_file={val_json}",
+                f"dataloader.test.dataset.image_root={images}"]
+    seg_data = [f"{loader}_dataloader.dataset.data_root={ade}" for loader in ("train", "val", "test")]
+    det_config, seg_config = "configs/detection/mask_rcnn_vit_tiny_cpu.py", SEG_TINY
+    folders = []
+    for seed in (0, 1):
+        det = tmp_path / "output/det" / f"s{seed}"
+        run_tool("train_det.py", "--config-file", det_config, *det_data, "train.max_iter=2",
+                 "train.eval_period=2", "train.log_period=1", f"train.seed={seed}", f"train.output_dir={det}")
+        seg = tmp_path / "output/seg" / f"s{seed}"
+        run_tool("train_seg.py", seg_config, "--work-dir", seg, "--cfg-options", *seg_data,
+                 "train_cfg.max_iters=2", "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2",
+                 "default_hooks.logger.interval=1", f"randomness.seed={seed}")
+        folders += [det, seg]
+    other = tmp_path / "output/seg_test/s0"
+    run_tool("test_seg.py", seg_config, tmp_path / "output/seg/s0/iter_2.pth", "--work-dir", other,
+             "--cfg-options", *seg_data, "test_dataloader.dataset.data_prefix.img_path=images/test",
+             "test_dataloader.dataset.data_prefix.seg_map_path=annotations/test")
+    records = {f: json.loads((f / "run.json").read_text()) for f in [*folders, other]}
+    assert records[other]["split"] == "test"
+    assert records[other]["trained_in"] == str(tmp_path / "output/seg/s0")
+    assert records[folders[0]]["eval_data"] == str(val_json) and records[folders[1]]["split"] == "val"
+
+    report_dir = tmp_path / "report"
+    out = run_tool("compare.py", "--runs", *folders, other, "--output-dir", report_dir)
+    report = (report_dir / "report.md").read_text()
+    assert str(report_dir / "report.md") in out
+    det_rows = report.split("## Detection (Mask R-CNN)")[1].split("\n\n")[2].splitlines()
+    seg_rows = report.split("## Semantic segmentation (UperNet)")[1].split("\n\n")[2].splitlines()
+    assert seg_rows[0].startswith("| backbone | seeds | mIoU | mIoU held-out |")
+    for rows, backbone in ((det_rows, "ViTDetBackbone("), (seg_rows, "MAEViT(vit_toy_patch4")):
+        [row] = rows[2:]  # one setting: both seeds in one row
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0].startswith(backbone) and cells[0].endswith("(random init)"), row
+        assert cells[1] == "0, 1", row
+    runs = json.loads((report_dir / "runs.json").read_text())
+    miou = [r["mIoU"] for r in runs if r["task"] == "seg" and r.get("split", "val") == "val"]
+    seg_cells = [c.strip() for c in seg_rows[2].strip("|").split("|")]
+    assert seg_cells[2] == cell(miou, 1)  # val: the two training runs only
+    held = next(r for r in runs if r.get("split") == "test")
+    assert seg_cells[3] == f"{held['mIoU']:.1f}"  # the other data, in a column of its own
+    assert "| seg | MAEViT" in report and "| test |" in report  # the runs' table names the data
+
+
+def test_a_configs_own_backbone_is_judged_against_itself_at_random_init(tmp_path):
+    """Config backbones (not catalogue names) make one row per initial checkpoint; the rule compares
+    the one from a checkpoint with the same backbone at random initialisation; an evaluation on
+    val of a compared training run is not counted as another seed."""
+    from mae_app.report import write_report
+
+    runs = []
+    for checkpoint, mious in (("out/mae/last.pth", (30.0, 31.0, 32.0)), (None, (10.0, 11.0, 12.0))):
+        for seed, miou in enumerate(mious):
+            runs.append({"task": "seg", "backbone": "MAEViT(vit_toy_patch4)", "config_backbone": True,
+                         "checkpoint": checkpoint, "seed": seed, "mIoU": miou, "params": 0.5,
+                         "source": f"{tmp_path}/{checkpoint is None}{seed}/run.json"})
+    runs.append({**runs[0], "trained_in": f"{tmp_path}/False0", "source": f"{tmp_path}/eval/run.json"})
+    report = write_report(runs, tmp_path / "report").read_text()
+    rows = report.split("## Semantic segmentation (UperNet)")[1].split("\n\n")[2].splitlines()[2:]
+    assert [row.split(" | ")[:2] for row in rows] == [["| MAEViT(vit_toy_patch4) (from last.pth)", "0, 1, 2"],
+                                                      ["| MAEViT(vit_toy_patch4) (random init)", "0, 1, 2"]]
+    assert "| 31.0 ± 1.0 |" in rows[0]  # the evaluation repeating seed 0's run is not a fourth value
+    verdicts = report.split("## MAE vs random initialisation")[1].split("\n\n")[2].splitlines()
+    assert verdicts[2].startswith("| MAEViT(vit_toy_patch4) (from last.pth) vs MAEViT(vit_toy_patch4) "
+                                  "(random init) | +20.0") and verdicts[2].endswith("**ahead** |")

@@ -28,7 +28,7 @@ def plain(options) -> dict:
 
 
 def plan_of(tmp_path, **options):
-    return Demo(DemoOptions(out=tmp_path, **options)).plan()
+    return Demo(DemoOptions(output_dir=tmp_path, **options)).plan()
 
 
 def test_plan_has_every_cell_for_every_seed(tmp_path):
@@ -41,8 +41,17 @@ def test_plan_has_every_cell_for_every_seed(tmp_path):
     assert mae_det["run"]["checkpoint"].endswith("pretrain/mask75/last.pth")
 
 
+def test_pretrain_seeds_pretrain_one_mae_per_seed_each_probed_and_fine_tuned(tmp_path):
+    demo = Demo(DemoOptions(output_dir=tmp_path, seeds=[0], pretrain_seeds=[0, 1]))
+    assert [demo.pretrain_dir(p).name for p in demo.pretrainings] == ["mask75", "mask75_seed1"]
+    mae = [e for e in demo.plan() if e["run"]["backbone"] == "vit_mae"]
+    assert sorted((e["run"]["task"], e["adds"]["pretrain_seed"]) for e in mae) == [
+        (task, seed) for task in ("cls", "det", "seg") for seed in (0, 1)]
+    assert len({e["output_dir"] for e in mae}) == len(mae)
+
+
 def test_every_trained_model_is_evaluated_on_the_heldout_scenes(tmp_path):
-    demo = Demo(DemoOptions(out=tmp_path, seeds=[0, 1], also=["resnet50_fpn"]))
+    demo = Demo(DemoOptions(output_dir=tmp_path, seeds=[0, 1], also=["resnet50_fpn"]))
     plan = demo.plan()
     heldout = demo.heldout_plan(plan)
     trained = [e for e in plan if e["run"]["task"] in ("det", "seg")]
@@ -79,7 +88,7 @@ def test_more_backbones_join_detection_and_segmentation(tmp_path):
     assert "model.backbone.options=None" in dense["seg", "resnet50_fpn"]["command"]
     assert "model.backbone.options=null" in dense["det", "resnet50_fpn"]["command"]
     with pytest.raises(ValueError, match="no_such_backbone"):
-        DemoOptions(out=tmp_path, also=["no_such_backbone"])
+        DemoOptions(output_dir=tmp_path, also=["no_such_backbone"])
 
 
 def test_mask_ratio_sweep_probes_each_pretraining(tmp_path):
@@ -88,7 +97,7 @@ def test_mask_ratio_sweep_probes_each_pretraining(tmp_path):
     assert ratios == [0.25, 0.5, 0.75, 0.9]
     assert all(e["run"]["task"] == "cls" for e in plan)
     with pytest.raises(ValueError, match="sweep"):
-        DemoOptions(out=tmp_path, mask_ratio_sweep=True, mask_ratio=0.6)
+        DemoOptions(output_dir=tmp_path, mask_ratio_sweep=True, mask_ratio=0.6)
 
 
 @pytest.mark.slow
@@ -161,7 +170,7 @@ def test_segmentation_config_builds_upernet(tmp_path):
                for loader in (cfg.train_dataloader, cfg.val_dataloader)]
     assert resizes == [[(size, size)]] * 2 and tuple(cfg.model.data_preprocessor.size) == (size, size)
     # What the demo records of a segmentation run (the report's FLOPs and throughput) is what it runs.
-    entry = Demo(DemoOptions(out=tmp_path / "demo")).dense_entry("seg", "vit_random", seed=2)
+    entry = Demo(DemoOptions(output_dir=tmp_path / "demo")).dense_entry("seg", "vit_random", seed=2)
     assert entry["run"]["img_size"] == size and entry["run"]["batch_size"] == cfg.train_dataloader.batch_size
     options = {"out_channels": PYRAMID_CHANNELS, **plain(cfg.model.backbone.options)}
     assert entry["run"]["backbone_kwargs"] == options

@@ -200,7 +200,7 @@ def test_bad_spec_is_refused_with_the_field_name():
 def test_command_line_builds_and_reports(tmp_path):
     out = tmp_path / "cli"
     run = subprocess.run(
-        [sys.executable, str(REPO / "tools/make_demo_data.py"), "--out", str(out), "--seed", "3",
+        [sys.executable, str(REPO / "tools/make_demo_data.py"), "--output-dir", str(out), "--seed", "3",
          "--scene-size", "64", "--image-size", "32", "--train-scenes", "6", "--val-scenes", "4",
          "--object-size", "16", "32",
          "--pretrain-images", "6", "--cls-train-per-class", "1", "--cls-val-per-class", "1"],

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -471,6 +472,16 @@ def run_tool(script, *args, timeout=600):
     return proc.stdout + proc.stderr
 
 
+def test_train_det_help_shows_the_toolkits_usage_with_detectron2s_flags():
+    """LazyConfig `key=value` examples, not Detectron2's yacs ones (`MODEL.WEIGHTS ...`), which
+    the key check would refuse; Detectron2's launcher flags and the toolkit's own are all there."""
+    out = run_tool("train_det.py", "--help")
+    assert "train.mae_checkpoint=" in out and "train.output_dir=" in out and "MODEL.WEIGHTS" not in out
+    for flag in ("--num-gpus", "--num-machines", "--machine-rank", "--dist-url", "--resume", "--eval-only",
+                 "--overwrite", "--allow-pickle"):
+        assert flag in out, flag
+
+
 def data_overrides(train_json, val_json, image_root):
     return [
         f"dataloader.train.dataset.json_file={train_json}",
@@ -565,6 +576,13 @@ def test_train_reports_ap_eval_only_reproduces_it_and_resume_continues(trained):
     again, iteration = read_ap(eval_out / "eval_results.json")
     assert iteration == 4
     assert again == pytest.approx(ap, abs=1e-6)
+    # The runs' records for tools/compare.py: the evaluation is the trained run's setting, on val.
+    record = json.loads((out / "run.json").read_text())
+    assert record["task"] == "det" and record["checkpoint"] == str(trained["root"] / "mae.pth")
+    assert record["backbone"] == "ViTDetBackbone(vit_base_patch16, embed_dim=96, depth=4, num_heads=3)"
+    assert (record["seed"], record["img_size"], record["batch_size"], record["split"]) == (-1, 128, 2, "val")
+    evaluation = json.loads((eval_out / "run.json").read_text())
+    assert evaluation == {**record, "weights": str(out / "model_final.pth"), "trained_in": str(out)}
 
     log = run_tool(
         "train_det.py",
@@ -595,7 +613,7 @@ def test_infer_writes_overlays_for_files_and_folders(trained, tmp_path):
         "--input",
         images[0],
         trained["image_root"],
-        "--output",
+        "--output-dir",
         tmp_path / "overlays",
         "--confidence",
         "0.5",
@@ -609,23 +627,61 @@ def test_infer_writes_overlays_for_files_and_folders(trained, tmp_path):
         assert overlay.size == (128, 128)
 
 
+# The tiny config made deterministic for the comparison below: no random augmentation (the
+# evaluation resize only), every anchor and proposal kept (no random subsampling), and only the
+# ground-truth boxes positive for the box and mask heads (IoU >= 0.99), so that with the same
+# number of objects in every image each process normalises its losses by the same counts and the
+# mean of the processes' losses is the loss of the whole batch.
+DETERMINISTIC_CONFIG = f"""
+from detectron2.config import LazyCall as L, LazyConfig
+from detection.data import eval_augmentations
+_tiny = LazyConfig.load({str(TINY_CONFIG)!r})
+model, dataloader, optimizer, lr_multiplier, train = (
+    _tiny[key] for key in ("model", "dataloader", "optimizer", "lr_multiplier", "train"))
+dataloader.train.mapper.augmentations = L(eval_augmentations)(image_size=128)
+model.proposal_generator.batch_size_per_image = 100000
+model.proposal_generator.post_nms_topk = (50, 50)
+model.roi_heads.batch_size_per_image = 100000
+model.roi_heads.proposal_matcher.thresholds = [0.99]
+"""
+
+
+def logged_losses(out_dir: Path) -> list[dict]:
+    """Every training record of metrics.json, its losses only (Detectron2 logs each loss averaged
+    over the processes)."""
+    lines = [json.loads(line) for line in (out_dir / "metrics.json").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k.startswith("loss") or k in ("iteration", "total_loss")}
+            for line in lines if "total_loss" in line]
+
+
 @pytest.mark.slow
-def test_detectron2_launch_with_two_gloo_processes(trained, tmp_path):
-    log = run_tool(
-        "train_det.py",
-        "--config-file",
-        TINY_CONFIG,
-        "--num-gpus",
-        "2",
-        *trained["overrides"],
-        f"train.output_dir={tmp_path}",
-        "train.max_iter=2",
-        "train.eval_period=2",
-        "train.log_period=1",
-    )
-    assert "Starting training from iteration 0" in log
-    assert read_ap(tmp_path / "eval_results.json")[1] == 2
-    assert training_iterations(tmp_path) == [0, 1]
+def test_two_gloo_processes_give_the_losses_of_one_process_with_the_same_total_batch(tmp_path):
+    """Detectron2's `launch` with --num-gpus 2 on the CPU (gloo): total batch 4 as 2 x 2 images gives,
+    iteration by iteration, the losses of one process with 4 images. Detectron2's sampler deals
+    rank r the positions r, r + 2, ... of one shuffled stream, so both runs see the same images in
+    each step, and DDP's averaged gradient is the one-process gradient (no batch norm)."""
+    train_json, image_root = make_coco(tmp_path, "train", 8, seed=4, objects=(2, 2))  # 2 in each
+    val_json, _ = make_coco(tmp_path, "val", 2, seed=1)
+    per_image = Counter(a["image_id"] for a in json.loads(train_json.read_text())["annotations"])
+    assert sorted(per_image.values()) == [2] * 8
+    config = tmp_path / "deterministic.py"
+    config.write_text(DETERMINISTIC_CONFIG)
+    common = [*data_overrides(train_json, val_json, image_root), "train.seed=0", "train.max_iter=3",
+              "train.eval_period=3", "train.log_period=1", "train.checkpointer.period=100",
+              "dataloader.train.total_batch_size=4"]
+    runs = {}
+    for gpus in (1, 2):
+        out = tmp_path / f"gpus{gpus}"
+        log = run_tool("train_det.py", "--config-file", config, "--num-gpus", gpus, *common,
+                       f"train.output_dir={out}")
+        assert "Starting training from iteration 0" in log
+        runs[gpus] = logged_losses(out)
+    assert [r["iteration"] for r in runs[2]] == [0, 1, 2]
+    for one, two in zip(runs[1], runs[2], strict=True):
+        assert one.keys() == two.keys() and len(one) > 5
+        for key in one:
+            assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-8), (one["iteration"], key)
+    assert read_ap(tmp_path / "gpus2" / "eval_results.json")[1] == 3  # evaluation under 2 processes
 
 
 def test_checkpointer_loads_detectron2_vitdet_layout_and_refuses_pickles(tmp_path):

@@ -5,6 +5,7 @@ two gloo processes against one process with gradient accumulation."""
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from helpers_pretrain import REPO, toy_config, write_corrupt_png, write_image
 
-from mae_core.checkpoint import NonFiniteError, load_checkpoint_file
+from mae_core.checkpoint import CheckpointWriteError, NonFiniteError, load_checkpoint_file
 from mae_core.config import ConfigError, ModelConfig, PretrainConfig, from_dict, override, to_dict
 from mae_core.data import ImageReadError
 from mae_core.distributed import init_distributed
@@ -106,7 +107,9 @@ def test_checkpoint_loads_safely_and_holds_the_whole_state(tmp_path):
     cfg = toy_config(tmp_path, {"epochs": 1, "data.limit": 16})
     result = pretrain(cfg)
     state = torch.load(tmp_path / "last.pth", weights_only=True)
-    assert set(state) == {"model", "arch", "optimizer", "scaler", "epoch", "iteration", "rng", "config"}
+    assert set(state) == {"model", "arch", "optimizer", "scaler", "epoch", "iteration", "rng", "config",
+                          "epoch_progress"}
+    assert state["epoch_progress"] == {"step": 0, "losses": [], "skipped": 0}  # saved at an epoch's end
     assert state["epoch"] == 0 and state["iteration"] == 2 == result.iteration
     assert from_dict(PretrainConfig, state["config"]) == cfg
     assert state["arch"] == model_record(cfg.model)
@@ -161,9 +164,11 @@ def test_a_failed_save_leaves_the_last_good_checkpoint_and_no_partial_file(tmp_p
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save_then_fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointWriteError, match="No space left") as err:
         pretrain(toy_config(tmp_path))
     monkeypatch.undo()
+    assert f"could not write {tmp_path / 'last.pth'}" in str(err.value)
+    assert f"The last good checkpoint is {tmp_path / 'last.pth'}" in str(err.value)  # epoch 0's, untouched
     assert sorted(p.name for p in tmp_path.glob("*.pth*")) == ["checkpoint-0001.pth", "checkpoint-0002.pth",
                                                                 "last.pth"]
     assert not list(tmp_path.glob(".*"))  # no temporary file left behind
@@ -327,3 +332,106 @@ def test_two_gloo_processes_match_one_process_with_accumulation(tmp_path):
     assert len(ddp_state["rng"]) == 2
     for name, value in single.model.state_dict().items():
         assert torch.allclose(ddp_state["model"][name], value, atol=1e-5, rtol=0), name
+
+
+# ---------------------------------------------------------------- preemption
+
+
+def preempt_at_step(monkeypatch, step: int, sig=signal.SIGTERM) -> None:
+    """The process sends itself `sig` while optimizer step `step` (from 1, across epochs) runs, as
+    a scheduler would: the run finishes that step, then stops."""
+    real_step, calls = Pretrainer.train_step, []
+
+    def train_step(self, batches):
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), sig)
+        return real_step(self, batches)
+
+    monkeypatch.setattr(Pretrainer, "train_step", train_step)
+
+
+@pytest.mark.slow
+def test_preempted_mid_epoch_with_accumulation_resumes_on_the_same_curve(tmp_path, monkeypatch):
+    """Two micro-batches per step, drop path and clipping on, stopped at step 11 (step 3 of epoch
+    1): last.pth holds that step and the epoch's position; the resumed run skips the 3 x 2 batches
+    already seen and ends with the uninterrupted run's losses, log and weights."""
+    changes = {"model.drop_path_rate": 0.2, "optim.clip_grad": 0.5, "batch_size": 4, "effective_batch": 8}
+    straight = pretrain(toy_config(tmp_path / "straight", changes))
+    preempt_at_step(monkeypatch, 11)
+    stopped = pretrain(toy_config(tmp_path / "run", changes))
+    monkeypatch.undo()
+    assert stopped.preempted_by == "SIGTERM" and stopped.iteration == 11 and stopped.epoch == 0
+    state = load_checkpoint_file(tmp_path / "run" / "last.pth")
+    assert state["iteration"] == 11 and state["epoch"] == 0 and state["epoch_progress"]["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run's handler is gone
+    resumed = pretrain(toy_config(tmp_path / "run", changes), resume="last.pth")
+    assert resumed.preempted_by is None and resumed.iteration == straight.iteration == 16
+    assert stopped.losses + resumed.losses == straight.losses  # exactly
+    assert read_log(tmp_path / "run") == read_log(tmp_path / "straight")
+    resumed_state = resumed.model.state_dict()
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(resumed_state[name], value), name
+
+
+@pytest.mark.slow
+def test_preempted_at_an_epochs_last_step_ends_the_epoch_first(tmp_path, monkeypatch):
+    """SIGUSR1 during an epoch's last step: the epoch ends as usual (its line, its numbered
+    checkpoint) and the run stops there, at the start of the next epoch."""
+    preempt_at_step(monkeypatch, 8, signal.SIGUSR1)
+    stopped = pretrain(toy_config(tmp_path))
+    assert stopped.preempted_by == "SIGUSR1" and stopped.iteration == 8 and stopped.epoch == 0
+    assert load_checkpoint_file(tmp_path / "last.pth")["epoch_progress"]["step"] == 0
+    assert (tmp_path / "checkpoint-0001.pth").is_file() and "train_loss" in read_log(tmp_path)[-1]
+
+
+def worker_pids(launcher_pid: int) -> dict[int, int]:
+    """RANK -> pid of torchrun's worker processes (Linux /proc)."""
+    from pathlib import Path
+
+    pids = {}
+    for task in Path(f"/proc/{launcher_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            rank = next(int(v[5:]) for v in environ if v.startswith(b"RANK="))
+            pids[rank] = int(child)
+    return pids
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """SIGTERM to rank 1 alone in mid-epoch: both ranks stop after the same step (an all-reduced
+    flag) and exit 143; last.pth holds that step and both ranks' RNG; resumed under torchrun, the
+    log equals the uninterrupted two-process run's."""
+    import time
+
+    cfg = toy_config(tmp_path / "run", {"epochs": 1, "data.limit": 256, "batch_size": 4, "effective_batch": 8,
+                                        "model.drop_path_rate": 0.2})
+    config_file = tmp_path / "config.py"
+    config_file.write_text("from mae_core.config import PretrainConfig, from_dict\n"
+                           f"config = from_dict(PretrainConfig, {to_dict(cfg)!r})\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+    def torchrun(*args):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(REPO / "tools" / "pretrain.py"), "--config", str(config_file), *args]
+
+    straight = subprocess.run(torchrun(f"output_dir={tmp_path / 'straight'}"), env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    with open(tmp_path / "stopped.log", "w+") as output:
+        proc = subprocess.Popen(torchrun(), env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
+        log = tmp_path / "run" / "log.jsonl"
+        while proc.poll() is None and (not log.is_file() or len(log.read_text().splitlines()) < 3):
+            time.sleep(0.02)
+        os.kill(worker_pids(proc.pid)[1], signal.SIGTERM)
+        proc.wait(timeout=300)
+        output.seek(0)
+        text = output.read()
+    assert text.count("exitcode  : 143") == 2, text[-3000:]  # torchrun's report of both workers
+    assert "a preemption signal (on another process) received: stopped after iteration" in text
+    state = load_checkpoint_file(tmp_path / "run" / "last.pth")
+    assert len(state["rng"]) == 2 and 0 < state["iteration"] == len(read_log(tmp_path / "run")) < 16
+    resumed = subprocess.run(torchrun("--resume"), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_log(tmp_path / "run") == read_log(tmp_path / "straight")

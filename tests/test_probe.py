@@ -157,15 +157,19 @@ def tiny_cls(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_eval_cls_runs_every_protocol_and_saves_a_loadable_supervised_backbone(tiny_cls, tmp_path):
-    out, saved = tmp_path / "r.json", tmp_path / "sup.pth"
+    out, saved = tmp_path / "r", tmp_path / "sup.pth"
     cmd = [sys.executable, str(REPO / "tools/eval_cls.py"), "--data", str(tiny_cls), "--backbone",
            "vit_random",
            "--arch", "vit_toy_patch4", "--img-size", "32", "--mode", "knn", "linear", "partial", "finetune",
            "--epochs", "1", "--probe-epochs", "5", "--batch-size", "16", "--save-backbone", str(saved),
-           "--output", str(out)]
+           "--output-dir", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(out.read_text())
+    results = json.loads((out / "eval_cls.json").read_text())
+    record = json.loads((out / "run.json").read_text())  # what tools/compare.py reads
+    described = (record["task"], record["backbone"], record["seed"], record["img_size"])
+    assert described == ("cls", "vit_random", 0, 32)
+    assert record["eval_data"] == str(tiny_cls / "val") and record["split"] == "val"
     for key in ("knn_acc", "linear_acc", "partial_acc", "finetune_acc"):
         assert 0.0 <= results[key] <= 1.0
     assert results["num_train"] == 60 and results["num_val"] == 30 and results["num_classes"] == 10

@@ -27,7 +27,7 @@ from torch import nn
 
 import segmentation
 from mae_core.backbone import ViTBackbone
-from mae_core.checkpoint import CheckpointError, IncompleteLoadError, save_checkpoint
+from mae_core.checkpoint import CheckpointError, CheckpointWriteError, IncompleteLoadError, save_checkpoint
 from mae_core.mae import create_mae
 from mae_core.vit import get_arch
 from segmentation import (
@@ -339,9 +339,12 @@ def test_atomic_backend_never_leaves_a_partial_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
+    (tmp_path / "last_checkpoint").write_text(str(target))  # CheckpointHook's record of the last save
+    with pytest.raises(CheckpointWriteError, match=f"could not write {target}: disk full") as err:
         backend.put(b"new", target)
-    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["iter_1.pth"]
+    assert f"The last good checkpoint is {target}" in str(err.value)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_1.pth", "last_checkpoint"]
 
 
 @pytest.mark.parametrize(
@@ -434,6 +437,26 @@ def test_train_tool_trains_validates_and_saves_a_safely_loadable_checkpoint(trai
 
 
 @pytest.mark.slow
+def test_train_tool_writes_tensorboard_scalars_and_its_run_record(trained):
+    """TensorBoard beside MMEngine's scalars.json (the configs' TensorboardVisBackend), holding the
+    same losses and mIoU; run.json describes the run for tools/compare.py."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data, work, _ = trained
+    [events] = work.glob("*/vis_data/events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events.parent), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    assert {"loss", "lr", "mIoU"} <= set(accumulator.Tags()["scalars"])
+    [miou] = logged_miou(work)
+    assert [e.value for e in accumulator.Scalars("mIoU")] == pytest.approx([miou])
+    record = json.loads((work / "run.json").read_text())
+    assert record["task"] == "seg" and record["backbone"] == "MAEViT(vit_toy_patch4, patch_size=8)"
+    assert record["checkpoint"].endswith("mae.pth") and record["seed"] == 0 and record["img_size"] == 64
+    assert record["eval_data"] == str(data / "images/validation") and record["split"] == "val"
+    assert not (work / "run.lock").exists()
+
+
+@pytest.mark.slow
 def test_test_tool_reproduces_the_validation_miou_and_writes_predictions(trained, tmp_path):
     data, work, _ = trained
     [miou] = logged_miou(work)
@@ -443,7 +466,7 @@ def test_test_tool_reproduces_the_validation_miou_and_writes_predictions(trained
         str(work / "iter_4.pth"),
         "--work-dir",
         str(tmp_path / "test"),
-        "--out",
+        "--output-dir",
         str(tmp_path / "preds"),
         "--show-dir",
         str(tmp_path / "vis"),

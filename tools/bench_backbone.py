@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.backbone import bench_suite, prepare_process, report_sections
-from benchmarks.common import Options, machine_description, write_report
+from benchmarks.backbone import BackboneOptions, bench_suite, prepare_process, report_sections
+from benchmarks.common import machine_description, write_report
 
 
 def main(argv=None) -> int:
@@ -42,10 +42,11 @@ def main(argv=None) -> int:
                              "does with retain_host_memory; both implementations alike")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    opts = Options([args.precision], args.rounds, args.warmup, args.threads, args.device, batch=args.batch,
-                   modes=args.modes.split(","), memory=not args.no_memory,
-                   attention_paths=tuple(p for p in args.attention_paths.split(",") if p),
-                   retain_host_memory=args.retain_host_memory)
+    opts = BackboneOptions(rounds=args.rounds, threads=args.threads, device=args.device, warmup=args.warmup,
+                           precision=args.precision, batch=args.batch, modes=args.modes.split(","),
+                           memory=not args.no_memory,
+                           attention_paths=tuple(p for p in args.attention_paths.split(",") if p),
+                           retain_host_memory=args.retain_host_memory)
     device = prepare_process(opts)
     print(machine_description())
     runs = []

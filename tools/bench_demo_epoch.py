@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.common import Options, write_report
-from benchmarks.demo_epoch import bench_demo_epoch, report_sections
+from benchmarks.common import write_report
+from benchmarks.demo_epoch import DemoEpochOptions, bench_demo_epoch, report_sections
 
 
 def main(argv=None) -> int:
@@ -26,8 +26,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--json", type=Path, default=None, help="also write all numbers here")
     args = parser.parse_args(argv)
-    opts = Options(rounds=args.rounds, threads=args.threads, device=args.device)
-    result = bench_demo_epoch(args.data, args.steps, opts)
+    opts = DemoEpochOptions(rounds=args.rounds, threads=args.threads, device=args.device, steps=args.steps)
+    result = bench_demo_epoch(args.data, opts)
     write_report(report_sections(result), [result],
                  f"python tools/bench_demo_epoch.py {' '.join(sys.argv[1:])}", args.json)
     return 0

@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.common import Options, machine_description, setup_threads, write_report
-from benchmarks.masking import pretrain_speed, report_sections
+from benchmarks.common import machine_description, setup_threads, write_report
+from benchmarks.masking import MaskingOptions, pretrain_speed, report_sections
 from mae_core.masking import MASKING
 
 
@@ -35,12 +35,13 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in MASKING]
     if unknown:
         parser.error(f"unknown masking {unknown}; known: {', '.join(MASKING)}")
-    opts = Options(rounds=args.rounds, threads=args.threads, device=args.device, batch=args.batch)
+    opts = MaskingOptions(rounds=args.rounds, threads=args.threads, device=args.device, batch=args.batch,
+                          steps=args.steps)
     setup_threads(opts.threads)
     print(machine_description())
     result = pretrain_speed({n: (n, {}) for n in names}, arch=args.arch, img_size=args.img_size,
-                            batch=opts.batch, steps=args.steps, rounds=opts.rounds, device=opts.device)
-    write_report(report_sections(result, args.steps, opts), [result],
+                            batch=opts.batch, steps=opts.steps, rounds=opts.rounds, device=opts.device)
+    write_report(report_sections(result, opts), [result],
                  f"python tools/bench_masking.py {' '.join(sys.argv[1:])}", args.json)
     return 0
 

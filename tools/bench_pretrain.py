@@ -20,13 +20,12 @@ from pathlib import Path
 
 from benchmarks.common import (
     PRECISION_DTYPES,
-    Options,
     device_from_arg,
     machine_description,
     setup_threads,
     write_report,
 )
-from benchmarks.pretrain import CONFIGS, bench_config, report_sections
+from benchmarks.pretrain import CONFIGS, PretrainOptions, bench_config, report_sections
 
 
 def main(argv=None) -> int:
@@ -62,8 +61,7 @@ def main(argv=None) -> int:
     for n in names:
         if n not in CONFIGS:
             parser.error(f"unknown config {n!r}; known: {', '.join(CONFIGS)}")
-    chosen = {f.name: getattr(args, f.name) for f in dataclasses.fields(Options) if hasattr(args, f.name)}
-    opts = Options(**chosen)
+    opts = PretrainOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainOptions)})
     device = device_from_arg(args.device)
     setup_threads(args.threads)
     print(machine_description())

@@ -1,25 +1,24 @@
 #!/usr/bin/env python
 """Compares backbones on detection and segmentation (and classification probes): collects the
 runs, measures each backbone's parameters, FLOPs (fvcore) and latency, and writes `report.md`
-with PNG plots, every number given as mean ± spread over the seeds that were run, and every
+with PNG plots, every number given as mean ± spread over the seeds of one setting, and every
 comparison judged by one stated rule (mae_app.report.VERDICT_RULE).
 
-    # collect finished runs (each folder holds a run.json, see below)
-    python tools/compare.py --runs out/det/vit_mae_s0 out/det/vit_random_s0 ... --out out/report
+    # runs made by the tools, each into its own folder (train.output_dir / --work-dir / --output-dir)
+    python tools/compare.py --runs output/det/* output/seg/* --output-dir output/report
     # run what a plan lists (skipping finished runs), then collect
-    python tools/compare.py --plan out/plan.json --out out/report
+    python tools/compare.py --plan out/plan.json --output-dir out/report
 
-A run is described by `run.json` in its folder:
-    {"task": "det" | "seg" | "cls", "backbone": "vit_mae", "seed": 0,
-     "backbone_kwargs": {...}, "checkpoint": "...", "img_size": 128, "batch_size": 2,
-     "mask_ratio": 0.75,                # optional, for pretraining sweeps
-     "label_fraction": 0.1, "subset_seed": 0,  # optional: a labelled subset (else every label)
-     "frozen": true,                    # optional: the backbone fixed (linear / head-only transfer)
-     "split": "heldout",                # optional: an evaluation on held-out data, beside val
-     "box_AP": ..., "mask_AP": ..., "mIoU": ..., "knn_acc": ..., "linear_acc": ...}
-Absent metrics are read from the logs in the folder (mae_app/runs.py); params, FLOPs and latency
-are measured on the catalogue backbone at `img_size`. A plan is a JSON list of
-{"run": {...run.json...}, "output_dir": DIR, "command": [argv...]} (mae_app/jobs.py)."""
+Each folder holds the `run.json` its tool wrote at the end of a successful run
+(tools/train_det.py incl. --eval-only, train_seg.py, test_seg.py, eval_cls.py; fields in
+mae_core/run_record.py): task, backbone, initial checkpoint, seed, image size and the data it
+evaluated. Metrics are read from the logs in the folder (mae_app/runs.py); a catalogue backbone's
+params, FLOPs and latency are measured at `img_size`. Runs of one setting (backbone and initial
+checkpoint, or pretraining settings) over several seeds make one row; an evaluation on data other
+than the val set it trained beside (e.g. tools/test_seg.py on another test set) goes to the
+held-out columns, apart from val. A labelled fraction (`label_fraction`) or a frozen backbone
+(`frozen`) makes its own rows and curves. A plan is a JSON list of {"run": {...}, "adds": {...},
+"output_dir": DIR, "command": [argv...]} (mae_app/jobs.py)."""
 
 from __future__ import annotations
 
@@ -29,7 +28,8 @@ from pathlib import Path
 
 from mae_app.jobs import execute_plan
 from mae_app.report import write_report
-from mae_app.runs import RunError, load_run
+from mae_app.runs import load_run
+from mae_core.errors import exit_on_user_error
 
 
 def main(argv=None) -> int:
@@ -38,19 +38,16 @@ def main(argv=None) -> int:
     p.add_argument("--plan", type=Path, help="run the commands of this plan first (see above)")
     p.add_argument("--rerun", action="store_true", help="with --plan: rerun finished runs too")
     p.add_argument("--jobs", type=int, default=1, help="with --plan: runs at a time (cores shared out)")
-    p.add_argument("--out", type=Path, required=True, help="folder for report.md and the plots")
+    p.add_argument("--output-dir", type=Path, required=True, help="folder for report.md and the plots")
     p.add_argument("--title", default="Backbone comparison")
     args = p.parse_args(argv)
-    try:
+    if not args.runs and not args.plan:
+        p.error("give --runs and/or --plan")
+    with exit_on_user_error("compare.py"):
         folders = list(args.runs) + (execute_plan(args.plan, args.rerun, args.jobs) if args.plan else [])
-        if not folders:
-            p.error("give --runs and/or --plan")
         cache: dict = {}
         runs = [load_run(f, cache=cache) for f in folders]
-    except RunError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    report = write_report(runs, args.out, args.title)
+    report = write_report(runs, args.output_dir, args.title)
     print(report.read_text())
     print(f"report written to {report}")
     return 0

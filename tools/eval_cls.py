@@ -3,16 +3,17 @@
 
     # MAE encoder vs the same ViT at random initialisation, on the demo's classification folders
     python tools/eval_cls.py --data data/demo/cls --backbone vit_mae --checkpoint out/pretrain/ckpt.pth \\
-        --arch vit_toy_patch4 --img-size 64 --mode knn linear --output out/eval/mae.json
+        --arch vit_toy_patch4 --img-size 64 --mode knn linear --output-dir out/eval/mae
     python tools/eval_cls.py --data data/demo/cls --backbone vit_random --arch vit_toy_patch4 --img-size 64 \\
-        --mode knn linear --output out/eval/random.json
+        --mode knn linear --output-dir out/eval/random
     # a ViT pretrained with labels (the catalogue's vit_supervised): fine-tune from scratch, keep the backbone
     python tools/eval_cls.py --data data/demo/cls --backbone vit_random --mode finetune --epochs 30 \\
         --save-backbone out/supervised/backbone.pth
 
 `--data` holds `train/` and `val/`, each with one sub-folder per class. Any catalogue backbone
 (mae_core/catalogue.py) works; partial fine-tuning needs one that reports layer ids (the ViTs).
-Results go to stdout and, with --output, to a JSON file."""
+Results go to stdout and, with --output-dir, to `eval_cls.json` in that folder beside the run's
+record (`run.json`: backbone, checkpoint, seed, image size, data), which tools/compare.py reads."""
 
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ import json
 import sys
 from pathlib import Path
 
-from mae_app.classify import MODES, ClsEval, evaluate
+from mae_app.classify import MODES, ClsEval, evaluate, run_record
+from mae_app.runs import CLS_RESULTS
 from mae_core.catalogue import CATALOGUE
 from mae_core.config import IMAGENET_MEAN, IMAGENET_STD
+from mae_core.errors import exit_on_user_error
+from mae_core.run_record import write_run_record
 
 
 def parse_args(argv=None) -> tuple[ClsEval, Path | None]:
@@ -53,9 +57,10 @@ def parse_args(argv=None) -> tuple[ClsEval, Path | None]:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--save-backbone", type=Path, default=None,
                    help="after full fine-tuning, write the trained ViT backbone here (official layout)")
-    p.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--output-dir", type=Path, default=None,
+                   help=f"write the results ({CLS_RESULTS}) and the run record (run.json) here")
     args = vars(p.parse_args(argv))
-    output = args.pop("output")
+    output = args.pop("output_dir")
     try:
         return ClsEval(**args), output
     except ValueError as exc:
@@ -64,14 +69,16 @@ def parse_args(argv=None) -> tuple[ClsEval, Path | None]:
 
 def main(argv=None) -> int:
     ev, output = parse_args(argv)
-    results = evaluate(ev)
+    with exit_on_user_error("eval_cls.py"):
+        results = evaluate(ev)
     for key in ("knn_acc", "linear_acc", "partial_acc", "finetune_acc"):
         if key in results:
             print(f"{key:13s} {100 * results[key]:.2f}%")
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        print(f"results written to {output}")
+        output.mkdir(parents=True, exist_ok=True)
+        (output / CLS_RESULTS).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        write_run_record(output, run_record(ev))
+        print(f"results written to {output / CLS_RESULTS}")
     return 0
 
 

@@ -70,7 +70,7 @@ step pretrain 75 "$PY" tools/bench_pretrain.py --device "$DEVICE" --precisions "
     --json "$OUT/pretrain.json"
 
 # 2. The demo's pretraining epoch, old vs fast, on the demo's own kind of images.
-step demo_data 30 "$PY" tools/make_demo_data.py --out "$OUT/demo_data" --seed 0 "${DEMO_DATA[@]}"
+step demo_data 30 "$PY" tools/make_demo_data.py --output-dir "$OUT/demo_data" --seed 0 "${DEMO_DATA[@]}"
 step demo 50 "$PY" tools/bench_demo_epoch.py --data "$OUT/demo_data/pretrain" --device "$DEVICE" "${DEMO[@]}" \
     --json "$OUT/demo.json"
 

@@ -2,7 +2,7 @@
 
     python tools/infer_det.py --config-file configs/detection/mask_rcnn_vit_tiny_cpu.py \
         --weights output/mask_rcnn_vit_tiny_cpu/model_final.pth --input photo.jpg images/ \
-        --output overlays/ [--confidence 0.5] [key=value ...]
+        --output-dir overlays/ [--confidence 0.5] [--allow-pickle] [key=value ...]
 
 Folders are searched for images at any depth. Images are preprocessed as the config's test loader
 does; boxes, masks, class names and scores are drawn with Detectron2's `Visualizer`. Class names come
@@ -20,10 +20,9 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from detection.data import CocoDatasetError
-from detection.overrides import OverrideError, load_lazy_config
+from detection.overrides import load_lazy_config, trust_pickles
 from detection.predict import draw_predictions
-from mae_core.checkpoint import CheckpointError, NonFiniteError
+from mae_core.errors import UserError, exit_on_user_error
 
 
 def main(argv=None) -> int:
@@ -33,21 +32,26 @@ def main(argv=None) -> int:
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--weights", help="checkpoint to load (default: train.init_checkpoint of the config)")
     parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
-    parser.add_argument("--output", required=True, help="folder for the overlay PNGs")
+    parser.add_argument("--output-dir", required=True, help="folder for the overlay PNGs")
     parser.add_argument("--confidence", type=float, default=0.5, help="minimum score drawn")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="trust a pickled checkpoint (train.allow_pickle=True), e.g. a model-zoo .pkl")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
     setup_logger(name="detection")
-    try:
+    with exit_on_user_error("infer_det.py"):
         cfg = load_lazy_config(args.config_file, args.opts)
+        if args.allow_pickle:
+            trust_pickles(cfg)
         weights = args.weights or cfg.train.init_checkpoint
         if not weights:
             parser.error("no weights: pass --weights or train.init_checkpoint=PATH")
-        skipped = draw_predictions(cfg, weights, args.input, args.output, args.confidence)
-    except (CheckpointError, CocoDatasetError, NonFiniteError, OverrideError, FileNotFoundError) as exc:
-        sys.exit(f"infer_det.py: error: {exc}")
-    if skipped:
-        sys.exit(f"infer_det.py: {len(skipped)} unreadable image(s) skipped: {', '.join(map(str, skipped))}")
+        try:
+            skipped = draw_predictions(cfg, weights, args.input, args.output_dir, args.confidence)
+        except FileNotFoundError as exc:  # an --input path that does not exist
+            raise UserError(str(exc)) from None
+        if skipped:
+            raise UserError(f"{len(skipped)} unreadable image(s) skipped: {', '.join(map(str, skipped))}")
     return 0
 
 

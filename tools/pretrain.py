@@ -7,6 +7,14 @@
     python tools/pretrain.py --config ... --resume          # continue from <output_dir>/last.pth
                                                             # (or start fresh when there is none)
     python tools/pretrain.py --config ... --overwrite       # replace the run in output_dir
+
+A run holds its output folder while it runs (`run.lock`: process, host, start, command); a second
+run into it is refused, and so is a fresh run into a folder holding another run's checkpoints.
+`--overwrite` deletes that run's checkpoints and logs first; a claim left by a killed run is taken
+over with `--resume`.
+
+SIGTERM or SIGUSR1 (a scheduler's preemption notice) ends the run after its current step with
+last.pth written at that step and exit status 143; `--resume` continues on the same curve.
 """
 
 from __future__ import annotations
@@ -16,13 +24,10 @@ import logging
 import os
 import sys
 
-from mae_core.checkpoint import CheckpointError, NonFiniteError
-from mae_core.config import ConfigError, load_pretrain_config, override, parse_overrides
-from mae_core.data import DatasetNotFoundError, ImageReadError
+from mae_core.config import load_pretrain_config, override, parse_overrides
 from mae_core.engine import LAST_CHECKPOINT, pretrain
-
-# Errors whose message says everything; anything else keeps its traceback.
-USER_ERRORS = (ConfigError, CheckpointError, DatasetNotFoundError, ImageReadError, NonFiniteError)
+from mae_core.errors import exit_on_user_error
+from mae_core.preemption import PREEMPTED_EXIT, ignore_preemption_signals
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"continue a run; without a path, from <output_dir>/{LAST_CHECKPOINT} when it "
                              "exists (a fresh run otherwise)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace another run's checkpoints in the output folder (refused otherwise)")
+                        help="replace the run in the output folder: its checkpoints and logs are deleted "
+                             "(a used folder is refused otherwise)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="changes, e.g. optim.blr=1e-3")
     argv = list(sys.argv[1:] if argv is None else argv)
     for i, arg in enumerate(argv[:-1]):  # `--resume key=value`: the path was left out, keep the override
@@ -49,15 +55,19 @@ def main(argv=None) -> int:
     main_process = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
+    with exit_on_user_error("pretrain.py"):
         changes = parse_overrides(args.overrides)
         if args.output_dir:
             changes["output_dir"] = args.output_dir
         config = override(load_pretrain_config(args.config), changes)
         result = pretrain(config, resume=args.resume, overwrite=args.overwrite)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if result.preempted_by:
+        ignore_preemption_signals()  # its checkpoint is written: a launcher's teardown may not cut the exit
+        if main_process:
+            print(f"pretrain.py: preempted by {result.preempted_by} after iteration {result.iteration}; "
+                  f"{config.output_dir}/{LAST_CHECKPOINT} holds that iteration: continue with --resume "
+                  f"(exit status {PREEMPTED_EXIT})", file=sys.stderr)
+        return PREEMPTED_EXIT
     if main_process:
         logging.getLogger("pretrain").info("finished epoch %d (%d steps); checkpoints in %s",
                                            result.epoch, result.iteration, config.output_dir)

@@ -18,8 +18,7 @@ import sys
 import torch
 
 from mae_app.visualize import load_images, load_mae, reconstruct, save_pictures, training_data_config
-from mae_core.checkpoint import CheckpointError
-from mae_core.data import DatasetNotFoundError, ImageReadError
+from mae_core.errors import UserError, exit_on_user_error
 
 
 def main(argv=None) -> int:
@@ -38,16 +37,16 @@ def main(argv=None) -> int:
     parser.add_argument("--allow-pickle", action="store_true", help="trust a pickled (official) file")
     args = parser.parse_args(argv)
 
-    try:
-        model, ckpt = load_mae(args.checkpoint, args.arch, args.allow_pickle, args.norm_pix_loss)
-        if args.mask_ratio is not None:
-            model.check_mask_ratio(args.mask_ratio)  # before reading any image
-            model.mask_ratio = args.mask_ratio
-        data_cfg = training_data_config(ckpt)
-        imgs, names = load_images(model, data_cfg, args.images, args.num_images)
-    except (CheckpointError, DatasetNotFoundError, ImageReadError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with exit_on_user_error("visualize_mae.py"):
+        try:  # a mask ratio or an --arch the model cannot take
+            model, ckpt = load_mae(args.checkpoint, args.arch, args.allow_pickle, args.norm_pix_loss)
+            if args.mask_ratio is not None:
+                model.check_mask_ratio(args.mask_ratio)  # before reading any image
+                model.mask_ratio = args.mask_ratio
+            data_cfg = training_data_config(ckpt)
+            imgs, names = load_images(model, data_cfg, args.images, args.num_images)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
 
     torch.manual_seed(args.seed)  # the model's own masking strategy draws the masks
     for path in save_pictures(reconstruct(model, imgs), names, args.output_dir, data_cfg):

@@ -15,8 +15,8 @@ from detection.catalogue import DetectronCatalogueBackbone
 
 from .mask_rcnn_vit_tiny_cpu import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
-scene_size = 128  # the demo scenes' side (mae_app.demo.Recipe.scene_size)
-width = 128  # pyramid, RPN and box-head input width (the model zoo's 256 is 3x slower)
+scene_size = 128  # the demo scenes' side (mae_app.demo_data.DemoDataSpec.scene_size)
+width = 128  # pyramid, RPN and box-head input width (the model zoo's 256 would dominate the step)
 model.backbone = L(DetectronCatalogueBackbone)(
     name="vit_random",
     checkpoint=None,
@@ -28,8 +28,9 @@ model.backbone = L(DetectronCatalogueBackbone)(
     freeze=False,
 )
 model.roi_heads.num_classes = 10
-# Light heads: the model zoo's 4-conv box and mask heads cost about ten times the toy backbone's FLOPs
-# (0.78 s per iteration); one fc box head and a 1-conv mask head take 0.49 s.
+# Light heads: the model zoo's 4-conv box and mask heads cost many times the toy backbone's FLOPs;
+# one fc box head and a 1-conv mask head keep an iteration's time mostly the backbone's
+# (docs/results.md).
 model.proposal_generator.head.in_channels = width
 model.roi_heads.box_head.input_shape = ShapeSpec(channels=width, height=7, width=7)
 model.roi_heads.box_head.conv_dims = []

@@ -1,4 +1,4 @@
-"""A toy MAE on Fashion-MNIST (28x28 grey) that pretrains on two CPU cores in a minute or two:
+"""A toy MAE on Fashion-MNIST (28x28 grey), small enough to pretrain on two CPU cores:
 `python tools/pretrain.py --config configs/pretrain/fashion_mnist_toy.py`. Needs the Debian
 package (apt-get install -y dataset-fashion-mnist). Pixel targets are not normalised per patch:
 the 4x4 background patches are flat, and dividing by their tiny spread only amplifies noise."""

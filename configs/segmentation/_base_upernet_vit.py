@@ -144,7 +144,8 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
     dist_cfg=dict(backend="nccl"),
 )
-vis_backends = [dict(type="LocalVisBackend")]
+# Scalars to <work dir>/<timestamp>/vis_data/: scalars.json and TensorBoard events.
+vis_backends = [dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")]
 visualizer = dict(type="SegLocalVisualizer", vis_backends=vis_backends, name="visualizer")
 log_processor = dict(by_epoch=False)
 log_level = "INFO"

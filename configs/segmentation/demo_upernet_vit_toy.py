@@ -8,19 +8,18 @@ _base_ = ["./upernet_vit_tiny_cpu.py"]
 
 # The 128 px scenes are resized to 64 px, the MAE's pretraining size (mae_app.demo.Recipe's
 # data.image_size): 16x16 tokens as in pretraining, the items (Fashion-MNIST's 28 px, pasted at 32-64
-# px) at 16-32 px. Predictions are scaled back to 128 px for the IoU. At 128 px, batch 2 and 650
-# iterations (1,300 scenes seen, loss still near chance) neither backbone learnt the item classes
-# (val mIoU 10.4 MAE / 9.3 random, 3 of 10 classes ever right); a 64 px step costs under a quarter,
-# so batch 8 for 1,000 iterations (8,000 scenes) costs 1.1-1.2x as long and both backbones label all
-# ten classes (val mIoU 21.4 +- 1.7 MAE, 21.4 +- 0.8 random, seeds 0-2; measured 2026-12-03).
+# px) at 16-32 px. Predictions are scaled back to 128 px for the IoU. A 64 px step costs a fraction
+# of a 128 px one, so in about the same time the demo sees several times more scenes (batch 8 for
+# 1,000 iterations): enough for both backbones to learn the item classes, which at 128 px and
+# batch 2 they did not (docs/results.md).
 input_size = (64, 64)
 width = 128  # the backbone's pyramid width
 classes = ("background", "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
            "sneaker", "bag", "ankle boot")
 palette = [[0, 0, 0], [37, 91, 151], [74, 182, 46], [111, 17, 197], [148, 108, 92], [185, 199, 243],
            [222, 34, 138], [3, 125, 33], [40, 216, 184], [77, 51, 79], [114, 142, 230]]
-# Background is 83% of the scenes' pixels: at full weight a model still unsure of the item's class
-# predicts background everywhere (mIoU stuck at background's 83/11 = 7.6 for any backbone).
+# Background is most of the scenes' pixels: at full weight a model still unsure of the item's class
+# predicts background everywhere (mIoU stuck at background's IoU / 11 for any backbone).
 class_weight = [0.1] + [1.0] * 10
 custom_imports = dict(imports=["segmentation", "segmentation.catalogue"], allow_failed_imports=False)
 metainfo = dict(classes=classes, palette=palette)
