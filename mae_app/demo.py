@@ -493,8 +493,8 @@ class Demo:
         adds = self.mae_record(pretraining) if pretraining else {}
         run = {"task": task, "backbone": backbone, "seed": seed, "img_size": size,
                "batch_size": batch, "checkpoint": checkpoint, "backbone_kwargs": options, **adds}
-        if fraction < 1 or frozen:  # the schedule that fits the subset (the tools record the rest)
-            adds["iters"] = iters
+        if fraction < 1 or frozen:  # the protocol (the tools record it too) and the schedule for the subset
+            adds.update(subset, frozen=frozen, iters=iters)
             run.update(adds)
         return {"run": run, "adds": adds, "output_dir": str(folder), "command": command}
 

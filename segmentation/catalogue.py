@@ -88,8 +88,8 @@ def fit_heads_to_backbone(cfg) -> list[str]:
     needs no width edit. Returns what changed, `key: old -> new`, for the log; other backbones
     are left alone."""
     backbone = cfg.model.get("backbone") or {}
-    if backbone.get("type") != "MMSegCatalogueBackbone":
-        return []
+    if backbone.get("type") != "MMSegCatalogueBackbone" or backbone.get("features", "pyramid") != "pyramid":
+        return []  # not a catalogue pyramid (a trunk's own maps keep the widths the config states)
     width = backbone.get("out_channels", DEFAULT_OUT_CHANNELS)
     changed = []
     for key, head in model_heads(cfg.model):

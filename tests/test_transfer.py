@@ -102,7 +102,7 @@ def test_detection_dataset_subsets_are_nested_and_chosen_before_empty_images_are
 def test_demo_gives_every_backbone_and_seed_the_same_subset_at_a_fraction(tmp_path):
     from mae_app.demo import Demo, DemoOptions
 
-    demo = Demo(DemoOptions(out=tmp_path, label_efficiency=True, frozen=True))
+    demo = Demo(DemoOptions(output_dir=tmp_path, label_efficiency=True, frozen=True))
     plan = demo.protocol_plan()
     assert {e["run"]["backbone"] for e in plan} == {"vit_mae", "vit_random", "vit_supervised"}
     for task in ("det", "seg"):
