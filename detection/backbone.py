@@ -13,6 +13,7 @@ from detectron2.modeling import Backbone, ShapeSpec
 from torch import nn
 
 from mae_core.pyramid import SimpleFeaturePyramid
+from mae_core.transfer import FreezableMixin
 
 
 class PyramidOutputs(Backbone):
@@ -43,7 +44,7 @@ class PyramidOutputs(Backbone):
         }
 
 
-class ViTDetBackbone(PyramidOutputs):
+class ViTDetBackbone(FreezableMixin, PyramidOutputs):
     """`net` (e.g. `mae_core.backbone.create_backbone(...)`) returns a list of token maps; the last
     one feeds the pyramid. Its channels and stride are read from `net.embed_dim` and
     `net.patch_size` unless given. Outputs "p2".."p6" (with `top_level`).
@@ -58,6 +59,8 @@ class ViTDetBackbone(PyramidOutputs):
             global blocks' relative-position tables see the grid they were sized for); 0: no.
         in_channels: the net's output width; None: `net.embed_dim`.
         in_stride: the net's output stride; None: `net.patch_size`.
+        freeze: fix `net` (mae_core.transfer: no gradients, no optimizer group, eval mode); the
+            pyramid trains.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class ViTDetBackbone(PyramidOutputs):
         square_pad: int = 0,
         in_channels: int | None = None,
         in_stride: int | None = None,
+        freeze: bool = False,
     ):
         super().__init__()
         self.net = net
@@ -78,6 +82,10 @@ class ViTDetBackbone(PyramidOutputs):
         # The coarsest non-extra level: every image side must be a multiple of it.
         divisibility = max(s for name, s in self.pyramid.strides.items() if name in self.pyramid.stages)
         self._set_outputs(self.pyramid.strides, out_channels, divisibility, square_pad)
+        self.set_frozen(freeze)
+
+    def frozen_part(self) -> nn.Module:
+        return self.net
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, C, H, W), padded by Detectron2 as `padding_constraints` asks -> {"pK": (B,

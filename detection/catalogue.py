@@ -19,9 +19,10 @@ from torch import nn
 
 from detection.backbone import PyramidOutputs
 from mae_core.catalogue import build_pyramid
+from mae_core.transfer import FreezableMixin
 
 
-class DetectronCatalogueBackbone(PyramidOutputs):
+class DetectronCatalogueBackbone(FreezableMixin, PyramidOutputs):
     """`name`, `checkpoint`, `out_channels` and the entry's options go to
     `mae_core.catalogue.build_pyramid`. The options come as one dict, so that a config override
     can drop them all when it swaps a ViT for another kind (`model.backbone.options=null`).
@@ -34,14 +35,19 @@ class DetectronCatalogueBackbone(PyramidOutputs):
             in global blocks); 0: no.
         options: the entry's own arguments (`mae_core.catalogue.build_trunk`), e.g.
             `dict(arch="vit_base_patch16", img_size=1024, window_size=14, global_blocks=(2, 5, 8, 11))`.
+        freeze: fix the trunk (mae_core.transfer); the pyramid and heads train.
     """
 
     def __init__(self, name: str, checkpoint: str | None = None, out_channels: int = 256, square_pad: int = 0,
-                 options: dict | None = None):
+                 options: dict | None = None, freeze: bool = False):
         super().__init__()
         self.body = build_pyramid(name, checkpoint, out_channels, **(options or {}))
         # p6 is a subsampling of p5: inputs must divide by the p5 stride only.
         self._set_outputs(self.body.strides, out_channels, self.body.strides["p5"], square_pad)
+        self.set_frozen(freeze)
+
+    def frozen_part(self) -> nn.Module:
+        return self.body.trunk
 
     @property
     def net(self) -> nn.Module:

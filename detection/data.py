@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from detectron2.data import (
     detection_utils,
     get_detection_dataset_dicts,
 )
+from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.data.datasets import load_coco_json
 from detectron2.data.samplers import TrainingSampler
 from detectron2.utils import comm
@@ -46,6 +48,7 @@ from omegaconf import OmegaConf
 from mae_core.data import ConversionNotes, read_image
 from mae_core.datacheck import SplitReport, image_problems
 from mae_core.errors import UserError
+from mae_core.transfer import SubsetError, label_subset
 
 
 class CocoDatasetError(UserError, ValueError):
@@ -167,6 +170,9 @@ def coco_dataset(
     json_file: str | None = None,
     image_root: str | None = None,
     filter_empty: bool = True,
+    label_fraction: float | None = None,
+    label_count: int | None = None,
+    subset_seed: int = 0,
 ) -> list[dict]:
     """Dataset dicts for a config: registers `name` first when files are given, else `name` must
     be registered already (e.g. Detectron2's `coco_2017_train`).
@@ -176,6 +182,9 @@ def coco_dataset(
         json_file: a COCO instances json (checked on first load: `check_coco_json`).
         image_root: the folder its `file_name`s are relative to.
         filter_empty: drop images without annotations (training).
+        label_fraction, label_count, subset_seed: keep a labelled subset of the images
+            (`labelled_subset`: nested across fractions, the same for every backbone and seed), chosen
+            before images without annotations are dropped, so it does not depend on `filter_empty`.
     """
     if (json_file is None) != (image_root is None):
         raise CocoDatasetError(f"dataset {name!r}: give both json_file and image_root, or neither")
@@ -183,7 +192,25 @@ def coco_dataset(
         register_coco(name, json_file, image_root)
     elif name not in DatasetCatalog.list():
         raise KeyError(f"dataset {name!r} is not registered; give json_file and image_root to register it")
-    return get_detection_dataset_dicts(name, filter_empty=filter_empty)
+    if label_fraction is None and label_count is None:
+        return get_detection_dataset_dicts(name, filter_empty=filter_empty)
+    every_image = get_detection_dataset_dicts(name, filter_empty=False)
+    dicts = labelled_subset(every_image, label_fraction, label_count, subset_seed)
+    return filter_images_with_only_crowd_annotations(dicts) if filter_empty else dicts
+
+
+def labelled_subset(dicts: list[dict], fraction: float | None, count: int | None, seed: int) -> list[dict]:
+    """The dataset dicts of the images `mae_core.transfer.label_subset` picks by COCO image id
+    (nested across fractions, the same for every backbone and training seed), logged with its size."""
+    try:
+        keep = set(label_subset((d["image_id"] for d in dicts), fraction, count, seed))
+    except SubsetError as exc:
+        raise CocoDatasetError(f"dataloader.train.dataset: {exc}") from exc
+    subset = [d for d in dicts if d["image_id"] in keep]
+    logging.getLogger("detection").info(
+        f"labelled subset: {len(subset)} of {len(dicts)} images (label_fraction={fraction}, "
+        f"label_count={count}, subset_seed={seed})")
+    return subset
 
 
 def categories(name: str, json_file: str | os.PathLike | None = None) -> list[tuple[int, str]]:

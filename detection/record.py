@@ -7,6 +7,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from mae_core.distributed import unwrap
+from mae_core.run_record import protocol_fields
 
 from .catalogue import DetectronCatalogueBackbone
 
@@ -39,7 +40,7 @@ def backbone_fields(cfg, model) -> dict:
 def run_record(cfg, model) -> dict:
     """The record of a run of `cfg` with `model` (built from it); an evaluation completes it with
     mae_core.run_record.evaluation_record."""
-    test = cfg.dataloader.test.dataset
+    test, train = cfg.dataloader.test.dataset, cfg.dataloader.train.dataset
     return {
         "task": "det",
         **backbone_fields(cfg, model),
@@ -47,4 +48,6 @@ def run_record(cfg, model) -> dict:
         "img_size": OmegaConf.select(cfg, "dataloader.train.mapper.augmentations.image_size", default=None),
         "batch_size": OmegaConf.select(cfg, "dataloader.train.total_batch_size", default=None),
         "eval_data": str(test.get("json_file") or test.get("name")),
+        **protocol_fields(train.get("label_fraction"), train.get("label_count"), train.get("subset_seed", 0),
+                          bool(cfg.model.backbone.get("freeze"))),
     }

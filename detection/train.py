@@ -23,6 +23,7 @@ from detectron2.utils.logger import setup_logger
 from mae_core.checkpoint import CheckpointError
 from mae_core.run_folder import run_folder
 from mae_core.run_record import RUN_FILE, evaluation_record, write_run_record
+from mae_core.transfer import trainable_summary
 
 from .data import check_categories, train_loader
 from .engine import AtomicCheckpointer, build_optimizer, evaluate, init_backbone_from_mae, wrap_ddp
@@ -64,6 +65,7 @@ def build_model(cfg):
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
     logger.info(f"Model:\n{model}")
+    logger.info(trainable_summary(model))
     return model
 
 

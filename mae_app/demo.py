@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mae_app.curves import is_default_protocol
 from mae_app.demo_data import HELDOUT, DemoDataBuilder, DemoDataSpec
 from mae_app.jobs import execute_plan, thread_env
 from mae_app.report import stack_pictures, write_report
@@ -50,6 +51,9 @@ PYTHON = sys.executable
 PRETRAIN_CONFIG = REPO / "configs/pretrain/fashion_mnist_toy.py"
 DET_CONFIG = REPO / "configs/detection/demo_mask_rcnn_vit_toy.py"
 SEG_CONFIG = REPO / "configs/segmentation/demo_upernet_vit_toy.py"
+# --frozen: the backbone fixed; Mask R-CNN's pyramid and heads train, segmentation is a linear head.
+FROZEN_CONFIGS = {"det": REPO / "configs/detection/demo_mask_rcnn_vit_toy_frozen.py",
+                  "seg": REPO / "configs/segmentation/demo_linear_vit_toy_frozen.py"}
 RATIO_SWEEP = (0.25, 0.5, 0.75, 0.9)
 # The masking sweep: each strategy of mae_core.masking with its parameters for the demo's 16x16
 # patch grid (64 px images, patch 4).
@@ -85,6 +89,10 @@ class Recipe:
     det_iters: int = 500
     seg_iters: int = 1000         # at batch 8 and 64 px (SEG_CONFIG says why)
     supervised_epochs: int = 10
+    # --label-efficiency: the labelled fractions (nested subsets of one seeded permutation of the
+    # training scenes, the same for every backbone and seed).
+    label_fractions: tuple[float, ...] = (0.1, 0.25, 1.0)
+    subset_seed: int = 0
 
     @classmethod
     def quick(cls) -> Recipe:
@@ -92,6 +100,13 @@ class Recipe:
                             cls_train_per_class=6, cls_val_per_class=3)
         return cls(data=data, pretrain_epochs=1, sweep_epochs=1, pretrain_batch=32, knn_every=1, det_iters=4,
                    seg_iters=4, supervised_epochs=1)
+
+    def transfer_iters(self, task: str, fraction: float) -> int:
+        """The schedule of a run on `fraction` of the labels: the full recipe's iterations times
+        sqrt(fraction), so a small subset is seen for more epochs than the full set (10 %: 3.2x as
+        many passes in 0.32x the steps) without the full schedule's cost (docs/label_efficiency.md)."""
+        full = self.det_iters if task == "det" else self.seg_iters
+        return max(1, round(full * fraction ** 0.5))
 
     def vit_options(self) -> dict:
         """The ViT backbone of detection and segmentation, as the demo configs build it: ViTDet-style
@@ -126,6 +141,10 @@ class DemoOptions:
     also: list[str] = field(default_factory=list)
     quick: bool = False
     fresh: bool = False
+    # Transfer on labelled fractions (fine-tuned), and with the backbone frozen (at those fractions
+    # with label_efficiency, else on every label); both add the supervised ViT to the comparison.
+    label_efficiency: bool = False
+    frozen: bool = False
 
     def __post_init__(self):
         for name in self.also:
@@ -147,6 +166,18 @@ class DemoOptions:
                              "--sweep-transfer")
         if self.transfer_seeds is None:
             self.transfer_seeds = list(self.seeds)
+        if self.label_efficiency or self.frozen:
+            if self.masking_sweep:
+                raise ValueError("--label-efficiency and --frozen compare backbones of the main demo, "
+                                 "not the masking sweep's")
+            if "vit_supervised" not in self.also:
+                self.also.append("vit_supervised")
+
+    def protocols(self, fractions: tuple[float, ...]) -> list[tuple[float, bool]]:
+        """(labelled fraction, frozen) of every run beside the main demo's (every label, fine-tuned)."""
+        fractions = fractions if self.label_efficiency else (1.0,)
+        out = [(f, False) for f in fractions if f < 1 and self.label_efficiency]
+        return out + [(f, True) for f in fractions if self.frozen]
 
 
 @dataclass(frozen=True)
@@ -371,12 +402,25 @@ class Demo:
                     entries.append(self.dense_entry(task, "vit_mae", seed, p))
                 for backbone in ("vit_random", *self.options.also):
                     entries.append(self.dense_entry(task, backbone, seed))
-        return entries
+        return entries + self.protocol_plan()
+
+    def protocol_plan(self) -> list[dict]:
+        """The --label-efficiency and --frozen runs: every compared backbone, seed and protocol;
+        segmentation first (the cheaper task), frozen runs before fine-tuned ones."""
+        protocols = sorted(self.options.protocols(self.recipe.label_fractions), key=lambda p: not p[1])
+        mae = self.main_pretraining
+        return [self.dense_entry(task, backbone, seed, mae if backbone == "vit_mae" else None,
+                                 fraction, frozen)
+                for task in ("seg", "det") if task not in self.options.skip
+                for fraction, frozen in protocols
+                for seed in self.options.transfer_seeds
+                for backbone in ("vit_mae", "vit_random", *self.options.also)]
 
     def heldout_plan(self, plan: list[dict]) -> list[dict]:
         """An evaluation on the held-out scenes of every detection and segmentation run of `plan`,
         with the weights it ends with; to run once those runs have finished."""
-        return [self.heldout_entry(entry) for entry in plan if entry["run"]["task"] in ("det", "seg")]
+        return [self.heldout_entry(entry) for entry in plan
+                if entry["run"]["task"] in ("det", "seg") and is_default_protocol(entry["run"])]
 
     def heldout_entry(self, trained: dict) -> dict:
         """The held-out evaluation of one trained run, in `runs/<task>_heldout/<its folder name>`:
@@ -414,24 +458,34 @@ class Demo:
             adds = self.mae_record(pretraining)
         return {"run": {**run, **adds}, "adds": adds, "output_dir": str(folder), "command": command}
 
-    def dense_entry(self, task: str, backbone: str, seed: int,
-                    pretraining: Pretraining | None = None) -> dict:
+    def dense_entry(self, task: str, backbone: str, seed: int, pretraining: Pretraining | None = None,
+                    fraction: float = 1.0, frozen: bool = False) -> dict:
         """One detection or segmentation run; a vit_mae one from `pretraining`'s checkpoint (its
-        folder named after it when several pretrainings are fine-tuned)."""
+        folder named after it when several pretrainings are fine-tuned). `fraction` < 1 trains on
+        that labelled subset for `Recipe.transfer_iters`; `frozen` fixes the backbone
+        (FROZEN_CONFIGS)."""
         r = self.recipe
         name = backbone.replace(":", "_")
         if pretraining is not None and len(self.transfer) > 1:
             name += f"_{pretraining.folder_name(r.pretrain_epochs)}"
+        name += ("_frozen" if frozen else "") + (f"_labels{100 * fraction:g}" if fraction < 1 else "")
         folder = self.out / "runs" / task / f"{name}_s{seed}"
+        iters = r.transfer_iters(task, fraction)
+        config = FROZEN_CONFIGS[task] if frozen else {"det": DET_CONFIG, "seg": SEG_CONFIG}[task]
+        subset = {"label_fraction": fraction, "subset_seed": r.subset_seed} if fraction < 1 else {}
+        dataset = "dataloader.train.dataset" if task == "det" else "train_dataloader.dataset"
+        subset_overrides = [f"{dataset}.{key}={value}" for key, value in subset.items()]
         checkpoint = self.checkpoint(pretraining) if pretraining else {
             "vit_supervised": self.supervised_checkpoint}.get(backbone)
         checkpoint = str(checkpoint) if checkpoint else None
         if task == "det":
-            command = [PYTHON, tool("train_det"), "--config-file", str(DET_CONFIG),
-                       *detection_overrides(backbone, checkpoint, self.data, folder, seed, r.det_iters)]
+            command = [PYTHON, tool("train_det"), "--config-file", str(config),
+                       *detection_overrides(backbone, checkpoint, self.data, folder, seed, iters),
+                       *subset_overrides]
         else:
-            command = [PYTHON, tool("train_seg"), str(SEG_CONFIG), "--work-dir", str(folder), "--cfg-options",
-                       *segmentation_overrides(backbone, checkpoint, self.data, seed, r.seg_iters)]
+            command = [PYTHON, tool("train_seg"), str(config), "--work-dir", str(folder), "--cfg-options",
+                       *segmentation_overrides(backbone, checkpoint, self.data, seed, iters),
+                       *subset_overrides]
         # Detection sees the scenes, batch 2; segmentation resizes them to the pretraining size, batch 8.
         size, batch = (r.data.scene_size, 2) if task == "det" else (r.data.image_size, 8)
         vit = {**r.vit_options(), "img_size": size} if backbone.startswith("vit_") else {}
@@ -439,6 +493,9 @@ class Demo:
         adds = self.mae_record(pretraining) if pretraining else {}
         run = {"task": task, "backbone": backbone, "seed": seed, "img_size": size,
                "batch_size": batch, "checkpoint": checkpoint, "backbone_kwargs": options, **adds}
+        if fraction < 1 or frozen:  # the protocol (the tools record it too) and the schedule for the subset
+            adds.update(subset, frozen=frozen, iters=iters)
+            run.update(adds)
         return {"run": run, "adds": adds, "output_dir": str(folder), "command": command}
 
     @property

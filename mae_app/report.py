@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mae_app.curves import curve_row, curves_section, is_default_protocol, percent, protocol
 from mae_app.demo_data import HELDOUT
 from mae_app.runs import CLS_METRICS, COST_METRICS, DENSE_METRICS, PRETRAIN_METRICS
 
@@ -386,7 +387,9 @@ def write_report(runs: list[dict], out: Path, title: str = "Backbone comparison"
     out.mkdir(parents=True, exist_ok=True)
     folders = {str(Path(run["source"]).parent) for run in runs if run.get("source")}
     runs = [{**run, "row": row_name(run)} for run in runs if not repeats_its_training(run, folders)]
-    joined = [on_heldout(r) if is_other_data(r) else r for r in runs]
+    curves = curves_section(runs, out)  # labelled fractions and frozen backbones: their own section
+    main = [run for run in runs if is_default_protocol(run)]
+    joined = [on_heldout(r) if is_other_data(r) else r for r in main]
     lines = [f"# {title}", ""]
     for task, title_, metrics in (("det", "Detection (Mask R-CNN)", DENSE_METRICS[:2]),
                                   ("seg", "Semantic segmentation (UperNet)", DENSE_METRICS[2:])):
@@ -404,25 +407,26 @@ def write_report(runs: list[dict], out: Path, title: str = "Backbone comparison"
         if plot_metrics(table, metrics + held + COST_METRICS, out / f"{task}.png"):
             lines += [f"![{task}]({task}.png)", ""]
         if task == "seg":
-            lines += class_iou_section([r for r in runs if r["task"] == "seg"])
+            lines += class_iou_section([r for r in main if r["task"] == "seg"])
     table = aggregate(joined, key="row")
     comparison = verdict_table(table, mae_vs_random_pairs(runs),
                                DENSE_METRICS + HELDOUT_METRICS + CLS_METRICS, first="comparison")
     if comparison:
         lines += ["## MAE vs random initialisation", "", f"{VERDICT_CELL} {VERDICT_RULE}", "",
                   *comparison, ""]
-    cls = [r for r in runs if r["task"] == "cls"]
+    cls = [r for r in main if r["task"] == "cls"]
     if cls:
         lines += ["## Classification probes", "",
                   "Accuracy in % on the val split, mean ± std over seeds.", ""]
         lines += render_table(aggregate(cls, key="row"), CLS_METRICS, first="encoder") + [""]
     for sweep in SWEEPS:
         lines += sweep_section(joined, sweep, out)
+    lines += curves
     for caption, picture in (figures or {}).items():
         lines += [f"## {caption}", "", f"![{caption}]({os.path.relpath(picture, out)})", ""]
-    lines += ["## Runs", "", "| task | backbone | seed | data | source | notes |", "|" + "---|" * 6]
-    lines += [f"| {r['task']} | {r['backbone']} | {r.get('seed', 0)} | {r.get('split', 'val')} | "
-              f"{r['source']} | {r.get('notes', '')} |" for r in runs]
+    lines += ["## Runs", "", "| task | backbone | seed | data | labels | source | notes |", "|" + "---|" * 7]
+    lines += [f"| {r['task']} | {curve_row(r)} | {r.get('seed', 0)} | {r.get('split', 'val')} | "
+              f"{percent(protocol(r)[0])} | {r['source']} | {r.get('notes', '')} |" for r in runs]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     (out / "runs.json").write_text(json.dumps(runs, indent=2, sort_keys=True, default=str) + "\n")

@@ -9,6 +9,9 @@ The record's fields are listed in mae_core/run_record.py; callers may add their 
 adds its MAE pretraining's settings:
      "mask_ratio": 0.75, "masking": "block", "pretrain_seed": 0,
      "pretrain_dir": "...",             # the MAE pretraining, for its speed and extra parameters
+The transfer protocol, where not the default (every label, fine-tuned):
+     "label_fraction": 0.1, "subset_seed": 0,  # a labelled subset
+     "frozen": true,                    # the backbone fixed (linear / head-only transfer)
 A catalogue backbone is measured (mae_core/catalogue.py) at `img_size`; a config's own backbone
 (`"config_backbone": true`) comes with the parameter count the tool counted, and no FLOPs or
 latency."""

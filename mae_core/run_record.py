@@ -24,6 +24,19 @@ from .checkpoint import write_atomically
 RUN_FILE = "run.json"
 
 
+def protocol_fields(label_fraction=None, label_count=None, subset_seed=0, frozen=False) -> dict:
+    """The transfer protocol where it is not the default (every label, the backbone fine-tuned):
+    the labelled subset (mae_core.transfer.label_subset) and a frozen backbone, so that the report
+    keeps such runs in rows and curves of their own."""
+    subset = {"label_fraction": label_fraction, "label_count": label_count}
+    fields = {key: value for key, value in subset.items() if value is not None}
+    if fields:
+        fields["subset_seed"] = subset_seed
+    if frozen:
+        fields["frozen"] = True
+    return fields
+
+
 def write_run_record(folder: str | Path, record: dict) -> Path:
     path = Path(folder) / RUN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,12 @@
 """MMSegmentation glue for the toolkit: importing this package registers the ViT backbone, the
 layer-decay optimizer constructor, the checked datasets and transforms, the CPU-capable DDP
-wrapper, the non-finite guard hook, the atomic checkpoint backend and the checked checkpoint
-loader, and allows mmengine checkpoints under
+wrapper, the linear decode head, the non-finite guard hook, the atomic checkpoint backend and
+the checked checkpoint loader, and allows mmengine checkpoints under
 `torch.load(weights_only=True)`. Configs load it with `custom_imports = dict(imports=["segmentation"])`.
 
 Modules, as detection's: backbone.py (MAEViT), catalogue.py (catalogue backbones), data.py
-(checked datasets and transforms), optim.py (layer decay), hooks.py (the non-finite guard),
+(checked datasets and transforms), heads.py (the linear head), optim.py (layer decay), hooks.py
+(the non-finite guard),
 engine.py (safe and atomic checkpoints, CPU and DDP adaptation), overrides.py (`--cfg-options`
 that must name read keys), train.py (the tools' config loading, flags, one-line errors, and the
 training and test runs)."""
@@ -26,6 +27,7 @@ from .engine import (
     init_cpu_distributed,
     register_safe_globals,
 )
+from .heads import LinearHead
 from .hooks import NonFiniteError, NonFiniteGuardHook
 from .optim import LayerDecayOptimWrapperConstructor
 from .overrides import ConfigOverrideError
@@ -40,6 +42,7 @@ __all__ = [
     "DatasetError",
     "DeviceAgnosticDDP",
     "LayerDecayOptimWrapperConstructor",
+    "LinearHead",
     "LoadCheckedAnnotations",
     "LoadScaledImageFromFile",
     "MAEViT",

@@ -15,11 +15,12 @@ from mmseg.registry import MODELS
 
 from mae_core.backbone import ViTBackbone
 from mae_core.checkpoint import IncompleteLoadError, load_pretrained
+from mae_core.transfer import FreezableMixin
 from mae_core.vit import get_arch
 
 
 @MODELS.register_module()
-class MAEViT(ViTBackbone):
+class MAEViT(FreezableMixin, ViTBackbone):
     """`arch` names a size (`vit_base_patch16`, `vit_large_patch16`, ...); keyword arguments
     override it. Global attention in every block unless `window_size` is set, as in the MAE
     segmentation recipe. `use_rel_pos` adds relative position biases (zero-initialised) and
@@ -43,6 +44,8 @@ class MAEViT(ViTBackbone):
         init_cfg: mmengine's `dict(type="Pretrained", checkpoint=PATH)`, the other way to name
             it; any other init_cfg is refused.
         allow_partial_load: load what fits and report the rest instead of raising.
+        freeze: fix the whole ViT (mae_core.transfer: no gradients, no optimizer group, always in
+            eval mode), so only the neck and heads train.
         **kwargs: any `mae_core.backbone.ViTBackbone` argument (`drop_path_rate`, `window_size`,
             `global_blocks`, `use_rel_pos`, `cls_token_in_attention`, `rel_pos_bias`,
             `init_values`, `pretrain_img_size`, `final_norm`, `grad_checkpointing`...).
@@ -57,6 +60,7 @@ class MAEViT(ViTBackbone):
         allow_pickle: bool = False,
         init_cfg: dict | None = None,
         allow_partial_load: bool = False,
+        freeze: bool = False,
         **kwargs,
     ):
         spec = get_arch(arch).to_dict()
@@ -71,6 +75,7 @@ class MAEViT(ViTBackbone):
         self.pretrained = _one_checkpoint(pretrained, init_cfg)
         self.allow_pickle = allow_pickle
         self.allow_partial_load = allow_partial_load
+        self.set_frozen(freeze)
 
     def init_weights(self) -> None:
         super().init_weights()

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import nn
 
-from mae_core.catalogue import build_pyramid
+from mae_core.catalogue import build_pyramid, build_trunk
+from mae_core.errors import UserError
+from mae_core.transfer import FreezableMixin
 
 from .data import model_heads
 
@@ -27,7 +29,7 @@ DEFAULT_OUT_CHANNELS = 256
 
 
 @MODELS.register_module()
-class MMSegCatalogueBackbone(nn.Module):
+class MMSegCatalogueBackbone(FreezableMixin, nn.Module):
     """`name`, `checkpoint`, `out_channels` and the entry's options go to
     `mae_core.catalogue.build_pyramid`; weights load when it is built. The options come as one
     dict, so `--cfg-options model.backbone.options=None` drops them all when a ViT is swapped for
@@ -39,14 +41,28 @@ class MMSegCatalogueBackbone(nn.Module):
         out_channels: width of every level p2-p5 (the decode head's `in_channels`).
         options: the entry's own arguments (`mae_core.catalogue.build_trunk`), e.g.
             `dict(arch="vit_base_patch16", img_size=512)`.
+        freeze: fix the trunk (mae_core.transfer); the pyramid on it still trains.
+        features: "pyramid", or "trunk" for the trunk's own maps (no pyramid is built), for a head
+            on the raw features such as `LinearHead`'s DINOv2-style linear evaluation.
     """
 
     def __init__(self, name: str, checkpoint: str | None = None, out_channels: int = DEFAULT_OUT_CHANNELS,
-                 options: dict | None = None):
+                 options: dict | None = None, freeze: bool = False, features: str = "pyramid"):
         super().__init__()
-        self.body = build_pyramid(name, checkpoint, out_channels, **(options or {}))
-        self.strides = tuple(self.body.strides[level] for level in LEVELS)
+        if features not in ("pyramid", "trunk"):
+            raise UserError(f"model.backbone.features={features!r}: must be 'pyramid' or 'trunk'")
+        self.features = features
+        if features == "trunk":
+            self.trunk = build_trunk(name, checkpoint, **(options or {}))
+            self.strides = tuple(self.trunk.strides)
+        else:
+            self.body = build_pyramid(name, checkpoint, out_channels, **(options or {}))
+            self.strides = tuple(self.body.strides[level] for level in LEVELS)
         self.out_channels = out_channels
+        self.set_frozen(freeze)
+
+    def frozen_part(self) -> nn.Module:
+        return self.trunk if self.features == "trunk" else self.body.trunk
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, C, H, W) -> (p2, p3, p4, p5), each (B, out_channels, ceil(H/s), ceil(W/s)) for its
@@ -56,9 +72,13 @@ class MMSegCatalogueBackbone(nn.Module):
         h, w = images.shape[-2:]
         divisor = self.strides[-1]
         images = F.pad(images, (0, (-w) % divisor, 0, (-h) % divisor))
-        levels = self.body(images)
+        if self.features == "trunk":
+            maps = self.trunk(images)
+        else:
+            levels = self.body(images)
+            maps = [levels[level] for level in LEVELS]
         cells = [(-(-h // s), -(-w // s)) for s in self.strides]
-        return tuple(levels[level][..., :ch, :cw] for level, (ch, cw) in zip(LEVELS, cells, strict=True))
+        return tuple(m[..., :ch, :cw] for m, (ch, cw) in zip(maps, cells, strict=True))
 
 
 def fit_heads_to_backbone(cfg) -> list[str]:
@@ -68,8 +88,8 @@ def fit_heads_to_backbone(cfg) -> list[str]:
     needs no width edit. Returns what changed, `key: old -> new`, for the log; other backbones
     are left alone."""
     backbone = cfg.model.get("backbone") or {}
-    if backbone.get("type") != "MMSegCatalogueBackbone":
-        return []
+    if backbone.get("type") != "MMSegCatalogueBackbone" or backbone.get("features", "pyramid") != "pyramid":
+        return []  # not a catalogue pyramid (a trunk's own maps keep the widths the config states)
     width = backbone.get("out_channels", DEFAULT_OUT_CHANNELS)
     changed = []
     for key, head in model_heads(cfg.model):

@@ -15,6 +15,7 @@ import os.path as osp
 
 import numpy as np
 from mmcv.transforms import LoadImageFromFile
+from mmengine.logging import print_log
 from mmengine.registry import DefaultScope
 from mmseg.datasets import ADE20KDataset, BaseSegDataset
 from mmseg.datasets.transforms import LoadAnnotations
@@ -24,6 +25,7 @@ from mae_core.checkpoint import few_names
 from mae_core.data import ImageReadError, check_image_scale
 from mae_core.datacheck import SplitReport, image_problems, shown
 from mae_core.errors import UserError
+from mae_core.transfer import SubsetError, label_subset
 
 
 class DatasetError(UserError, ValueError):
@@ -43,9 +45,15 @@ class SegFolderDataset(BaseSegDataset):
         **kwargs: `BaseSegDataset` arguments: `data_root`, `data_prefix`, `metainfo`, `pipeline`,
             `reduce_zero_label` (label 0 means "unlabelled" and class k is stored as k + 1, as in
             ADE20K)...
+        label_fraction, label_count, subset_seed: train on a labelled subset only
+            (mae_core.transfer.label_subset of the image file stems: nested across fractions, the
+            same for every backbone and training seed).
     """
 
-    def __init__(self, img_suffix: str = ".jpg", seg_map_suffix: str = ".png", **kwargs):
+    def __init__(self, img_suffix: str = ".jpg", seg_map_suffix: str = ".png",
+                 label_fraction: float | None = None, label_count: int | None = None, subset_seed: int = 0,
+                 **kwargs):
+        self.label_fraction, self.label_count, self.subset_seed = label_fraction, label_count, subset_seed
         super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, **kwargs)
         if not self._metainfo.get("classes"):
             raise DatasetError(
@@ -60,7 +68,7 @@ class SegFolderDataset(BaseSegDataset):
         num_classes = len(self._metainfo["classes"])
         for info in data_list:
             info.update(num_classes=num_classes, ignore_index=self.ignore_index)
-        return data_list
+        return self.labelled_subset(data_list)
 
     def listed_samples(self) -> list[dict]:
         """mmseg's list of (image, label map) pairs, once both folders exist and hold images."""
@@ -75,6 +83,21 @@ class SegFolderDataset(BaseSegDataset):
         if not data_list:
             raise DatasetError(f"no *{self.img_suffix} images in {self.data_prefix.get('img_path')}")
         return data_list
+
+    def labelled_subset(self, data_list: list[dict]) -> list[dict]:
+        """`data_list` reduced to the labelled subset, when one is asked for (logged with its size)."""
+        if self.label_fraction is None and self.label_count is None:
+            return data_list
+        stems = [osp.splitext(osp.basename(info["img_path"]))[0] for info in data_list]
+        try:
+            keep = set(label_subset(stems, self.label_fraction, self.label_count, self.subset_seed))
+        except SubsetError as exc:
+            raise DatasetError(f"{self.data_prefix.get('img_path')}: {exc}") from exc
+        subset = [info for info, stem in zip(data_list, stems, strict=True) if stem in keep]
+        print_log(f"{type(self).__name__}: labelled subset of {len(subset)} of {len(data_list)} images "
+                  f"(label_fraction={self.label_fraction}, label_count={self.label_count}, "
+                  f"subset_seed={self.subset_seed})", logger="current")
+        return subset
 
 
 def missing_label_maps(data_list: list[dict]) -> list[str]:

@@ -9,6 +9,7 @@ import os
 from mmengine.dist import get_world_size
 
 from mae_core.distributed import unwrap
+from mae_core.run_record import protocol_fields
 
 CATALOGUE_TYPE = "MMSegCatalogueBackbone"
 # A config backbone's size: its named size and the keys that change it.
@@ -47,6 +48,7 @@ def run_record(cfg, model, seed, loader) -> dict:
     of `loader` (the val loader in training, the test loader in a test); a test completes it with
     mae_core.run_record.evaluation_record."""
     size = cfg.model.get("data_preprocessor", {}).get("size") or cfg.get("crop_size")
+    train = cfg.train_dataloader.dataset
     return {
         "task": "seg",
         **backbone_fields(cfg, model),
@@ -54,4 +56,6 @@ def run_record(cfg, model, seed, loader) -> dict:
         "img_size": size[0] if size else None,
         "batch_size": cfg.train_dataloader.batch_size * get_world_size(),
         "eval_data": data_evaluated(loader),
+        **protocol_fields(train.get("label_fraction"), train.get("label_count"), train.get("subset_seed", 0),
+                          bool(cfg.model.backbone.get("freeze"))),
     }

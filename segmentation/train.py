@@ -21,6 +21,7 @@ from mmengine.runner import Runner
 from mae_core.errors import UserError
 from mae_core.run_folder import RunFolderError, run_folder
 from mae_core.run_record import RUN_FILE, evaluation_record, write_run_record
+from mae_core.transfer import trainable_summary
 
 from .catalogue import fit_heads_to_backbone
 from .data import TEST_SETS, TRAINING_SETS, check_head_classes
@@ -183,6 +184,7 @@ def train(args: argparse.Namespace) -> None:
     dataset = check_head_classes(cfg, TRAINING_SETS)
     with claimed_work_dir(cfg, args, resume=args.resume):
         runner = Runner.from_cfg(cfg)
+        print_log(trainable_summary(runner.model), logger="current")
         check_batch_for_pooling_norm(cfg, get_world_size())
         runner.register_hook(HeadWidthHook(dataset))
         runner.train()

@@ -546,6 +546,13 @@ def _(tmp_path):
                 names=["Starting training from iteration 0"])
 
 
+@bad_input("det_label_fraction_out_of_range")
+def _(tmp_path):
+    """dataloader.train.dataset.label_fraction=1.5: refused before training, naming the key and the range."""
+    return Case(det_train(tmp_path, "train.max_iter=1", "dataloader.train.dataset.label_fraction=1.5"),
+                names=["dataloader.train.dataset", "label_fraction=1.5", "(0, 1]"], absent=["Traceback"])
+
+
 @bad_input("det_empty_segmentation")
 def _(tmp_path):
     """An annotation with `segmentation: []` is refused before training, naming it and its image."""
@@ -902,6 +909,18 @@ def _(tmp_path):
 
     return Case(tool("train_seg.py", SEG_TINY, "--work-dir", work, *options), ["non-finite", "iteration"],
                 absent=["Traceback"], check=check)
+
+
+@bad_input("seg_label_count_above_the_images")
+def _(tmp_path):
+    """train_dataloader.dataset.label_count=50 of 4 training images: refused, naming the folder and
+    the count."""
+    from helpers_seg import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data")
+    return Case(tool("train_seg.py", SEG_TINY, "--work-dir", tmp_path / "work",
+                     *seg_data_options(data, 1, "train_dataloader.dataset.label_count=50")),
+                names=["images/training", "label_count=50", "4 training images"], absent=["Traceback"])
 
 
 def _named_iteration(log: Path) -> int:

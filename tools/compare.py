@@ -16,7 +16,8 @@ evaluated. Metrics are read from the logs in the folder (mae_app/runs.py); a cat
 params, FLOPs and latency are measured at `img_size`. Runs of one setting (backbone and initial
 checkpoint, or pretraining settings) over several seeds make one row; an evaluation on data other
 than the val set it trained beside (e.g. tools/test_seg.py on another test set) goes to the
-held-out columns, apart from val. A plan is a JSON list of {"run": {...}, "adds": {...},
+held-out columns, apart from val. A labelled fraction (`label_fraction`) or a frozen backbone
+(`frozen`) makes its own rows and curves. A plan is a JSON list of {"run": {...}, "adds": {...},
 "output_dir": DIR, "command": [argv...]} (mae_app/jobs.py)."""
 
 from __future__ import annotations

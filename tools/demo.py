@@ -12,6 +12,9 @@
                                                         # with seeds 0 1 and probed with seeds 0 1 2
     python tools/demo.py --masking-sweep --sweep-transfer --transfer-seeds 0 --output-dir output/masking
                                                         # + Mask R-CNN and UperNet of every pretraining
+    python tools/demo.py --label-efficiency --frozen    # + MAE, random init and supervised ViT on
+                                                        # 10/25/100 % of the labels, fine-tuned and
+                                                        # frozen: curves against the fraction
     python tools/demo.py --quick                        # a smoke run of every step in a few minutes
 
 Every step's files go under --output-dir; a finished step (a `.done` marker) is not run again, so an
@@ -60,6 +63,13 @@ def parse_args(argv=None) -> DemoOptions:
     p.add_argument("--also", nargs="*", default=[], metavar="BACKBONE",
                    help="more catalogue backbones for detection and segmentation: vit_supervised (trained "
                         "here with labels), resnet50_fpn, convnext_atto, timm:<name>")
+    p.add_argument("--label-efficiency", action="store_true",
+                   help="also fine-tune every backbone (MAE, random init, vit_supervised) on 10 %% and "
+                        "25 %% of the labelled scenes (nested subsets, iterations x sqrt(fraction)); "
+                        "curves in the report")
+    p.add_argument("--frozen", action="store_true",
+                   help="also train on each backbone frozen: Mask R-CNN's pyramid and heads, a linear "
+                        "segmentation head (at every --label-efficiency fraction, else on all labels)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run of every step (minutes, meaningless numbers)")
     p.add_argument("--fresh", action="store_true", help="delete --output-dir first")

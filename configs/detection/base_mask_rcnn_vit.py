@@ -47,13 +47,16 @@ model.backbone = L(ViTDetBackbone)(
     ),
     out_channels=256,
     square_pad=1024,
+    freeze=False,  # True: the ViT fixed (no gradients, eval mode), the pyramid and heads train
 )
 
 dataloader = OmegaConf.create()
 # train_det.py fills in the sampler's seed and the iteration it starts at (resume).
 dataloader.train = L(train_loader)(
-    # json_file and image_root None: the registered files of `name`.
-    dataset=L(coco_dataset)(name="coco_2017_train", json_file=None, image_root=None),
+    # json_file and image_root None: the registered files of `name`. label_fraction or label_count:
+    # a labelled subset (nested across fractions, chosen by subset_seed, not by train.seed).
+    dataset=L(coco_dataset)(name="coco_2017_train", json_file=None, image_root=None, label_fraction=None,
+                            label_count=None, subset_seed=0),
     mapper=L(ScaleAwareDatasetMapper)(
         is_train=True,
         augmentations=L(lsj_augmentations)(image_size=1024, min_scale=0.1, max_scale=2.0),

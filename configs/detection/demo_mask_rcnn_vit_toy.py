@@ -25,6 +25,7 @@ model.backbone = L(DetectronCatalogueBackbone)(
     # ViTDet-style windows at 128 px (32x32 tokens), two global blocks; pretrained at 64 px.
     options=dict(arch="vit_toy_patch4", img_size=scene_size, pretrain_img_size=64, window_size=8,
                  global_blocks=(1, 3)),
+    freeze=False,
 )
 model.roi_heads.num_classes = 10
 # Light heads: the model zoo's 4-conv box and mask heads cost many times the toy backbone's FLOPs;

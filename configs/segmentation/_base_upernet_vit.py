@@ -26,7 +26,9 @@ model = dict(
     # completely or the run stops naming the keys that do not fit, unless
     # model.backbone.allow_partial_load=True. `model.backbone.init_cfg.checkpoint=` names it too.
     pretrained=None,
-    backbone=dict(type="MAEViT", img_size=crop_size, init_cfg=dict(type="Pretrained", checkpoint=None)),
+    # freeze=True: the ViT fixed (no gradients, eval mode), the neck and heads train.
+    backbone=dict(type="MAEViT", img_size=crop_size, init_cfg=dict(type="Pretrained", checkpoint=None),
+                  freeze=False),
     neck=dict(type="Feature2Pyramid", rescales=[4, 2, 1, 0.5], norm_cfg=norm_cfg),
     decode_head=dict(
         type="UPerHead",
@@ -83,6 +85,10 @@ train_dataloader = dict(
         data_root=data_root,
         data_prefix=dict(img_path="images/training", seg_map_path="annotations/training"),
         pipeline=train_pipeline,
+        # A labelled subset (nested across fractions, chosen by subset_seed, not randomness.seed).
+        label_fraction=None,
+        label_count=None,
+        subset_seed=0,
     ),
 )
 val_dataloader = dict(

@@ -34,6 +34,8 @@ model = dict(
         # ViTDet-style windows (2x2 of them on the 16x16 tokens), two global blocks; pretrained at 64 px.
         options=dict(arch="vit_toy_patch4", img_size=input_size[0], pretrain_img_size=64, window_size=8,
                      global_blocks=(1, 3)),
+        freeze=False,
+        features="pyramid",
     ),
     neck=None,
     decode_head=dict(in_channels=[width] * 4, channels=64, num_classes=len(classes),
