@@ -279,7 +279,8 @@ def keep_output_folder(command: str, words: list[str]) -> list[str]:
         return []
     if real[1] == "detection" and not any(w.startswith("train.output_dir=") for w in words):
         return [f"train.output_dir=output/{real[2]}"]
-    if real[1] == "segmentation" and "--work-dir" not in words and re.search(r"(train|test)_seg\.py", command):
+    seg_tool = re.search(r"(train|test)_seg\.py", command)
+    if real[1] == "segmentation" and "--work-dir" not in words and seg_tool:
         # test_seg.py's default work dir is the config's name + "_test" (never the training run's)
         return ["--work-dir", f"work_dirs/{real[2]}" + ("_test" if "test_seg.py" in command else "")]
     return []
