@@ -34,6 +34,8 @@ def test_upernet_trains_under_runner_on_stock_ade20k_dataset_and_reports_miou(tm
             data_prefix=dict(img_path=f"images/{split}", seg_map_path=f"annotations/{split}"),
         )
         dataset.pop("metainfo")
+        for key in ("label_fraction", "label_count", "subset_seed"):  # the toolkit dataset's subset keys
+            dataset.pop(key, None)
         for step in dataset.pipeline:
             if step.type == "LoadCheckedAnnotations":
                 step.type = "LoadAnnotations"
