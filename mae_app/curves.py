@@ -4,8 +4,10 @@ seeds, and at each fraction a verdict by the report's rule (mae_app.report.separ
 row against random initialisation and against the supervised backbone of the same protocol.
 
 A run's protocol is read from its record (the run folder's run.json): `label_fraction` (1.0 when
-absent), `frozen` (False when absent), `subset_seed`. Runs of the default protocol (every label,
-fine-tuned) are the main report's; the curves use them as their 100 % point."""
+absent) or `label_count`, `frozen` (False when absent), `subset_seed`. Runs of the default protocol
+(every label, fine-tuned) are the main report's; the curves use them as their 100 % point. A run on
+a number of images (`label_count`) gets a column of its own after the fractions, and no point on
+the plot's fraction axis."""
 
 from __future__ import annotations
 
@@ -14,20 +16,29 @@ from pathlib import Path
 
 from mae_app.demo_data import HELDOUT
 
-# The run-record keys of a transfer protocol, with the value a record without them means.
-PROTOCOL_DEFAULTS = {"label_fraction": 1.0, "frozen": False}
+# A labelled subset as a column: (0, fraction of the training set) or (1, number of images).
+EVERY_LABEL = (0, 1.0)
 CURVE_METRICS = {"det": [("box_AP", "box AP", 1), ("mask_AP", "mask AP", 1)], "seg": [("mIoU", "mIoU", 1)]}
 REFERENCES = ("vit_random", "vit_supervised")
 
 
-def protocol(run: dict) -> tuple[float, bool]:
-    return (float(run.get("label_fraction", PROTOCOL_DEFAULTS["label_fraction"])),
-            bool(run.get("frozen", PROTOCOL_DEFAULTS["frozen"])))
+def labelled(run: dict) -> tuple[int, float]:
+    """The run's labelled subset as a sortable column key: fractions first, then counts."""
+    if run.get("label_fraction") is not None:
+        return (0, float(run["label_fraction"]))
+    if run.get("label_count") is not None:
+        return (1, int(run["label_count"]))
+    return EVERY_LABEL
+
+
+def protocol(run: dict) -> tuple[tuple[int, float], bool]:
+    """(labelled subset, frozen backbone) of a run record."""
+    return labelled(run), bool(run.get("frozen", False))
 
 
 def is_default_protocol(run: dict) -> bool:
     """Every label, fine-tuned: the main report's runs."""
-    return protocol(run) == tuple(PROTOCOL_DEFAULTS.values())
+    return protocol(run) == (EVERY_LABEL, False)
 
 
 FROZEN = " (frozen)"
@@ -37,13 +48,14 @@ def curve_row(run: dict) -> str:
     return run["row"] + (FROZEN if protocol(run)[1] else "")
 
 
-def percent(fraction: float) -> str:
-    return f"{100 * fraction:g} %"
+def column(subset: tuple[int, float]) -> str:
+    kind, value = subset
+    return f"{100 * value:g} %" if kind == 0 else f"{value:g} images"
 
 
-def curve_values(runs: list[dict], metric: str) -> dict[str, dict[float, list[float]]]:
-    """Per curve row, per fraction: the metric's values over the seeds (val split only)."""
-    table: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+def curve_values(runs: list[dict], metric: str) -> dict[str, dict[tuple, list[float]]]:
+    """Per curve row, per labelled subset: the metric's values over the seeds (val split only)."""
+    table: dict[str, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         if run.get("split", "val") != HELDOUT and run.get(metric) is not None:
             table[curve_row(run)][protocol(run)[0]].append(float(run[metric]))
@@ -69,7 +81,7 @@ def curves_section(runs: list[dict], out: Path) -> list[str]:
         if not any(tables.values()):
             continue
         fractions = sorted({f for t in tables.values() for row in t.values() for f in row})
-        head = "| {} | " + " | ".join(percent(f) for f in fractions) + " |"
+        head = "| {} | " + " | ".join(column(f) for f in fractions) + " |"
         rule = "|" + "---|" * (len(fractions) + 1)
         for metric, title, digits in metrics:
             table = tables[metric]
@@ -95,7 +107,7 @@ def curves_section(runs: list[dict], out: Path) -> list[str]:
 
 def plot_curves(tables: dict, metrics, path: Path) -> Path:
     """One panel per metric: mean ± std against the fraction (log axis), a line per row, the seeds
-    as dots; frozen rows dashed."""
+    as dots; frozen rows dashed. Subsets given by count are in the tables only."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,13 +119,15 @@ def plot_curves(tables: dict, metrics, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
     for ax, (metric, title, _) in zip(axes[0], metrics, strict=True):
         for i, (row, by_fraction) in enumerate(sorted(tables[metric].items())):
-            xs = sorted(by_fraction)
+            xs = sorted(x for x in by_fraction if x[0] == 0)
+            if not xs:
+                continue
             means, stds = zip(*(spread(by_fraction[x]) for x in xs), strict=True)
             style = "--" if row.endswith(FROZEN) else "-"
-            ax.errorbar([100 * x for x in xs], means, yerr=stds, marker="o", capsize=4, linestyle=style,
+            ax.errorbar([100 * x[1] for x in xs], means, yerr=stds, marker="o", capsize=4, linestyle=style,
                         color=f"C{i}", label=row)
             for x in xs:
-                ax.scatter([100 * x] * len(by_fraction[x]), by_fraction[x], color=f"C{i}", s=8, alpha=0.5)
+                ax.scatter([100 * x[1]] * len(by_fraction[x]), by_fraction[x], color=f"C{i}", s=8, alpha=0.5)
         ax.set_xscale("log")
         ax.set_xlabel("labelled training scenes (%)")
         ax.set_title(title)

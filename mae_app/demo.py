@@ -493,9 +493,10 @@ class Demo:
         adds = self.mae_record(pretraining) if pretraining else {}
         run = {"task": task, "backbone": backbone, "seed": seed, "img_size": size,
                "batch_size": batch, "checkpoint": checkpoint, "backbone_kwargs": options, **adds}
-        if fraction < 1 or frozen:  # the protocol (the tools record it too) and the schedule for the subset
-            adds.update(subset, frozen=frozen, iters=iters)
-            run.update(adds)
+        if fraction < 1 or frozen:
+            # The protocol is the tool's to record (mae_app.jobs checks it agrees); the schedule the plan's.
+            adds["iters"] = iters
+            run.update(subset, **({"frozen": True} if frozen else {}), iters=iters)
         return {"run": run, "adds": adds, "output_dir": str(folder), "command": command}
 
     @property
@@ -504,7 +505,8 @@ class Demo:
 
     def supervised(self) -> None:
         """The catalogue's "ViT pretrained with labels": the same ViT trained from scratch on the
-        demo's classification images, its backbone saved for detection and segmentation."""
+        demo's classification images, its backbone saved for detection and segmentation. It runs
+        alone (before the plan), so it takes every core, as pretraining does."""
         if "vit_supervised" not in self.options.also or not self.transfer:
             return
         r = self.recipe
@@ -514,7 +516,7 @@ class Demo:
         self.run([PYTHON, tool("eval_cls"), "--data", str(self.data / "cls"), "--backbone", "vit_random",
                   "--arch", r.arch, "--img-size", str(r.data.image_size), "--mode", "finetune",
                   "--epochs", str(r.supervised_epochs), "--save-backbone", str(self.supervised_checkpoint),
-                  "--output-dir", str(folder)], folder / ".done")
+                  "--output-dir", str(folder)], folder / ".done", threads=os.cpu_count() or 1)
 
     def main(self) -> int:
         if self.options.fresh and self.out.exists():

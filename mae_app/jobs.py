@@ -17,8 +17,9 @@ from pathlib import Path
 from mae_app.runs import RunError, read_json
 from mae_core.run_record import RUN_FILE, read_run_record, write_run_record
 
-# The fields of the plan's "run" that the tool's own record must agree with.
-CHECKED_FIELDS = ("task", "backbone", "seed")
+# The fields of the plan's "run" that the tool's own record must agree with: what ran, and the
+# transfer protocol (mae_core.run_record.protocol_fields) where the plan names one.
+CHECKED_FIELDS = ("task", "backbone", "seed", "label_fraction", "label_count", "subset_seed", "frozen")
 
 
 def thread_env(threads: int) -> dict[str, str]:

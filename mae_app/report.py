@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mae_app.curves import curve_row, curves_section, is_default_protocol, percent, protocol
+from mae_app.curves import column, curve_row, curves_section, is_default_protocol, protocol
 from mae_app.demo_data import HELDOUT
 from mae_app.runs import CLS_METRICS, COST_METRICS, DENSE_METRICS, PRETRAIN_METRICS
 
@@ -426,7 +426,7 @@ def write_report(runs: list[dict], out: Path, title: str = "Backbone comparison"
         lines += [f"## {caption}", "", f"![{caption}]({os.path.relpath(picture, out)})", ""]
     lines += ["## Runs", "", "| task | backbone | seed | data | labels | source | notes |", "|" + "---|" * 7]
     lines += [f"| {r['task']} | {curve_row(r)} | {r.get('seed', 0)} | {r.get('split', 'val')} | "
-              f"{percent(protocol(r)[0])} | {r['source']} | {r.get('notes', '')} |" for r in runs]
+              f"{column(protocol(r)[0])} | {r['source']} | {r.get('notes', '')} |" for r in runs]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     (out / "runs.json").write_text(json.dumps(runs, indent=2, sort_keys=True, default=str) + "\n")

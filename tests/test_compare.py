@@ -356,6 +356,11 @@ def test_plan_runs_unfinished_entries_in_parallel_and_stops_on_a_failure(tmp_pat
     plan_file.write_text(json.dumps([entry("e", 0, {"task": "cls", "backbone": "vit_mae", "seed": 0})]))
     with pytest.raises(RunError, match=r"e/run.json: the tool ran something other .*'vit_mae', planned"):
         execute_plan(plan_file)
+    subset = entry("f", 0)
+    subset["run"]["label_fraction"] = 0.1  # the plan's protocol, which the tool did not record
+    plan_file.write_text(json.dumps([subset]))
+    with pytest.raises(RunError, match=r"f/run.json: .*label_fraction None, planned 0.1"):
+        execute_plan(plan_file)
     plan_file.write_text(json.dumps([entry("d", 3)]))
     with pytest.raises(RunError, match="exit code 3.*d/stdout.txt"):
         execute_plan(plan_file)

@@ -118,7 +118,7 @@ def test_demo_gives_every_backbone_and_seed_the_same_subset_at_a_fraction(tmp_pa
     assert len({e["output_dir"] for e in plan}) == len(plan)
     # every fraction of the frozen protocol, the fine-tuned one below 100 % (the main runs are its 100 %)
     assert {
-        (e["run"]["label_fraction"] if "label_fraction" in e["run"] else 1.0, e["run"]["frozen"])
+        (e["run"].get("label_fraction", 1.0), e["run"].get("frozen", False))
         for e in plan
     } == {(0.1, False), (0.25, False), (0.1, True), (0.25, True), (1.0, True)}
 
@@ -244,8 +244,9 @@ def test_real_size_frozen_configs_freeze_the_vit_and_keep_drop_path_off():
 def test_report_shows_each_metric_against_the_fraction_with_a_verdict_per_fraction(tmp_path):
     from mae_app.report import write_report
 
-    def run(backbone, seed, miou, fraction=None, frozen=None):
+    def run(backbone, seed, miou, fraction=None, frozen=None, count=None):
         protocol = {"label_fraction": fraction} if fraction else {}
+        protocol.update({"label_count": count} if count else {})
         if backbone == "vit_mae":  # a pretraining's settings join its row's name
             protocol["mask_ratio"] = 0.75
         return {
@@ -262,6 +263,7 @@ def test_report_shows_each_metric_against_the_fraction_with_a_verdict_per_fracti
     for seed, noise in enumerate((0.0, 0.4, -0.4)):
         runs += [run("vit_mae", seed, 21 + noise), run("vit_random", seed, 20.8 - noise)]  # the main demo
         runs += [run("vit_mae", seed, 15 + noise, 0.1), run("vit_random", seed, 10 + noise, 0.1)]
+        runs += [run("vit_mae", seed, 30 + noise, count=50)]  # by count: a column of its own, not 100 %
         for fraction in (0.1, 1.0):
             runs += [
                 run("vit_mae", seed, 12 + noise, fraction, True),
@@ -272,9 +274,9 @@ def test_report_shows_each_metric_against_the_fraction_with_a_verdict_per_fracti
     main, curves = text.split("## Label efficiency and frozen backbones")
     assert "(frozen)" not in main.split("## Runs")[0]  # main tables: every label, fine-tuned only
     assert "| vit_mae (mask 75%) | 0, 1, 2 | 21.0 ± 0.4 |" in main
-    assert "| backbone | 10 % | 100 % |" in curves
-    assert "| vit_mae (mask 75%) | 15.0 ± 0.4 (n=3) | 21.0 ± 0.4 (n=3) |" in curves
-    assert "| vit_mae (mask 75%) (frozen) | 12.0 ± 0.4 (n=3) | 12.0 ± 0.4 (n=3) |" in curves
+    assert "| backbone | 10 % | 100 % | 50 images |" in curves
+    assert "| vit_mae (mask 75%) | 15.0 ± 0.4 (n=3) | 21.0 ± 0.4 (n=3) | 30.0 ± 0.4 (n=3) |" in curves
+    assert "| vit_mae (mask 75%) (frozen) | 12.0 ± 0.4 (n=3) | 12.0 ± 0.4 (n=3) | — |" in curves
     assert (
         "| vit_mae (mask 75%) vs vit_random | +5.0 (2 SE 0.7): **ahead** "
         "| +0.2 (2 SE 0.7): does not separate |"
