@@ -8,6 +8,7 @@ adding a key takes Hydra's explicit `+key=value` (an error if the key exists) or
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from detectron2.config import LazyConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -83,7 +84,10 @@ def trust_pickles(cfg) -> None:
 
 def load_lazy_config(path: str, overrides: list[str]):
     """`LazyConfig.load(path)` with checked overrides, and the heads' widths fitted to a catalogue
-    backbone (so `model.backbone = L(DetectronCatalogueBackbone)(...)` needs no width edits)."""
+    backbone (so `model.backbone = L(DetectronCatalogueBackbone)(...)` needs no width edits). A
+    config file that does not exist is refused by name (LazyConfig would raise from deep in iopath)."""
+    if not Path(path).is_file():
+        raise OverrideError(f"--config-file {path}: no such file")
     cfg = apply_overrides(LazyConfig.load(path), overrides)
     for change in fit_heads_to_backbone(cfg):
         logging.getLogger("detection").info(f"heads fitted to the catalogue backbone: {change}")

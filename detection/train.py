@@ -21,6 +21,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from mae_core.checkpoint import CheckpointError
+from mae_core.errors import exit_on_user_error
 from mae_core.run_folder import run_folder
 from mae_core.run_record import RUN_FILE, evaluation_record, write_run_record
 from mae_core.transfer import trainable_summary
@@ -59,6 +60,14 @@ def run(args: argparse.Namespace) -> None:
             record = {**run_record(cfg, train(cfg, args.resume)), "split": "val"}
         if comm.is_main_process():
             write_run_record(cfg.train.output_dir, record)
+
+
+def run_reporting_user_errors(args: argparse.Namespace) -> None:
+    """`run` as each process that `launch` spawns (--num-gpus > 1) runs it: a UserError ends the
+    process with train_det.py's one-line message and exit status 1, as in a single process, rather
+    than as a traceback the launcher forwards."""
+    with exit_on_user_error("train_det.py"):
+        run(args)
 
 
 def build_model(cfg):

@@ -341,7 +341,9 @@ class Demo:
 
     def pretrain_command(self, p: Pretraining) -> list[str]:
         """tools/pretrain.py on the demo's images; `log_every=2` puts log lines inside every epoch,
-        from which the report reads the pretraining's speed."""
+        from which the report reads the pretraining's speed. `--resume`: a step stopped before its
+        `.done` marker continues its own run when the demo is started again (a fresh folder starts
+        fresh)."""
         r, size = self.recipe, self.recipe.data.image_size
         hook = {"target": "mae_app.probe.KNNMonitorHook", "train_root": str(self.data / "cls/train"),
                 "val_root": str(self.data / "cls/val"), "img_size": size, "every": r.knn_every}
@@ -351,7 +353,7 @@ class Demo:
                 f"data.root={self.data / 'pretrain'}", f"data.mean={IMAGENET_MEAN}",
                 f"data.std={IMAGENET_STD}", "data.limit=None", "data.num_workers=0", "log_every=2",
                 f"batch_size={r.pretrain_batch}", f"effective_batch={r.pretrain_batch}",
-                f"epoch_hooks=({hook!r},)"]
+                f"epoch_hooks=({hook!r},)", "--resume"]
 
     def pretrain(self) -> None:
         for i, p in enumerate(self.pretrainings):

@@ -27,7 +27,7 @@ from .catalogue import fit_heads_to_backbone
 from .data import TEST_SETS, TRAINING_SETS, check_head_classes
 from .engine import adapt_config_to_device, init_cpu_distributed
 from .hooks import HeadWidthHook
-from .overrides import checked_overrides
+from .overrides import ConfigOverrideError, checked_overrides
 from .record import run_record
 
 # What makes a work dir another run's (mae_core.run_folder), and what --overwrite deletes with it:
@@ -62,7 +62,9 @@ def load_mmseg_config(
     """An mmengine Config prepared as MMSegmentation's tools prepare it (options checked and merged,
     AMP if asked, work_dir from the CLI, else the config, else work_dirs/<config name>), with the
     non-finite guard and, for a catalogue backbone, the heads' widths fitted to it; then adapted
-    to this machine."""
+    to this machine. A config file that does not exist is refused by name."""
+    if not Path(path).is_file():
+        raise ConfigOverrideError(f"config {path}: no such file")
     cfg = Config.fromfile(path)
     cfg.launcher = launcher
     if cfg_options:

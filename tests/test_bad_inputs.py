@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import helpers_tools
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,9 +74,8 @@ def pretrain_cmd(out: Path, *args) -> list[str]:
 
 def run_setup(cmd: list[str]) -> None:
     """A command that builds the input of a row; it must succeed."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"setup {cmd} failed:\n{(proc.stdout + proc.stderr)[-3000:]}"
+    proc = helpers_tools.run(cmd, REPO, helpers_tools.base_env())
+    assert proc.returncode == 0, f"setup {cmd} failed:\n{proc.stdout[-3000:]}"
 
 
 def log_records(out: Path) -> list[dict]:
@@ -536,6 +536,40 @@ def _(tmp_path):
     """train.max_itr=5: refused, naming the key and the existing one it resembles."""
     return Case(det_train(tmp_path, "train.max_itr=5"),
                 names=["train.max_itr", "train.max_iter", "+train.max_itr"])
+
+
+@bad_input("det_override_typo_under_two_processes")
+def _(tmp_path):
+    """The same typo under --num-gpus 2 (two gloo processes): each spawned worker ends with the
+    tool's one-line message, the launcher with one more naming the worker; no traceback."""
+    return Case(det_train(tmp_path, "--num-gpus", "2", "train.max_itr=5"), exit_code=1,
+                names=["train_det.py: error: ", "train.max_itr", "train.max_iter",
+                       "terminated with exit code 1"],
+                absent=["Traceback", "ProcessExitedException"])
+
+
+@bad_input("det_config_file_missing")
+def _(tmp_path):
+    """A config path with a typo: one line naming it (it was a traceback from deep in iopath)."""
+    missing = tmp_path / "mask_rcnn_vit_bsae.py"
+    return Case(tool("train_det.py", "--config-file", missing), exit_code=1, absent=["Traceback"],
+                names=[f"train_det.py: error: --config-file {missing}: no such file"])
+
+
+@bad_input("seg_config_file_missing")
+def _(tmp_path):
+    """The same for segmentation's training (a traceback from mmengine before)."""
+    missing = tmp_path / "upernet_vit_bsae.py"
+    return Case(tool("train_seg.py", missing), exit_code=1, absent=["Traceback"],
+                names=[f"train_seg.py: error: config {missing}: no such file"])
+
+
+@bad_input("seg_test_config_file_missing")
+def _(tmp_path):
+    """And for segmentation's testing."""
+    missing = tmp_path / "upernet_vit_bsae.py"
+    return Case(tool("test_seg.py", missing, tmp_path / "iter_1.pth"), exit_code=1, absent=["Traceback"],
+                names=[f"test_seg.py: error: config {missing}: no such file"])
 
 
 @bad_input("det_resume_after_overrides")
@@ -1430,9 +1464,9 @@ def test_bad_input_stops_loudly_naming_the_fault(row, tmp_path):
 
 
 def run_case(row: str, case: Case) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **case.env}
-    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: `during` may wait while it fills
-        proc = subprocess.Popen(case.cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    env = {**helpers_tools.base_env(), **case.env}
+    with tempfile.NamedTemporaryFile("w+") as log:  # a file, not a pipe: `during` may wait while it fills
+        proc = helpers_tools.start(case.cmd, REPO, env, log)
         try:
             if case.during is not None:
                 case.during(proc)

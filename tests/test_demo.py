@@ -91,6 +91,28 @@ def test_more_backbones_join_detection_and_segmentation(tmp_path):
         DemoOptions(output_dir=tmp_path, also=["no_such_backbone"])
 
 
+def test_an_interrupted_pretraining_step_continues_when_the_demo_runs_again(tmp_path, capfd):
+    """A demo stopped inside its pretraining step (here: after the last checkpoint, before the
+    step's `.done` marker) continues that run when started again: the step passes --resume, so the
+    folder is not refused as another run's and nothing is trained twice."""
+    from mae_core.checkpoint import load_checkpoint_file
+
+    demo = Demo(DemoOptions(output_dir=tmp_path, quick=True))
+    demo.build_data()
+    demo.pretrain()
+    folder = demo.pretrain_dir(demo.main_pretraining)
+    trained = load_checkpoint_file(folder / "last.pth")
+    (folder / ".done").unlink()
+    capfd.readouterr()
+    demo.pretrain()
+    rerun = capfd.readouterr()
+    assert (folder / ".done").is_file(), rerun.out + rerun.err
+    assert "starting a fresh run" not in rerun.out + rerun.err
+    again = load_checkpoint_file(folder / "last.pth")
+    assert again["iteration"] == trained["iteration"] > 0
+    assert all(again["model"][k].equal(v) for k, v in trained["model"].items())
+
+
 def test_mask_ratio_sweep_probes_each_pretraining(tmp_path):
     plan = plan_of(tmp_path, mask_ratio_sweep=True, skip=["det", "seg"])
     ratios = sorted({e["run"].get("mask_ratio") for e in plan if e["run"]["backbone"] == "vit_mae"})

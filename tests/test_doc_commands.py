@@ -19,7 +19,6 @@ workspace, after the same table."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -30,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import helpers_tools
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,8 +188,9 @@ class Workspace:
         return matches or [word]
 
     def run(self, argv: list[str], extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(argv, cwd=self.root, env={**self.env, **(extra_env or {})}, capture_output=True,
-                              text=True, timeout=600)
+        """`argv` in the workspace, its stdout and stderr together in `.stdout` (helpers_tools: a
+        tool is forked from a preloaded interpreter where nothing it sees can differ)."""
+        return helpers_tools.run(argv, self.root, {**self.env, **(extra_env or {})}, timeout=600)
 
 
 def make_workspace(root: Path) -> Workspace:
@@ -228,8 +229,8 @@ def make_workspace(root: Path) -> Workspace:
         "mae_seg": str(save_checkpoint({"model": seg.state_dict()}, root / "mae_tiny_seg.pth")),
         "mae_toy": str(save_checkpoint({"model": toy.state_dict()}, root / "mae_toy.pth")),
     }
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return Workspace(root, paths, env)
+    (root / "build_and_forward.py").write_text(BUILD_AND_FORWARD)
+    return Workspace(root, paths, helpers_tools.base_env())
 
 
 def tool_of(words: list[str]) -> str:
@@ -264,7 +265,7 @@ def run_command(ws: Workspace, command: str, where: Block) -> None:
     started = time.monotonic()
     proc = ws.run(argv, extra_env=env)
     print(f"{time.monotonic() - started:6.1f} s  {where}: {command}")
-    log = proc.stdout + proc.stderr
+    log = proc.stdout
     assert proc.returncode == 0, f"{where}: `{command}`\nran as {shlex.join(argv)}\n{log[-6000:]}"
     if "--resume" in words and tool in ws.tools_run:
         assert not any(line in log for line in FRESH_STARTS), (
@@ -310,12 +311,12 @@ def run_python(ws: Workspace, block: Block, index: int) -> None:
         script = ws.root / f"snippet_{index}.py"
         script.write_text(code)
         proc = ws.run([sys.executable, str(script)])
-        assert proc.returncode == 0, f"{block}: the python block fails\n{proc.stderr[-4000:]}"
+        assert proc.returncode == 0, f"{block}: the python block fails\n{proc.stdout[-4000:]}"
         return
     path = snippet_path(ws, block, index, kind)
     path.write_text(code)
-    proc = ws.run([sys.executable, "-c", BUILD_AND_FORWARD, kind, str(path)])
-    assert proc.returncode == 0, f"{block}: the {kind} config does not build and run\n{proc.stderr[-4000:]}"
+    proc = ws.run([sys.executable, str(ws.root / "build_and_forward.py"), kind, str(path)])
+    assert proc.returncode == 0, f"{block}: the {kind} config does not build and run\n{proc.stdout[-4000:]}"
     assert "FORWARD OK" in proc.stdout
 
 

@@ -29,22 +29,24 @@ from __future__ import annotations
 import sys
 
 from detectron2.engine import launch
+from torch.multiprocessing import ProcessExitedException
 
-from detection.train import parse_args, run
-from mae_core.errors import exit_on_user_error
+from detection.train import parse_args, run_reporting_user_errors
 
 
 def main(argv=None) -> int:
     args = parse_args(argv, __doc__)
-    with exit_on_user_error("train_det.py"):
+    try:
         launch(
-            run,
+            run_reporting_user_errors,
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
             args=(args,),
         )
+    except ProcessExitedException as exc:  # a spawned worker's own message is above
+        raise SystemExit(f"train_det.py: error: {exc}") from None
     return 0
 
 
