@@ -8,8 +8,8 @@ its own pid, arguments, working folder, environment, output file and exit status
 tool's file as `__main__` exactly as `python tools/x.py` would.
 
 A run is forked only where nothing it would see can differ from a fresh interpreter: a
-`python some/file.py ...` command whose environment equals the server's (ignoring
-PYTHONUNBUFFERED and PYTHONPATH, which the toolkit's editable install makes moot); for example
+`python some/file.py ...` command whose environment equals the server's but for `IGNORED_KEYS`
+(which no import reads; PYTHONPATH is moot under the toolkit's editable install); for example
 Detectron2 reads DETECTRON2_DATASETS when it is imported, so a command that sets it runs as a
 plain subprocess, as does every other command (torchrun, bash). `MAE_TEST_FORK=0` turns the server
 off."""
@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 PRELOAD = ("torch", "torchvision", "timm", "detectron2.engine", "detectron2.config", "detectron2.data",
            "detectron2.modeling", "detectron2.evaluation", "mmengine.runner", "mmseg.apis", "mae_core.engine",
            "detection.train", "segmentation.train", "mae_app.report", "mae_app.classify")
-# Keys that may differ between a request and the server's environment.
-IGNORED_KEYS = ("PYTHONUNBUFFERED", "PYTHONPATH", "MAE_TEST_FORK")
+# Keys that may differ between a request and the server's environment (no import reads them; the
+# tool gets the request's values).
+IGNORED_KEYS = ("PYTHONUNBUFFERED", "PYTHONPATH", "MAE_TEST_FORK", "PYTEST_CURRENT_TEST")
 
 SERVER = r"""
 import json, os, runpy, sys
@@ -81,8 +82,11 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-c", SERVER, *PRELOAD], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                      env=self.env, cwd=REPO)
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"the tool server did not start (exit {self.proc.wait()})")
+        line = ""
+        while line != "ready":  # what an import prints on stdout comes first
+            line = read_line(self.proc.stdout.fileno(), 300)
+            if line is None:
+                raise RuntimeError("the tool server did not start within 300 s")
         atexit.register(self.proc.kill)
 
     def forkable(self, argv: list[str], env: dict[str, str]) -> bool:
@@ -93,26 +97,39 @@ class Server:
         request = {"argv": argv[1:], "cwd": str(cwd), "env": env, "log": str(log)}
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
-        return ForkedTool(int(self.proc.stdout.readline()), self.proc.stdout)
+        return ForkedTool(int(read_line(self.proc.stdout.fileno(), None)), self.proc.stdout.fileno())
+
+
+def read_line(fd: int, timeout: float | None) -> str | None:
+    """One line from the server, read a byte at a time (no buffer could hide a line from select);
+    None when nothing comes within `timeout` seconds."""
+    if not select.select([fd], [], [], timeout)[0]:
+        return None
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            raise RuntimeError(f"the tool server stopped (after {line!r})")
+        line += byte
+    return line.decode().strip()
 
 
 class ForkedTool:
     """What the tests use of subprocess.Popen, for a tool the server forked."""
 
-    def __init__(self, pid: int, replies):
+    def __init__(self, pid: int, replies: int):
         self.pid, self.replies, self.returncode = pid, replies, None
 
     def poll(self) -> int | None:
-        return self.wait(0) if self.returncode is None and self._ready(0) else self.returncode
-
-    def _ready(self, timeout: float | None) -> bool:
-        return bool(select.select([self.replies], [], [], timeout)[0])
+        return self.wait(0) if self.returncode is None and select.select([self.replies], [], [], 0)[0] \
+            else self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
-            if not self._ready(timeout):
+            line = read_line(self.replies, timeout)
+            if line is None:
                 raise subprocess.TimeoutExpired(str(self.pid), timeout)
-            self.returncode = int(self.replies.readline())
+            self.returncode = int(line)
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
