@@ -40,7 +40,8 @@ def test_the_sweep_pretrains_each_strategy_alike_twice_and_probes_it_with_three_
         command = demo.pretrain_command(p)
         assert command[2:6] == ["--config", str(PRETRAIN_CONFIG), "--output-dir", str(demo.pretrain_dir(p))]
         assert probed[p.masking, p.seed] == demo.pretrain_dir(p) / "last.pth"
-        cfg = override(load_pretrain_config(PRETRAIN_CONFIG), parse_overrides(command[6:]))
+        assert command[-1] == "--resume"  # an interrupted pretraining continues when the demo runs again
+        cfg = override(load_pretrain_config(PRETRAIN_CONFIG), parse_overrides(command[6:-1]))
         configs[p.masking, p.seed] = cfg
         mae_from_record(model_record(cfg.model))  # the strategy and its parameters build
     assert list(configs) == [(name, seed) for name in MASKING_SWEEP for seed in (0, 1)]

@@ -24,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers_tools
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,9 +141,17 @@ def _split_launcher(words: list[str]) -> tuple[list[str], str, list[str]]:
     return words[1:script], words[script], words[script + 1 :]
 
 
+@pytest.fixture(scope="session")
+def driver(tmp_path_factory) -> Path:
+    """DRIVER as a file, so that helpers_tools can fork it from its preloaded interpreter."""
+    path = tmp_path_factory.mktemp("driver") / "parse_only.py"
+    path.write_text(DRIVER)
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS)
-def test_readme_command_works_in_its_cheap_form(command):
+def test_readme_command_works_in_its_cheap_form(command, driver):
     words = shlex.split(command)
     if words[0] == "make":
         proc = _run(["make", "-n", *words[1:]])
@@ -158,9 +167,10 @@ def test_readme_command_works_in_its_cheap_form(command):
         torchrun = "import sys, torch.distributed.run as r; r.get_args_parser().parse_args(sys.argv[1:])"
         proc = _run([sys.executable, "-c", torchrun, *launcher, script, *args])
         assert proc.returncode == 0, f"{command}: torchrun refuses its options\n{proc.stderr}"
-    proc = _run([sys.executable, "-c", DRIVER, script, *args])
-    assert proc.returncode == 0, f"{command}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    parsed = json.loads(proc.stdout.split("PARSED ", 1)[1])
+    proc = helpers_tools.run([sys.executable, str(driver), script, *args], REPO, helpers_tools.base_env(),
+                             timeout=300)
+    assert proc.returncode == 0, f"{command}:\n{proc.stdout[-4000:]}"
+    parsed = json.JSONDecoder().raw_decode(proc.stdout.split("PARSED ", 1)[1])[0]
     assert parsed, f"{command}: no arguments parsed"
 
 
