@@ -28,7 +28,7 @@ from mae_core.transfer import trainable_summary
 
 from .data import check_categories, train_loader
 from .engine import AtomicCheckpointer, build_optimizer, evaluate, init_backbone_from_mae, wrap_ddp
-from .hooks import FinalEvalHook, NonFiniteGuard, TrainingState, run_training
+from .hooks import FinalEvalHook, NonFiniteGuard, TrainingState, keeping_random_state, run_training
 from .overrides import load_lazy_config, trust_pickles
 from .record import run_record
 
@@ -131,8 +131,8 @@ def training_hooks(cfg, model, trainer, checkpointer) -> list:
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
         FinalEvalHook(
             cfg.train.eval_period,
-            lambda: evaluate(
-                cfg, model, min(trainer.iter + 1, cfg.train.max_iter),
+            lambda: keeping_random_state(
+                evaluate, cfg, model, min(trainer.iter + 1, cfg.train.max_iter),
                 f"the model at iteration {trainer.iter}",
             ),
         ),

@@ -684,6 +684,25 @@ def test_two_gloo_processes_give_the_losses_of_one_process_with_the_same_total_b
     assert read_ap(tmp_path / "gpus2" / "eval_results.json")[1] == 3  # evaluation under 2 processes
 
 
+@pytest.mark.slow
+def test_evaluating_during_training_leaves_the_training_unchanged(tmp_path):
+    """An evaluation draws from torch's generator (each DataLoader iterator takes a seed from it);
+    the evaluation hook restores the generators, so a run that evaluates every 2 iterations logs
+    the losses of one that evaluates only at its end (the ROI heads sample with that generator)."""
+    train_json, image_root = make_coco(tmp_path, "train", 4, seed=4, objects=(2, 2))
+    val_json, _ = make_coco(tmp_path, "val", 2, seed=1)
+    common = [*data_overrides(train_json, val_json, image_root), "train.seed=0", "train.max_iter=5",
+              "train.log_period=1", "train.checkpointer.period=100"]
+    losses = {}
+    for period in (2, 5):
+        out = tmp_path / f"eval_every_{period}"
+        run_tool("train_det.py", "--config-file", TINY_CONFIG, *common, f"train.eval_period={period}",
+                 f"train.output_dir={out}")
+        losses[period] = logged_losses(out)
+    assert [r["iteration"] for r in losses[2]] == [0, 1, 2, 3, 4]
+    assert losses[2] == losses[5]
+
+
 def test_checkpointer_loads_detectron2_vitdet_layout_and_refuses_pickles(tmp_path):
     cfg = tiny_config()
     trained, fresh = instantiate(cfg.model), instantiate(cfg.model)
