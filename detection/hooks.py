@@ -62,20 +62,6 @@ class FinalEvalHook(hooks.EvalHook):
         super().after_train()
 
 
-def keeping_random_state(fn, *args):
-    """`fn(*args)` with torch's, numpy's and Python's random generators restored afterwards. An
-    evaluation during training draws from torch's generator (every DataLoader iterator takes its
-    seed from it), so without this the training after it, and the final AP, would depend on how
-    often the run evaluates."""
-    python, numpy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        try:
-            return fn(*args)
-        finally:
-            random.setstate(python)
-            np.random.set_state(numpy)
-
-
 def run_training(trainer, start_iter: int, max_iter: int, checkpointer) -> None:
     """`trainer.train`, with Detectron2's non-finite-loss `FloatingPointError` turned into a
     `NonFiniteError` that names the iteration and the last finite checkpoint. The message is also
@@ -129,4 +115,4 @@ class TrainingState:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-__all__ = ["FinalEvalHook", "NonFiniteGuard", "TrainingState", "keeping_random_state", "run_training"]
+__all__ = ["FinalEvalHook", "NonFiniteGuard", "TrainingState", "run_training"]

@@ -22,13 +22,14 @@ from detectron2.utils.logger import setup_logger
 
 from mae_core.checkpoint import CheckpointError
 from mae_core.errors import exit_on_user_error
+from mae_core.random_state import keeping_random_state
 from mae_core.run_folder import run_folder
 from mae_core.run_record import RUN_FILE, evaluation_record, write_run_record
 from mae_core.transfer import trainable_summary
 
 from .data import check_categories, train_loader
 from .engine import AtomicCheckpointer, build_optimizer, evaluate, init_backbone_from_mae, wrap_ddp
-from .hooks import FinalEvalHook, NonFiniteGuard, TrainingState, keeping_random_state, run_training
+from .hooks import FinalEvalHook, NonFiniteGuard, TrainingState, run_training
 from .overrides import load_lazy_config, trust_pickles
 from .record import run_record
 

@@ -24,9 +24,21 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmseg.registry import HOOKS
 
+from mae_core import random_state
 from mae_core.checkpoint import NonFiniteError, describe_non_finite
 
 from .data import check_checkpoint_head_widths
+
+
+class ValidationKeepsRandomStateHook(Hook):
+    """Puts the random generators back after each validation during training
+    (mae_core.random_state), so a run's final mIoU does not depend on `val_interval`."""
+
+    def before_val(self, runner) -> None:
+        self._state = random_state.capture()
+
+    def after_val(self, runner) -> None:
+        random_state.restore(self._state)
 
 
 @HOOKS.register_module()

@@ -26,7 +26,7 @@ from mae_core.transfer import trainable_summary
 from .catalogue import fit_heads_to_backbone
 from .data import TEST_SETS, TRAINING_SETS, check_head_classes
 from .engine import adapt_config_to_device, init_cpu_distributed
-from .hooks import HeadWidthHook
+from .hooks import HeadWidthHook, ValidationKeepsRandomStateHook
 from .overrides import ConfigOverrideError, checked_overrides
 from .record import run_record
 
@@ -189,6 +189,7 @@ def train(args: argparse.Namespace) -> None:
         print_log(trainable_summary(runner.model), logger="current")
         check_batch_for_pooling_norm(cfg, get_world_size())
         runner.register_hook(HeadWidthHook(dataset))
+        runner.register_hook(ValidationKeepsRandomStateHook())
         runner.train()
         if is_main_process():
             record = run_record(cfg, runner.model, runner.seed, cfg.val_dataloader)

@@ -412,6 +412,25 @@ def logged_miou(work_dir: Path) -> list[float]:
     return values
 
 
+@pytest.mark.slow
+def test_validating_during_training_leaves_the_training_unchanged(tmp_path):
+    """Validation draws from torch's generator (its DataLoader iterator takes a seed from it); the
+    training hook puts the generators back, so a run validated every 2 iterations logs the losses
+    of one validated only at its end (the head's dropout samples with that generator)."""
+    data = make_shapes_dataset(tmp_path / "data")
+    losses = {}
+    for interval in (2, 5):
+        work = tmp_path / f"val_every_{interval}"
+        options = [*data_options(data, 5), f"train_cfg.val_interval={interval}",
+                   "model.decode_head.dropout_ratio=0.5"]
+        run_tool(str(ROOT / "tools/train_seg.py"), str(TINY), "--work-dir", str(work), *options, cwd=tmp_path)
+        [scalars] = work.glob("*/vis_data/scalars.json")
+        losses[interval] = [json.loads(line)["loss"] for line in scalars.read_text().splitlines()
+                            if "loss" in json.loads(line)]
+    assert len(losses[2]) == 5
+    assert losses[2] == losses[5]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """tools/train_seg.py, 4 iterations of the tiny config on a generated dataset, starting from
