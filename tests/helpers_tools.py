@@ -121,8 +121,10 @@ class ForkedTool:
         self.pid, self.replies, self.returncode = pid, replies, None
 
     def poll(self) -> int | None:
-        return self.wait(0) if self.returncode is None and select.select([self.replies], [], [], 0)[0] \
-            else self.returncode
+        try:
+            return self.wait(0)
+        except subprocess.TimeoutExpired:
+            return None
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
@@ -175,7 +177,8 @@ def run(argv: list[str], cwd: Path | str, env: dict[str, str], timeout: float = 
         try:
             code = proc.wait(timeout=timeout)
         finally:
-            if proc.returncode is None:
+            if proc.returncode is None:  # timed out: killed and reaped, as subprocess.run does
                 proc.kill()
+                proc.wait()
         log.seek(0)
         return subprocess.CompletedProcess(argv, code, log.read(), "")
