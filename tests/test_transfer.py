@@ -121,6 +121,12 @@ def test_demo_gives_every_backbone_and_seed_the_same_subset_at_a_fraction(tmp_pa
         (e["run"].get("label_fraction", 1.0), e["run"].get("frozen", False))
         for e in plan
     } == {(0.1, False), (0.25, False), (0.1, True), (0.25, True), (1.0, True)}
+    # segmentation trains a subset for iterations x sqrt(fraction), Mask R-CNN the full schedule
+    # (its AP comes after the learning-rate steps; docs/label_efficiency.md)
+    assert {(e["run"]["task"], e["run"].get("label_fraction", 1.0), e["run"]["iters"]) for e in plan} == {
+        ("seg", 0.1, 316), ("seg", 0.25, 500), ("seg", 1.0, 1000),
+        ("det", 0.1, 500), ("det", 0.25, 500), ("det", 1.0, 500),
+    }
 
 
 # --- Freezing ---------------------------------------------------------------------------------------------

@@ -65,8 +65,8 @@ def parse_args(argv=None) -> DemoOptions:
                         "here with labels), resnet50_fpn, convnext_atto, timm:<name>")
     p.add_argument("--label-efficiency", action="store_true",
                    help="also fine-tune every backbone (MAE, random init, vit_supervised) on 10 %% and "
-                        "25 %% of the labelled scenes (nested subsets, iterations x sqrt(fraction)); "
-                        "curves in the report")
+                        "25 %% of the labelled scenes (nested subsets; segmentation's iterations x "
+                        "sqrt(fraction), detection's in full); curves in the report")
     p.add_argument("--frozen", action="store_true",
                    help="also train on each backbone frozen: Mask R-CNN's pyramid and heads, a linear "
                         "segmentation head (at every --label-efficiency fraction, else on all labels)")
