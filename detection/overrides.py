@@ -87,7 +87,7 @@ def load_lazy_config(path: str, overrides: list[str]):
     backbone (so `model.backbone = L(DetectronCatalogueBackbone)(...)` needs no width edits). A
     config file that does not exist is refused by name (LazyConfig would raise from deep in iopath)."""
     if not Path(path).is_file():
-        raise OverrideError(f"--config-file {path}: no such file")
+        raise OverrideError(f"--config-file: config file {path} does not exist")
     cfg = apply_overrides(LazyConfig.load(path), overrides)
     for change in fit_heads_to_backbone(cfg):
         logging.getLogger("detection").info(f"heads fitted to the catalogue backbone: {change}")

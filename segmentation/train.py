@@ -64,7 +64,7 @@ def load_mmseg_config(
     non-finite guard and, for a catalogue backbone, the heads' widths fitted to it; then adapted
     to this machine. A config file that does not exist is refused by name."""
     if not Path(path).is_file():
-        raise ConfigOverrideError(f"config {path}: no such file")
+        raise ConfigOverrideError(f"config file {path} does not exist")
     cfg = Config.fromfile(path)
     cfg.launcher = launcher
     if cfg_options:

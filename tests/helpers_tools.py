@@ -182,3 +182,13 @@ def run(argv: list[str], cwd: Path | str, env: dict[str, str], timeout: float = 
                 proc.wait()
         log.seek(0)
         return subprocess.CompletedProcess(argv, code, log.read(), "")
+
+
+def tool(name: str, *args) -> list[str]:
+    """The command line `python tools/<name> args...`."""
+    return [sys.executable, str(REPO / "tools" / name), *map(str, args)]
+
+
+def run_tool(name: str, *args, cwd: Path | str = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`run` of tools/<name> with the tests' environment (`base_env`)."""
+    return run(tool(name, *args), cwd, base_env(), timeout)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import helpers_tools
 import pytest
+from helpers_tools import tool
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -48,10 +49,6 @@ def bad_input(name: str):
         return fn
 
     return register
-
-
-def tool(name: str, *args) -> list[str]:
-    return [PY, str(REPO / "tools" / name), *map(str, args)]
 
 
 # ---------------------------------------------------------------- rows: pretraining
@@ -553,7 +550,7 @@ def _(tmp_path):
     """A config path with a typo: one line naming it (it was a traceback from deep in iopath)."""
     missing = tmp_path / "mask_rcnn_vit_bsae.py"
     return Case(tool("train_det.py", "--config-file", missing), exit_code=1, absent=["Traceback"],
-                names=[f"train_det.py: error: --config-file {missing}: no such file"])
+                names=[f"train_det.py: error: --config-file: config file {missing} does not exist"])
 
 
 @bad_input("seg_config_file_missing")
@@ -561,7 +558,7 @@ def _(tmp_path):
     """The same for segmentation's training (a traceback from mmengine before)."""
     missing = tmp_path / "upernet_vit_bsae.py"
     return Case(tool("train_seg.py", missing), exit_code=1, absent=["Traceback"],
-                names=[f"train_seg.py: error: config {missing}: no such file"])
+                names=[f"train_seg.py: error: config file {missing} does not exist"])
 
 
 @bad_input("seg_test_config_file_missing")
@@ -569,7 +566,7 @@ def _(tmp_path):
     """And for segmentation's testing."""
     missing = tmp_path / "upernet_vit_bsae.py"
     return Case(tool("test_seg.py", missing, tmp_path / "iter_1.pth"), exit_code=1, absent=["Traceback"],
-                names=[f"test_seg.py: error: config {missing}: no such file"])
+                names=[f"test_seg.py: error: config file {missing} does not exist"])
 
 
 @bad_input("det_resume_after_overrides")

@@ -6,11 +6,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
+import helpers_tools
 import numpy as np
 import pytest
 
@@ -260,9 +259,8 @@ def test_report_of_two_backbones_and_two_seeds_has_every_column_filled(scenes, t
         folders.append(cls)
 
     out = tmp_path / "report"
-    run = subprocess.run([sys.executable, str(REPO / "tools/compare.py"), "--runs", *map(str, folders),
-                          "--output-dir", str(out)], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = helpers_tools.run_tool("compare.py", "--runs", *folders, "--output-dir", out)
+    assert run.returncode == 0, run.stdout[-3000:]
     report = (out / "report.md").read_text()
     assert str(out / "report.md") in run.stdout
     sections = ("## Detection (Mask R-CNN)", "## Semantic segmentation (UperNet)", "## Classification probes")
@@ -368,10 +366,8 @@ def test_plan_runs_unfinished_entries_in_parallel_and_stops_on_a_failure(tmp_pat
 
 
 def run_tool(name: str, *args) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / name), *map(str, args)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{name} {args}:\n{(proc.stdout + proc.stderr)[-3000:]}"
+    proc = helpers_tools.run_tool(name, *args)
+    assert proc.returncode == 0, f"{name} {args}:\n{proc.stdout[-3000:]}"
     return proc.stdout
 
 

@@ -10,6 +10,7 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
+import helpers_tools
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
@@ -459,17 +460,9 @@ def test_mapper_refuses_a_32_bit_image_by_name(tmp_path):
 
 
 def run_tool(script, *args, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / script), *map(str, args)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc.stdout + proc.stderr
+    proc = helpers_tools.run_tool(script, *args, timeout=timeout)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-6000:]}"
+    return proc.stdout
 
 
 def test_train_det_help_shows_the_toolkits_usage_with_detectron2s_flags():

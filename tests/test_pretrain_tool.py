@@ -2,10 +2,8 @@
 library, mae_app.visualize, and the tool end to end)."""
 
 import json
-import os
-import subprocess
-import sys
 
+import helpers_tools
 import numpy as np
 import pytest
 import torch
@@ -102,9 +100,8 @@ def test_config_file_without_config_is_refused(tmp_path):
 
 
 def run_tool(*args, timeout=300, tool="pretrain.py"):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPO / "tools" / tool), *map(str, args)],
-                          env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    """The tool's run; its stdout and stderr together in `.stdout`."""
+    return helpers_tools.run_tool(tool, *args, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -113,14 +110,14 @@ def test_pretrain_tool_writes_checkpoints_logs_and_tensorboard_and_resumes(tmp_p
     quick = ["data.limit=96", "batch_size=16", "effective_batch=32", "data.num_workers=0", "log_every=1"]
     toy = CONFIGS / "fashion_mnist_toy.py"
     first = run_tool("--config", toy, "--output-dir", tmp_path, "epochs=1", *quick)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 0, first.stdout[-3000:]
     state = torch.load(tmp_path / "last.pth", weights_only=True)
     assert state["epoch"] == 0 and state["iteration"] == 3 and state["config"]["output_dir"] == str(tmp_path)
     assert state["config"]["effective_batch"] == 32 and state["arch"]["in_chans"] == 1
 
     second = run_tool("--config", toy, "--output-dir", tmp_path, "epochs=2", *quick, "--resume")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "epoch 2/2 done" in second.stderr and "to go" in second.stderr  # run-level ETA
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert "epoch 2/2 done" in second.stdout and "to go" in second.stdout  # run-level ETA
     assert torch.load(tmp_path / "last.pth", weights_only=True)["iteration"] == 6
     assert (tmp_path / "checkpoint-0002.pth").is_file()  # save_every=2 in the toy config
     lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -139,12 +136,12 @@ def test_pretrain_tool_writes_checkpoints_logs_and_tensorboard_and_resumes(tmp_p
 @pytest.mark.slow
 def test_pretrain_tool_reports_bad_overrides_and_missing_checkpoints(tmp_path):
     bad_key = run_tool("--config", CONFIGS / "fashion_mnist_toy.py", "optim.blrr=1")
-    assert bad_key.returncode == 1 and "error: unknown config key 'optim.blrr'" in bad_key.stderr
+    assert bad_key.returncode == 1 and "error: unknown config key 'optim.blrr'" in bad_key.stdout
     # A named checkpoint must exist (a bare --resume with nothing to resume starts fresh: test_bad_inputs).
     missing = tmp_path / "nowhere.pth"
     no_ckpt = run_tool("--config", CONFIGS / "fashion_mnist_toy.py", "--output-dir", tmp_path,
                        "--resume", missing)
-    assert no_ckpt.returncode == 1 and f"checkpoint {missing} does not exist" in no_ckpt.stderr
+    assert no_ckpt.returncode == 1 and f"checkpoint {missing} does not exist" in no_ckpt.stdout
 
 
 # ---------------------------------------------------------------- tools/visualize_mae.py
@@ -160,7 +157,7 @@ def toy_checkpoint(tmp_path_factory):
 @pytest.mark.slow
 def test_visualize_writes_one_four_panel_png_per_image(toy_checkpoint, tmp_path):
     proc = run_tool(toy_checkpoint, "--num-images", "2", "--output-dir", tmp_path, tool="visualize_mae.py")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stdout
     pictures = sorted(tmp_path.glob("*.png"))
     assert proc.stdout.split() == [str(p) for p in pictures]
     assert [p.name for p in pictures] == ["sample0000_mae.png", "sample0001_mae.png"]
@@ -211,4 +208,4 @@ def test_visualize_refuses_checkpoints_without_decoder_or_arch(tmp_path):
 
 def test_visualize_tool_prints_errors(tmp_path):
     proc = run_tool(tmp_path / "none.pth", tool="visualize_mae.py")
-    assert proc.returncode == 1 and "does not exist" in proc.stderr
+    assert proc.returncode == 1 and "does not exist" in proc.stdout

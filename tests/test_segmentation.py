@@ -7,10 +7,10 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
+import helpers_tools
 import numpy as np
 import pytest
 import torch
@@ -381,11 +381,10 @@ def test_paper_configs_follow_the_mae_recipe(name, arch, out_indices, decay):
 
 
 def run_tool(*args: str, cwd: Path, module: str | None = None) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, *(("-m", module) if module else ()), *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-    return proc.stdout + proc.stderr
+    proc = helpers_tools.run(cmd, cwd, helpers_tools.base_env())
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-8000:]}"
+    return proc.stdout
 
 
 def data_options(root: Path, iters: int) -> list[str]:
