@@ -12,7 +12,6 @@ run that goes wrong stops loudly and a killed run resumes exactly.
 from __future__ import annotations
 
 import logging
-import random
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 from torch import nn
 
+from mae_core import random_state
 from mae_core.distributed import unwrap
 
 from .engine import NonFiniteError
@@ -87,32 +87,30 @@ class TrainingState:
         self.sampler_seed = sampler_seed
 
     def state_dict(self) -> dict:
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        version, mt, gauss_next = random.getstate()
+        """`random_state.capture()` in tensors and plain values (what `weights_only` loading reads)."""
+        (version, mt, gauss_next), (_, keys, pos, has_gauss, cached), torch_cpu, cuda = random_state.capture()
         state = {
             "sampler_seed": self.sampler_seed,
-            "torch": torch.get_rng_state(),
+            "torch": torch_cpu,
             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
                       "cached_gaussian": cached},
             "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64),
                        "gauss_next": gauss_next},
         }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+        if cuda is not None:
+            state["cuda"] = cuda
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler_seed = state["sampler_seed"]
         if not comm.is_main_process():
             return
-        torch.set_rng_state(state["torch"])
-        n = state["numpy"]
-        np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                             n["cached_gaussian"]))
-        p = state["python"]
-        random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss_next"]))
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
-
+        n, p = state["numpy"], state["python"]
+        random_state.restore((
+            (p["version"], tuple(p["state"].tolist()), p["gauss_next"]),
+            ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]),
+            state["torch"],
+            state.get("cuda"),
+        ))
 
 __all__ = ["FinalEvalHook", "NonFiniteGuard", "TrainingState", "run_training"]
